@@ -1,0 +1,116 @@
+"""Age estimation with a model bundle on the LiteRT interpreter.
+
+This is the one place that turns a bundle into something that answers. The daemon,
+``agegate-edge estimate`` and ``agegate-export`` (which measures every variant with the
+same interpreter and preprocessing as the till) all go through :class:`AgeModel`.
+
+Threading: an AgeModel is not thread-safe (a TFLite interpreter holds its tensors);
+the daemon calls it from its vision thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, BundleError, load_bundle, normalise, prepare_face, to_age
+
+log = logging.getLogger(__name__)
+
+
+def interpreter_class() -> tuple[type, str]:
+    """The best available TFLite interpreter and the name of the package it came from."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+
+        return Interpreter, "tflite_runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, "tensorflow.lite"
+    except ImportError:
+        raise ImportError(
+            "no TFLite interpreter found: install ai-edge-litert (pip install 'agegate[edge]')"
+        ) from None
+
+
+class AgeModel:
+    """A loaded bundle ready to estimate ages of face crops."""
+
+    def __init__(self, bundle: Bundle, num_threads: int | None = None):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        cls, self.runtime = interpreter_class()
+        try:
+            self._interp = cls(model_content=bundle.model_bytes, num_threads=num_threads or 1)
+            self._interp.allocate_tensors()
+        except Exception as exc:  # the runtimes raise ValueError/RuntimeError with a reason
+            raise BundleError(f"{bundle.path}: the model does not load: {exc}") from None
+        inputs = self._interp.get_input_details()
+        outputs = self._interp.get_output_details()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise BundleError(f"{bundle.path}: expected one input tensor, found {len(inputs)}")
+        self._in, self._out = inputs[0], outputs[0]
+        spec = self.manifest.input
+        want = (spec.height, spec.width, spec.channels)
+        if tuple(self._in["shape"][1:]) != want:
+            raise BundleError(
+                f"{bundle.path}: model input shape {tuple(self._in['shape'])} does not match "
+                f"the manifest's (1, {want[0]}, {want[1]}, {want[2]})"
+            )
+        self._batch = int(self._in["shape"][0])
+        # Reused on every call: no allocation on the hot path.
+        self._buf = np.empty((1, *want), dtype=np.float32)
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike[str], num_threads: int | None = None) -> "AgeModel":
+        return cls(load_bundle(path), num_threads=num_threads)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Name, version and sha256: carried by every event this model decides."""
+        m = self.manifest
+        return {"name": m.name, "version": m.version, "sha256": m.sha256}
+
+    def prepare(self, image_bgr: np.ndarray, box: Sequence[float]) -> np.ndarray:
+        """Crop and resize one face as the manifest says (uint8)."""
+        return prepare_face(image_bgr, tuple(box), self.manifest)  # type: ignore[arg-type]
+
+    def predict_prepared(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Ages in years for uint8 faces already cropped by :meth:`prepare`."""
+        ages = np.empty(len(faces), dtype=np.float32)
+        for i, face in enumerate(faces):
+            normalise(face[None], self.manifest.preprocessing, out=self._buf)
+            self._set_input(self._buf)
+            self._interp.invoke()
+            ages[i] = self._get_output()
+        return ages
+
+    def estimate(self, image_bgr: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """Ages in years for each face box ``(x, y, w, h)`` in a BGR image."""
+        return self.predict_prepared([self.prepare(image_bgr, b) for b in boxes])
+
+    def _set_input(self, x: np.ndarray) -> None:
+        dtype = self._in["dtype"]
+        if dtype != np.float32:  # a fully quantised input: quantise as the converter recorded
+            scale, zero = self._in["quantization"]
+            x = np.clip(np.round(x / scale + zero), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+        self._interp.set_tensor(self._in["index"], x)
+
+    def _get_output(self) -> float:
+        raw = self._interp.get_tensor(self._out["index"])
+        if self._out["dtype"] != np.float32:
+            scale, zero = self._out["quantization"]
+            raw = (raw.astype(np.float32) - zero) * scale
+        return float(to_age(raw.reshape(-1)[:1], self.manifest.output)[0])

@@ -1,0 +1,241 @@
+"""The model bundle: the one definition shared by export (which writes it) and the till (which loads it).
+
+A bundle is a directory holding ``model.tflite`` and ``manifest.json``. The manifest says
+everything needed to use the model the way it was trained: how to crop the face out of
+the frame, how to turn the crop into the input tensor, and what the output means. The
+crop-and-preprocess functions below are the only implementation of that path: training,
+evaluation, export and the daemon all call them, so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+BUNDLE_FORMAT = "agegate-bundle/1"
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.tflite"
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message says why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    height: int = Field(gt=0, le=1024)
+    width: int = Field(gt=0, le=1024)
+    channels: Literal[3] = 3
+    color: Literal["RGB", "BGR"] = "RGB"
+
+
+class Preprocessing(_Strict):
+    """Per-pixel affine map applied to the resized crop: ``x = (pixel * scale - mean) / std``."""
+
+    scale: float = 1.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @field_validator("std")
+    @classmethod
+    def _no_zero_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s == 0 for s in v):
+            raise ValueError("std must not contain 0")
+        return v
+
+
+class CropSpec(_Strict):
+    """How a detector box becomes the model's view of the face.
+
+    The box is made square around its centre (side = the larger of width and height),
+    then grown by ``margin`` times that side on every edge. Parts falling outside the
+    frame are filled by replicating the border, as training did.
+    """
+
+    margin: float = Field(default=0.25, ge=0.0, le=1.0)
+
+
+class OutputSpec(_Strict):
+    """The model's single output value, mapped to years: ``age = raw * scale + offset``, clipped."""
+
+    meaning: Literal["age_years"] = "age_years"
+    scale: float = 1.0
+    offset: float = 0.0
+    min_age: float = 0.0
+    max_age: float = 100.0
+
+
+class TrainingInfo(_Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    data: str = ""
+    licence: str = ""
+
+
+class Manifest(_Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    format: Literal["agegate-bundle/1"] = BUNDLE_FORMAT
+    name: str = Field(min_length=1, max_length=100)
+    version: str = Field(min_length=1, max_length=50)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    model_file: str = MODEL_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    variant: str = "float32"
+    input: InputSpec
+    preprocessing: Preprocessing = Preprocessing()
+    crop: CropSpec = CropSpec()
+    output: OutputSpec = OutputSpec()
+    training: TrainingInfo = TrainingInfo()
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model_file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if Path(v).name != v or v in ("", ".", ".."):
+            raise ValueError("model_file must be a plain file name inside the bundle")
+        return v
+
+
+class Bundle:
+    """A loaded, hash-checked bundle: its directory, manifest and model bytes."""
+
+    def __init__(self, path: Path, manifest: Manifest, model_bytes: bytes):
+        self.path = path
+        self.manifest = manifest
+        self.model_bytes = model_bytes
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"Bundle({m.name} {m.version} {m.variant} sha256={m.sha256[:12]}… at {self.path})"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Read and check a bundle directory; raise BundleError naming the first problem."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a directory")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{manifest_path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable: {exc}") from None
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise BundleError(f"{manifest_path}: {where}: {first['msg']}") from None
+    model_path = path / manifest.model_file
+    try:
+        model_bytes = model_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{model_path}: unreadable: {exc.strerror or exc}") from None
+    actual = sha256_bytes(model_bytes)
+    if actual != manifest.sha256:
+        raise BundleError(
+            f"{model_path}: sha256 {actual} does not match the manifest's {manifest.sha256}"
+        )
+    return Bundle(path, manifest, model_bytes)
+
+
+def write_bundle(path: str | os.PathLike[str], model_bytes: bytes, **manifest_fields: Any) -> Manifest:
+    """Write ``model.tflite`` and a manifest describing exactly those bytes; return the manifest.
+
+    ``manifest_fields`` are the Manifest fields other than ``sha256`` (computed here).
+    Files are written to temporary names and renamed, so a reader never sees half a bundle.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(sha256=sha256_bytes(model_bytes), **manifest_fields)
+    _atomic_write(path / manifest.model_file, model_bytes)
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+    _atomic_write(path / MANIFEST_FILE, text.encode("utf-8"))
+    return manifest
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- The one crop-and-preprocess path -------------------------------------------------
+
+
+def crop_box(box: tuple[float, float, float, float], crop: CropSpec) -> tuple[int, int, int, int]:
+    """The square region (x, y, side, side) cut around a detector box ``(x, y, w, h)``."""
+    x, y, w, h = box
+    side = max(w, h) * (1.0 + 2.0 * crop.margin)
+    cx, cy = x + w / 2.0, y + h / 2.0
+    s = max(1, int(round(side)))
+    return int(round(cx - s / 2.0)), int(round(cy - s / 2.0)), s, s
+
+
+def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], manifest: Manifest) -> np.ndarray:
+    """Crop the face at ``box`` from a BGR frame and resize it to the model's input.
+
+    Returns uint8 ``(height, width, 3)`` in the manifest's colour order. Training caches
+    these arrays; serving feeds them to :func:`normalise`.
+    """
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        raise ValueError(f"expected a BGR image of shape (h, w, 3), got {image_bgr.shape}")
+    x, y, s, _ = crop_box(box, manifest.crop)
+    ih, iw = image_bgr.shape[:2]
+    # Pad only as much as the square sticks out of the frame.
+    left, top = max(0, -x), max(0, -y)
+    right, bottom = max(0, x + s - iw), max(0, y + s - ih)
+    region = image_bgr[max(0, y) : min(ih, y + s), max(0, x) : min(iw, x + s)]
+    if region.size == 0:
+        raise ValueError(f"face box {box} lies outside the {iw}x{ih} image")
+    if left or top or right or bottom:
+        region = cv2.copyMakeBorder(region, top, bottom, left, right, cv2.BORDER_REPLICATE)
+    size = (manifest.input.width, manifest.input.height)
+    interpolation = cv2.INTER_AREA if region.shape[0] > size[1] else cv2.INTER_LINEAR
+    face = cv2.resize(region, size, interpolation=interpolation)
+    if manifest.input.color == "RGB":
+        face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
+    return face
+
+
+def normalise(faces: np.ndarray, pre: Preprocessing, out: np.ndarray | None = None) -> np.ndarray:
+    """Map uint8 faces ``(..., h, w, 3)`` to the float32 model input; writes into ``out`` if given."""
+    scale = np.float32(pre.scale)
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    if out is None:
+        out = np.empty(faces.shape, dtype=np.float32)
+    np.multiply(faces, scale, out=out, casting="unsafe")
+    out -= mean
+    out /= std
+    return out
+
+
+def to_age(raw: np.ndarray, spec: OutputSpec) -> np.ndarray:
+    """Map the model's raw outputs to ages in years."""
+    ages = np.asarray(raw, dtype=np.float32).reshape(-1) * spec.scale + spec.offset
+    return np.clip(ages, spec.min_age, spec.max_age)

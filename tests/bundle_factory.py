@@ -1,0 +1,56 @@
+"""Builds small but real model bundles for tests: a Keras model converted by the TFLite
+converter, written with the project's own bundle writer, loaded by the real interpreter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_constant_bundle(path: Path, age: float, size: int = 32, name: str | None = None, version: str = "test") -> Path:
+    """A bundle whose model answers ``age`` for any face (weights zero, bias ``age``)."""
+    import tensorflow as tf
+
+    from agegate.edge.bundle import write_bundle
+
+    inputs = tf.keras.Input((size, size, 3))
+    x = tf.keras.layers.GlobalAveragePooling2D()(inputs)
+    out = tf.keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=tf.keras.initializers.Constant(age))(x)
+    model = tf.keras.Model(inputs, out)
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    write_bundle(
+        path,
+        tflite,
+        name=name or f"test-constant-{age:g}",
+        version=version,
+        input={"height": size, "width": size},
+        preprocessing={"scale": 1 / 255.0},
+        crop={"margin": 0.2},
+        training={"data": "none (test model that always answers one age)", "licence": "Apache-2.0"},
+    )
+    return path
+
+
+def make_brightness_bundle(path: Path, size: int = 32) -> Path:
+    """A bundle whose 'age' is 100 x the mean pixel value in [0, 1]: its answer depends on the face crop."""
+    import tensorflow as tf
+
+    from agegate.edge.bundle import write_bundle
+
+    inputs = tf.keras.Input((size, size, 3))
+    x = tf.keras.layers.GlobalAveragePooling2D()(inputs)
+    out = tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.Constant(1 / 3), bias_initializer="zeros")(x)
+    model = tf.keras.Model(inputs, out)
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    write_bundle(
+        path,
+        tflite,
+        name="test-brightness",
+        version="test",
+        input={"height": size, "width": size},
+        preprocessing={"scale": 1 / 255.0},
+        output={"scale": 100.0},
+        training={"data": "none (test model: age = 100 x mean brightness)", "licence": "Apache-2.0"},
+    )
+    return path

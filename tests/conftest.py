@@ -1,0 +1,119 @@
+"""Real parts for the tests: a Mosquitto broker on a free loopback port, small real
+.tflite bundles, video files with a real face, and the shared data when it exists."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AGEGATE_SHARED_DIR", ROOT.parent / "shared"))
+UTKFACE = SHARED / "data" / "utkface-part1"
+YUNET_MODEL = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A real Mosquitto process listening on 127.0.0.1:port; stop() and start() it to test faults."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest file {workdir / 'mosquitto.log'}\nmax_inflight_messages 100\n"
+        )
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited with {self.proc.returncode}; see {self.workdir}/mosquitto.log")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (os.path.exists("/usr/sbin/mosquitto") and "/usr/sbin/mosquitto")
+    if not found:
+        raise RuntimeError("mosquitto is missing; `make test` installs it (apt-get install mosquitto)")
+    return found
+
+
+@pytest.fixture
+def broker(tmp_path_factory, mosquitto_binary) -> Broker:
+    b = Broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def constant_bundles(tmp_path_factory) -> dict[int, Path]:
+    """Real .tflite bundles that always answer one age: 16 (a minor), 21 (challenge) and 40."""
+    from bundle_factory import make_constant_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {age: make_constant_bundle(root / f"age{age}", age) for age in (16, 21, 40)}
+
+
+@pytest.fixture(scope="session")
+def astronaut_bgr():
+    """The public-domain astronaut photo scikit-image ships (Eileen Collins), as BGR."""
+    import cv2
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="session")
+def face_video(tmp_path_factory, astronaut_bgr) -> Path:
+    from video_factory import write_face_video
+
+    return write_face_video(tmp_path_factory.mktemp("video") / "face.avi", astronaut_bgr)
+
+
+@pytest.fixture(scope="session")
+def empty_video(tmp_path_factory) -> Path:
+    from video_factory import write_empty_video
+
+    return write_empty_video(tmp_path_factory.mktemp("video") / "empty.avi")
+
+
+def require_utkface() -> Path:
+    if not (UTKFACE / "labels.csv").exists():
+        pytest.skip(f"shared UTKFace data not found at {UTKFACE} (set AGEGATE_SHARED_DIR); it is not shipped with the project")
+    return UTKFACE
+
+
+def require_yunet() -> Path:
+    if not YUNET_MODEL.exists():
+        pytest.skip(f"YuNet model not found at {YUNET_MODEL} (set AGEGATE_SHARED_DIR); it is not shipped with the project")
+    return YUNET_MODEL
