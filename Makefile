@@ -1,0 +1,43 @@
+# Two commands matter: `make demo` (the daemon on embedded defaults, with a simulated POS)
+# and `make test` (the whole suite on real parts). Both create the environment they need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Re-install when the dependencies change.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: demo test test-fast schemas clean help mosquitto
+
+help:
+	@echo "make demo   run the till daemon on a demo video with a simulated POS and a local broker"
+	@echo "make test   install what is needed and run the test suite"
+
+$(STAMP):
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+	  echo "installing mosquitto (the tests start their own broker)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; }
+
+demo: $(STAMP)
+	$(PY) -m agegate.edge.demo
+
+test: $(STAMP) mosquitto
+	$(PY) -m pytest -ra
+
+# Skip the tests that train or export models.
+test-fast: $(STAMP) mosquitto
+	$(PY) -m pytest -ra -m "not slow"
+
+schemas: $(STAMP)
+	$(PY) -m agegate.edge.events docs/schemas
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

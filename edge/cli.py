@@ -1,0 +1,202 @@
+"""``agegate-edge``: run the till daemon, check a till's set-up, or try photos.
+
+    agegate-edge run [--env-file FILE]
+    agegate-edge check [--env-file FILE]
+    agegate-edge estimate IMAGE... [--json] [--env-file FILE]
+
+Exit codes: 0 fine, 1 a check or start-up failed, 2 bad command line, 78 bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import EX_CONFIG, ConfigError, Settings, load_settings
+
+log = logging.getLogger("agegate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except ConfigError as exc:
+        print(f"agegate-edge: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    return args.func(settings, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agegate-edge", description="agegate till daemon")
+    p.add_argument("--env-file", type=Path, help="read AGEGATE_* settings from this file (the environment wins)")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="check config, camera, model and broker; non-zero exit if one fails")
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the camera and broker")
+    check.set_defaults(func=cmd_check)
+
+    est = sub.add_parser("estimate", help="detect faces in photos and print their estimated ages")
+    est.add_argument("images", nargs="+", type=Path)
+    est.add_argument("--json", action="store_true", help="one JSON line per image")
+    est.add_argument("--zone", action="store_true", help="only faces in the customer zone, as at the till")
+    est.set_defaults(func=cmd_estimate)
+    return p
+
+
+# --- run ----------------------------------------------------------------------------------------------
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from .daemon import Daemon, StartupError
+
+    try:
+        daemon = Daemon(settings)
+        daemon.start()
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"agegate-edge: {exc}", file=sys.stderr)
+        return EX_CONFIG if str(exc).startswith("AGEGATE_") else 1
+
+    def _on_signal(signum, frame):
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        daemon.run()
+    finally:
+        daemon.stop()
+    return 0
+
+
+# --- check ----------------------------------------------------------------------------------------------
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from .capture import Camera
+    from .daemon import StartupError, load_detector, load_model
+
+    results: list[tuple[str, bool, str]] = [("config", True, f"store {settings.store_id}, till {settings.till_id}")]
+
+    def item(name: str, fn) -> None:
+        try:
+            results.append((name, True, fn()))
+        except Exception as exc:  # each check reports its own failure and the rest go on
+            results.append((name, False, str(exc)))
+
+    def model() -> str:
+        m = load_model(settings)
+        grey = np.full((240, 240, 3), 128, np.uint8)
+        age = m.estimate(grey, [(60, 60, 120, 120)])[0]
+        return f"{m.manifest.name} {m.manifest.version} ({m.manifest.variant}, {m.runtime}) answers {age:.1f} on a test crop"
+
+    def detector() -> str:
+        d = load_detector(settings)
+        d.detect(np.zeros((480, 640, 3), np.uint8))
+        return f"{d.name} ready"
+
+    def camera() -> str:
+        frame = Camera.probe(settings.camera, timeout=args.timeout)
+        h, w = frame.image.shape[:2]
+        return f"{settings.camera}: got a {w}x{h} frame"
+
+    item("model", model)
+    item("detector", detector)
+    item("camera", camera)
+    item("broker", lambda: _check_broker(settings, args.timeout))
+    width = max(len(n) for n, _, _ in results)
+    for name, ok, detail in results:
+        print(f"{'OK  ' if ok else 'FAIL'} {name:<{width}}  {detail}")
+    failed = [n for n, ok, _ in results if not ok]
+    print("all checks passed" if not failed else f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def _check_broker(settings: Settings, timeout: float) -> str:
+    import threading
+
+    from .mqtt import make_client
+
+    result: dict[str, str] = {}
+    done = threading.Event()
+    # The daemon's own client set-up (auth, TLS) under another client id, so a running daemon is not kicked off.
+    client = make_client(settings, client_id_suffix="-check")
+
+    def on_connect(c, u, flags, reason_code, props):
+        result["rc"] = str(reason_code)
+        result["ok"] = "yes" if not reason_code.is_failure else ""
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect_async(settings.mqtt_host, settings.mqtt_port, keepalive=10)
+        client.loop_start()
+        if not done.wait(timeout):
+            raise RuntimeError(f"{settings.mqtt_host}:{settings.mqtt_port}: no answer within {timeout:g} s")
+        if not result.get("ok"):
+            raise RuntimeError(f"{settings.mqtt_host}:{settings.mqtt_port} refused: {result['rc']}")
+        return f"{settings.mqtt_host}:{settings.mqtt_port} accepted the connection"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# --- estimate ----------------------------------------------------------------------------------------------
+
+
+def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
+    from .daemon import StartupError, load_detector, load_model
+    from .detectors import customer_faces
+
+    try:
+        model, detector = load_model(settings), load_detector(settings)
+    except StartupError as exc:
+        print(f"agegate-edge: {exc}", file=sys.stderr)
+        return 1
+    zone = settings.zone
+    failures = 0
+    for path in args.images:
+        record: dict = {"path": str(path), "faces": [], "error": None}
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+        if image is None:
+            record["error"] = "not a readable image" if path.exists() else "no such file"
+            failures += 1
+        else:
+            faces = detector.detect(image)
+            if args.zone:
+                h, w = image.shape[:2]
+                faces = customer_faces(faces, zone, w, h)
+            ages = model.estimate(image, [f.box for f in faces]) if faces else []
+            record["faces"] = [
+                {"box": [int(v) for v in f.box], "score": round(float(f.score), 3), "age": round(float(a), 1)}
+                for f, a in zip(faces, ages)
+            ]
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif record["error"]:
+            print(f"{path}: error: {record['error']}")
+        elif not record["faces"]:
+            print(f"{path}: no face found")
+        else:
+            shown = ", ".join(f"age {f['age']:.1f} at {tuple(f['box'])}" for f in record["faces"])
+            print(f"{path}: {shown}")
+    return 1 if failures == len(args.images) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

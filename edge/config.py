@@ -1,0 +1,155 @@
+"""Daemon settings: environment variables prefixed ``AGEGATE_``, an optional env file, and
+(under systemd) a secrets directory. Every setting, with its default, is documented in
+``config.example.env``; tests/test_config.py checks the two stay in step.
+
+A bad value stops start-up with one line naming the setting (exit code 78, EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .detectors import Zone
+
+EX_CONFIG = 78
+ENV_PREFIX = "AGEGATE_"
+# Where the daemon looks for its default bundle when AGEGATE_MODEL_DIR is not set.
+DEFAULT_BUNDLE_DIR = Path(__file__).with_name("default_bundle")
+
+
+class ConfigError(Exception):
+    """One line naming the bad setting and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Where this till is
+    store_id: str = Field(default="store-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    till_id: str = Field(default="till-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    # Camera and faces
+    camera: str = "0"
+    camera_loop: bool = True
+    camera_stall_timeout_s: float = Field(default=5.0, gt=0)
+    detector: Literal["haar", "yunet"] = "haar"
+    detector_model: Path | None = None
+    min_face_px: int = Field(default=40, ge=8)
+    customer_zone: str = "0.15,0.0,0.85,1.0"
+
+    # Age model
+    model_dir: Path | None = None
+    model_threads: int = Field(default=1, ge=1, le=16)
+
+    # Smoothing
+    smoothing_window_s: float = Field(default=3.0, gt=0)
+    smoothing_samples: int = Field(default=15, ge=1, le=1000)
+    face_stale_s: float = Field(default=1.5, gt=0)
+
+    # Decision
+    challenge_age: float = Field(default=25.0, ge=1, le=100)
+    legal_age: float = Field(default=18.0, ge=1, le=100)
+    face_wait_s: float = Field(default=1.5, ge=0, le=30)
+    max_spread: float = Field(default=8.0, gt=0)
+
+    # Till POS API
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8787, ge=1, le=65535)
+    http_max_body: int = Field(default=16384, ge=256)
+
+    # MQTT
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_topic_prefix: str = Field(default="agegate", pattern=r"^[^#+\s]+$")
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    mqtt_client_id: str | None = None
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
+    stats_interval_s: float = Field(default=30.0, gt=0)
+
+    # Local state (later: the outbox and the installed models)
+    state_dir: Path = Path("/var/lib/agegate")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("customer_zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        Zone.parse(v)  # raises ValueError with the reason
+        return v
+
+    @field_validator("detector_model", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @classmethod
+    def _readable_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v.is_file() and os.access(v, os.R_OK)):
+            raise ValueError(f"{v} is not a readable file")
+        return v
+
+    @field_validator("model_dir")
+    @classmethod
+    def _directory(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"{v} is not a directory")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.legal_age > self.challenge_age:
+            raise ValueError(
+                f"AGEGATE_LEGAL_AGE ({self.legal_age:g}) must not exceed AGEGATE_CHALLENGE_AGE ({self.challenge_age:g})"
+            )
+        if self.detector == "yunet" and self.detector_model is None:
+            raise ValueError("AGEGATE_DETECTOR=yunet needs AGEGATE_DETECTOR_MODEL (path to the YuNet .onnx file)")
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("AGEGATE_MQTT_CERT_FILE and AGEGATE_MQTT_KEY_FILE go together")
+        if self.mqtt_password is not None and self.mqtt_username is None:
+            raise ValueError("AGEGATE_MQTT_PASSWORD is set but AGEGATE_MQTT_USERNAME is not")
+        return self
+
+    @property
+    def zone(self) -> Zone:
+        return Zone.parse(self.customer_zone)
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.model_dir or DEFAULT_BUNDLE_DIR
+
+    @property
+    def topic_base(self) -> str:
+        return f"{self.mqtt_topic_prefix}/{self.store_id}/{self.till_id}"
+
+
+def load_settings(env_file: str | os.PathLike[str] | None = None, secrets_dir: str | None = None) -> Settings:
+    """Settings from the environment (and ``env_file``), or ConfigError naming the first bad one.
+
+    ``secrets_dir`` defaults to systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``),
+    where a file named ``AGEGATE_MQTT_PASSWORD`` holds that secret.
+    """
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError(f"--env-file: {env_file} does not exist")
+    secrets_dir = secrets_dir or os.environ.get("CREDENTIALS_DIRECTORY")
+    try:
+        return Settings(_env_file=env_file, _secrets_dir=secrets_dir)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a cross-field check: its message names the settings itself
+        return f"invalid configuration: {msg}"
+    name = ENV_PREFIX + loc[0].upper()
+    value = err.get("input")
+    shown = "" if value is None or "password" in name.lower() else f" (got {str(value)[:80]!r})"
+    return f"{name}: {msg}{shown}"

@@ -1,0 +1,231 @@
+"""The till daemon: wires camera, vision, decisions, MQTT and the HTTP API, and supervises them.
+
+Threads (each documented in its module):
+
+- ``camera``   reads frames, keeps only the newest (capture.py)
+- ``vision``   detect → zone → age → tracker (vision.py)
+- ``http``     uvicorn's event loop; POS requests are served in its worker pool (api.py)
+- paho's network loop and ``mqtt-pos``, the MQTT POS worker (mqtt.py)
+- the main thread: start-up, housekeeping once a second (idle transactions, stats), shutdown
+
+Start-up fails fast with a clear message when the model, detector or HTTP port is unusable;
+a camera or broker that is down at start-up is retried in the background instead, because
+the till must keep answering the POS (``camera_unavailable``) while they come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import uvicorn
+
+from .. import __version__
+from .age_model import AgeModel
+from .api import create_app
+from .bundle import BundleError
+from .capture import Camera
+from .config import ConfigError, Settings
+from .decision import TransactionBook
+from .detectors import DetectorError, create_detector
+from .events import Alert, Event, ModelRef, PosMessage, Stats, Thresholds
+from .mqtt import MqttLink
+from .tracker import Tracker
+from .vision import VisionLoop
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A fault that stops start-up; the message names the setting or part at fault."""
+
+
+def load_model(settings: Settings) -> AgeModel:
+    """The one place the daemon loads a model bundle."""
+    try:
+        return AgeModel.from_dir(settings.bundle_dir, num_threads=settings.model_threads)
+    except BundleError as exc:
+        where = "AGEGATE_MODEL_DIR" if settings.model_dir else "default model bundle"
+        raise StartupError(f"{where}: {exc}") from None
+
+
+def load_detector(settings: Settings):
+    try:
+        return create_detector(settings.detector, settings.detector_model, min_face_px=settings.min_face_px)
+    except DetectorError as exc:
+        raise StartupError(f"AGEGATE_DETECTOR: {exc}") from None
+
+
+def bind_http(settings: Settings) -> socket.socket:
+    try:
+        return socket.create_server((settings.http_host, settings.http_port), reuse_port=False)
+    except OSError as exc:
+        raise StartupError(
+            f"AGEGATE_HTTP_PORT: cannot listen on {settings.http_host}:{settings.http_port}: {exc.strerror or exc}"
+        ) from None
+
+
+class Daemon:
+    def __init__(self, settings: Settings):
+        self.settings = s = settings
+        self.started_at = time.monotonic()
+        self.model = load_model(s)
+        log.info("model %s %s (%s) loaded from %s", self.model.manifest.name, self.model.manifest.version,
+                 self.model.manifest.variant, self.model.bundle.path)
+        self.detector = load_detector(s)
+        self._http_socket = bind_http(s)
+        self.camera = Camera(s.camera, loop_file=s.camera_loop, stall_timeout_s=s.camera_stall_timeout_s)
+        self.tracker = Tracker(window_s=s.smoothing_window_s, max_samples=s.smoothing_samples)
+        self.vision = VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker, s.zone,
+                                 face_stale_s=s.face_stale_s)
+        self.thresholds = Thresholds(challenge_age=s.challenge_age, legal_age=s.legal_age)
+        self.book = TransactionBook(
+            store_id=s.store_id,
+            till_id=s.till_id,
+            thresholds=self.thresholds,
+            vision=self.vision,
+            model_ref=self.model_ref,
+            publish=self.publish,
+            face_wait_s=s.face_wait_s,
+            max_spread=s.max_spread,
+        )
+        self.mqtt = MqttLink(
+            s,
+            on_pos=self.book.handle,
+            on_pos_rejected=self.reject,
+            model_ref=self.model_ref,
+            camera_state=lambda: self.camera.state.value,
+        )
+        self.app = create_app(handle_pos=self.book.handle, status=self.status, on_reject=self.reject,
+                              max_body=s.http_max_body)
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off",
+                                                     access_log=False, timeout_graceful_shutdown=2))
+        self._http_thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._http_socket]},
+                                             name="http", daemon=True)
+        self._stop = threading.Event()
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+
+    # --- what other parts call ---------------------------------------------------------------------
+
+    def model_ref(self) -> ModelRef:
+        return ModelRef(**self.model.identity)
+
+    def publish(self, event: Event) -> None:
+        """Every event the daemon emits passes here (the seam for the durable outbox)."""
+        if isinstance(event, Alert):
+            self._count("alerts")
+            log.warning("alert %s for transaction %s: %s", event.type, event.transaction_id, event.reason)
+        self.mqtt.publish(event)
+
+    def reject(self, reason: str) -> None:
+        self._count("pos_rejected")
+        log.warning("%s", reason)
+
+    def handle_pos(self, message: PosMessage):
+        return self.book.handle(message)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "store_id": self.settings.store_id,
+            "till_id": self.settings.till_id,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "camera": {"state": self.camera.state.value, "fps": round(self.camera.fps, 1),
+                       "reconnects": self.camera.reconnects, "last_error": self.camera.last_error},
+            "detector": self.detector.name,
+            "model": {**self.model.identity, "variant": self.model.manifest.variant, "runtime": self.model.runtime},
+            "mqtt": {"connected": self.mqtt.connected.is_set(), "host": self.settings.mqtt_host,
+                     "port": self.settings.mqtt_port},
+            "customer": (e.model_dump() if (e := self.vision.customer_estimate()) else None),
+            "open_transactions": self.book.open_count,
+            "decisions": dict(self.book.decisions),
+            "vision_errors": self.vision.errors,
+        }
+
+    # --- life cycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.camera.start()
+        self.vision.start()
+        self.mqtt.start()
+        self._http_thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise StartupError(f"AGEGATE_HTTP_PORT: the HTTP server on {self.settings.http_host}:"
+                                   f"{self.settings.http_port} did not start")
+            time.sleep(0.02)
+        log.info("serving the POS API on http://%s:%d", self.settings.http_host, self.settings.http_port)
+
+    def run(self) -> None:
+        """Housekeeping until stop(): idle transactions, stats, thread health."""
+        next_stats = time.monotonic() + self.settings.stats_interval_s
+        last_stats = time.monotonic()
+        while not self._stop.wait(1.0):
+            self.book.expire_idle()
+            if not self.vision.alive:
+                log.critical("the vision thread died; restarting it")
+                self.vision = VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker,
+                                         self.settings.zone, face_stale_s=self.settings.face_stale_s)
+                self.book.vision = self.vision
+                self.vision.start()
+            now = time.monotonic()
+            if now >= next_stats:
+                self.publish(self.stats(now - last_stats))
+                last_stats, next_stats = now, now + self.settings.stats_interval_s
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop taking POS messages, close open transactions, say ``stopped``, release the camera."""
+        self._stop.set()
+        self._server.should_exit = True
+        self._http_thread.join(5)
+        self.book.close_all("shutdown")
+        self.mqtt.stop()
+        self.vision.stop()
+        self.camera.stop()
+        self._http_socket.close()
+        log.info("stopped")
+
+    # --- stats -----------------------------------------------------------------------------------------
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._counts_lock:
+            self._counts[key] += n
+
+    def stats(self, interval_s: float) -> Stats:
+        frames, _ = self.vision.frames.take()
+        detects, detect_s = self.vision.detect.take()
+        infers, infer_s = self.vision.infer.take()
+        with self._counts_lock:
+            counts, self._counts = self._counts, Counter()
+        decisions = dict(self.book.decisions)
+        self.book.decisions.clear()
+        return Stats(
+            store_id=self.settings.store_id,
+            till_id=self.settings.till_id,
+            model=self.model_ref(),
+            interval_s=round(interval_s, 2),
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            camera_state=self.camera.state.value,  # type: ignore[arg-type]
+            camera_fps=round(self.camera.fps, 2),
+            camera_reconnects=self.camera.reconnects,
+            processed_fps=round(frames / interval_s, 2) if interval_s > 0 else 0.0,
+            detect_ms=round(1000 * detect_s / detects, 2) if detects else None,
+            infer_ms=round(1000 * infer_s / infers, 2) if infers else None,
+            faces_estimated=infers,
+            decisions=decisions,
+            pos_rejected=counts["pos_rejected"],
+            alerts_published=counts["alerts"],
+            publish_failures=self.mqtt.failures,
+        )
+
+
+__all__ = ["ConfigError", "Daemon", "StartupError", "load_detector", "load_model"]

@@ -1,0 +1,302 @@
+"""Challenge 25 decisions per transaction.
+
+The POS tells us about a sale (start, items, ID checked, end); for a restricted item we
+decide from the current customer's smoothed estimate and answer at once:
+
+- estimate below the challenge age → ``age_check_required`` (``likely_minor`` below the legal age)
+- no usable face (none seen, or estimates too spread to trust) → ``no_face``
+- camera down → ``camera_unavailable``
+- otherwise → ``clear``
+
+The first three are also published as alerts. A transaction that ends after a check was
+required, with no ``id_checked``, raises ``unverified_sale``. Every transaction ends in one
+anonymous summary.
+
+Threading: :meth:`TransactionBook.handle` is called from the HTTP server's worker threads
+and the MQTT POS worker at once; a lock guards the open transactions. Waiting for a face
+happens outside the lock, so one slow decision does not hold up other messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from threading import Lock
+from typing import Callable, Protocol
+
+from .events import (
+    Alert,
+    Decision,
+    Estimate,
+    Event,
+    ModelRef,
+    PosAnswer,
+    PosMessage,
+    Thresholds,
+    TransactionSummary,
+    age_band,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+CHECK_DECISIONS = ("age_check_required", "no_face", "camera_unavailable")
+MESSAGES = {
+    "clear": "Customer appears over the challenge age.",
+    "age_check_required": "Challenge {challenge:g}: please check the customer's ID.",
+    "no_face": "No face seen: please check the customer's ID.",
+    "camera_unavailable": "Camera unavailable: please check the customer's ID.",
+}
+
+
+class Vision(Protocol):
+    """What the decision needs from the camera side."""
+
+    def customer_estimate(self) -> Estimate | None: ...
+
+    def camera_ok(self) -> bool: ...
+
+
+@dataclass
+class _Transaction:
+    transaction_id: str
+    started_at: datetime = field(default_factory=utcnow)
+    last_activity: float = field(default_factory=time.monotonic)
+    items: int = 0
+    restricted_items: int = 0
+    decision: Decision | None = None
+    answer: PosAnswer | None = None
+    id_checked: bool = False
+    best_estimate: Estimate | None = None
+
+
+class TransactionBook:
+    """Open transactions and the decisions made in them."""
+
+    def __init__(
+        self,
+        *,
+        store_id: str,
+        till_id: str,
+        thresholds: Thresholds,
+        vision: Vision,
+        model_ref: Callable[[], ModelRef | None],
+        publish: Callable[[Event], None],
+        face_wait_s: float = 1.5,
+        max_spread: float = 8.0,
+        max_open: int = 64,
+        idle_timeout_s: float = 3600.0,
+        poll_s: float = 0.05,
+    ):
+        self.store_id, self.till_id = store_id, till_id
+        self.thresholds = thresholds
+        self.vision = vision
+        self.model_ref = model_ref
+        self.publish = publish
+        self.face_wait_s = face_wait_s
+        self.max_spread = max_spread
+        self.max_open = max_open
+        self.idle_timeout_s = idle_timeout_s
+        self.poll_s = poll_s
+        self._open: OrderedDict[str, _Transaction] = OrderedDict()
+        self._lock = Lock()
+        self.decisions: Counter[str] = Counter()
+
+    # --- entry point --------------------------------------------------------------------
+
+    def handle(self, msg: PosMessage) -> PosAnswer:
+        if msg.type == "item" and msg.restricted:
+            return self._restricted_item(msg)
+        with self._lock:
+            tx = self._get_or_start(msg.transaction_id)
+            if msg.type == "item":
+                tx.items += 1
+            elif msg.type == "id_checked":
+                tx.id_checked = True
+            elif msg.type == "transaction_end":
+                self._end(tx, "pos")
+            return self._plain_answer(tx)
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """End transactions the POS forgot (no message for idle_timeout_s); returns how many."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            stale = [t for t in self._open.values() if now - t.last_activity > self.idle_timeout_s]
+            for tx in stale:
+                self._end(tx, "timeout")
+        return len(stale)
+
+    def close_all(self, reason: str = "shutdown") -> None:
+        with self._lock:
+            for tx in list(self._open.values()):
+                self._end(tx, reason)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    # --- restricted items ----------------------------------------------------------------
+
+    def _restricted_item(self, msg: PosMessage) -> PosAnswer:
+        with self._lock:
+            tx = self._get_or_start(msg.transaction_id)
+            tx.items += 1
+            tx.restricted_items += 1
+            # A transaction decides once: a customer asked for ID stays asked, one seen as
+            # clear stays clear. Only "could not assess" is worth another look.
+            if tx.answer is not None and tx.decision in ("clear", "age_check_required"):
+                return self._repeat(tx)
+        estimate, decision = self._assess()
+        answer, alert = self._decide(msg, estimate, decision)
+        with self._lock:
+            tx = self._get_or_start(msg.transaction_id)
+            if tx.id_checked:  # ID was checked while we looked: nothing left to alert
+                answer = answer.model_copy(update={"check_id": False, "alert_event_id": None})
+                alert = None
+            tx.decision, tx.answer = decision, answer
+            if estimate is not None:
+                tx.best_estimate = estimate
+            self.decisions[decision] += 1
+        if alert is not None:
+            self.publish(alert)
+        log.info("transaction %s: %s (%s)", msg.transaction_id, decision, _describe(estimate))
+        return answer
+
+    def _assess(self) -> tuple[Estimate | None, Decision]:
+        """The customer's estimate, waiting up to face_wait_s for a usable one."""
+        deadline = time.monotonic() + self.face_wait_s
+        while True:
+            if not self.vision.camera_ok():
+                return None, "camera_unavailable"
+            estimate = self.vision.customer_estimate()
+            if estimate is not None and estimate.spread <= self.max_spread:
+                return estimate, ("age_check_required" if estimate.age < self.thresholds.challenge_age else "clear")
+            if time.monotonic() >= deadline:
+                return estimate, "no_face"
+            time.sleep(self.poll_s)
+
+    def _decide(self, msg: PosMessage, estimate: Estimate | None, decision: Decision) -> tuple[PosAnswer, Alert | None]:
+        model = self.model_ref()
+        likely_minor = decision == "age_check_required" and estimate is not None and estimate.age < self.thresholds.legal_age
+        alert = None
+        if decision in CHECK_DECISIONS:
+            alert = Alert(
+                type=decision,
+                store_id=self.store_id,
+                till_id=self.till_id,
+                model=model,
+                transaction_id=msg.transaction_id,
+                category=msg.category,
+                likely_minor=likely_minor,
+                estimate=estimate,
+                thresholds=self.thresholds,
+                reason=_reason(decision, estimate, self.thresholds),
+            )
+        answer = PosAnswer(
+            transaction_id=msg.transaction_id,
+            decision=decision,
+            check_id=decision in CHECK_DECISIONS,
+            likely_minor=likely_minor,
+            message=MESSAGES[decision].format(challenge=self.thresholds.challenge_age),
+            estimate=estimate,
+            thresholds=self.thresholds,
+            alert_event_id=alert.event_id if alert else None,
+            model=model,
+        )
+        return answer, alert
+
+    def _repeat(self, tx: _Transaction) -> PosAnswer:
+        assert tx.answer is not None
+        check = tx.decision in CHECK_DECISIONS and not tx.id_checked
+        return tx.answer.model_copy(update={"check_id": check, "alert_event_id": None})
+
+    # --- bookkeeping (lock held) ---------------------------------------------------------------
+
+    def _get_or_start(self, transaction_id: str) -> _Transaction:
+        tx = self._open.get(transaction_id)
+        if tx is None:
+            # The POS may skip transaction_start (or we restarted mid-sale): start implicitly.
+            tx = _Transaction(transaction_id)
+            self._open[transaction_id] = tx
+            while len(self._open) > self.max_open:
+                oldest = next(iter(self._open.values()))
+                log.warning("more than %d open transactions: ending %s", self.max_open, oldest.transaction_id)
+                self._end(oldest, "evicted")
+        else:
+            self._open.move_to_end(transaction_id)
+        tx.last_activity = time.monotonic()
+        return tx
+
+    def _end(self, tx: _Transaction, ended_by: str) -> None:
+        self._open.pop(tx.transaction_id, None)
+        if tx.best_estimate is None:
+            tx.best_estimate = self.vision.customer_estimate()
+        model = self.model_ref()
+        if tx.decision == "age_check_required" and not tx.id_checked:
+            self.publish(
+                Alert(
+                    type="unverified_sale",
+                    store_id=self.store_id,
+                    till_id=self.till_id,
+                    model=model,
+                    transaction_id=tx.transaction_id,
+                    likely_minor=tx.answer.likely_minor if tx.answer else False,
+                    estimate=tx.best_estimate,
+                    thresholds=self.thresholds,
+                    reason="The sale ended after an age check was required, but no ID check was recorded.",
+                )
+            )
+        self.publish(
+            TransactionSummary(
+                store_id=self.store_id,
+                till_id=self.till_id,
+                model=model,
+                transaction_id=tx.transaction_id,
+                started_at=tx.started_at,
+                ended_at=utcnow(),
+                ended_by=ended_by,  # type: ignore[arg-type]
+                age_band=age_band(tx.best_estimate.age if tx.best_estimate else None),
+                items=tx.items,
+                restricted_items=tx.restricted_items,
+                decision=tx.decision,
+                id_checked=tx.id_checked,
+                outcome=_outcome(tx),
+                thresholds=self.thresholds,
+            )
+        )
+
+    def _plain_answer(self, tx: _Transaction) -> PosAnswer:
+        return PosAnswer(transaction_id=tx.transaction_id, thresholds=self.thresholds, model=self.model_ref())
+
+
+def _outcome(tx: _Transaction) -> str:
+    if tx.restricted_items == 0:
+        return "no_restricted_items"
+    if tx.id_checked:
+        return "id_checked"
+    if tx.decision == "clear":
+        return "clear"
+    if tx.decision == "age_check_required":
+        return "unverified_sale"
+    return "not_assessed"
+
+
+def _describe(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return "no estimate"
+    return f"age {estimate.age:.1f} ± {estimate.spread:.1f} from {estimate.samples} frames"
+
+
+def _reason(decision: Decision, estimate: Estimate | None, t: Thresholds) -> str:
+    if decision == "age_check_required":
+        assert estimate is not None
+        minor = " and under the legal age" if estimate.age < t.legal_age else ""
+        return f"Estimated age {estimate.age:.1f} is under the challenge age {t.challenge_age:g}{minor}."
+    if decision == "camera_unavailable":
+        return "The camera is unavailable, so the customer could not be assessed."
+    if estimate is not None:
+        return f"The customer's estimates disagree too much to trust (spread {estimate.spread:.1f} years)."
+    return "No face was seen in the customer zone."

@@ -1,0 +1,224 @@
+"""``make demo``: the till daemon on its embedded defaults, with a simulated POS.
+
+It writes a demo video of a real face (the public-domain astronaut photo that
+scikit-image ships: NASA's Eileen Collins), starts a local MQTT broker when none is
+configured (mosquitto if installed, else the pure-Python amqtt broker), runs
+``agegate-edge run`` on that video, plays two sales through the POS API, and prints the
+answers the till got and what an independent MQTT subscriber received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FRAME_SIZE = (640, 480)
+
+
+# --- demo videos (also used by the tests) ----------------------------------------------------------
+
+
+def face_frame(face_bgr: np.ndarray, shift: int = 0) -> np.ndarray:
+    """A 640x480 scene with the photo in the middle (the customer zone), moved ``shift`` px sideways."""
+    frame = np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 90, np.uint8)
+    # 400 px: the face is about 75 px wide, as a customer a metre from a till camera.
+    face = cv2.resize(face_bgr, (400, 400))
+    x0, y0 = 120 + shift, 40
+    frame[y0 : y0 + 400, x0 : x0 + 400] = face
+    return frame
+
+
+def _writer(path: Path, fps: float) -> cv2.VideoWriter:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, FRAME_SIZE)
+    if not w.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path}")
+    return w
+
+
+def write_face_video(path: Path, face_bgr: np.ndarray, frames: int = 60, fps: float = 15.0) -> Path:
+    w = _writer(path, fps)
+    for i in range(frames):
+        w.write(face_frame(face_bgr, shift=(i % 10) - 5))
+    w.release()
+    return path
+
+
+def write_empty_video(path: Path, frames: int = 60, fps: float = 15.0) -> Path:
+    """A till with nobody at it: a grey scene with faint sensor noise."""
+    w = _writer(path, fps)
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        frame = np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 90, np.uint8)
+        frame += rng.integers(0, 8, frame.shape, dtype=np.uint8)
+        w.write(frame)
+    w.release()
+    return path
+
+
+def astronaut_bgr() -> np.ndarray:
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+# --- a local broker -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the demo broker did not listen on 127.0.0.1:{port}")
+
+
+def start_local_broker(workdir: Path) -> tuple[int, str, callable]:
+    """(port, description, stop) of a broker on 127.0.0.1: mosquitto if installed, else amqtt."""
+    port = _free_port()
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if binary:
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(port)
+        return port, f"mosquitto on 127.0.0.1:{port}", lambda: (proc.terminate(), proc.wait(5))
+
+    from amqtt.broker import Broker  # pure Python, for machines without mosquitto
+
+    loop = asyncio.new_event_loop()
+    config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+              "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+    broker = Broker(config, loop=loop)
+    threading.Thread(target=loop.run_forever, name="demo-broker", daemon=True).start()
+    asyncio.run_coroutine_threadsafe(broker.start(), loop).result(10)
+    _wait_listening(port)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+    return port, f"amqtt (pure Python) on 127.0.0.1:{port}", stop
+
+
+# --- the demo ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    import httpx
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    workdir = Path(tempfile.mkdtemp(prefix="agegate-demo-"))
+    video = write_face_video(workdir / "customer.avi", astronaut_bgr(), frames=150)
+    print(f"demo video with a real face: {video}")
+
+    stop_broker = None
+    if os.environ.get("AGEGATE_MQTT_HOST"):
+        host, port = os.environ["AGEGATE_MQTT_HOST"], int(os.environ.get("AGEGATE_MQTT_PORT", "1883"))
+        print(f"using the configured broker {host}:{port}")
+    else:
+        host = "127.0.0.1"
+        port, described, stop_broker = start_local_broker(workdir)
+        print(f"started a local broker: {described}")
+
+    received: list[tuple[str, dict]] = []
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"agegate-demo-backend-{os.getpid()}")
+    sub.on_connect = lambda c, *a: c.subscribe("agegate/#", qos=1)
+    sub.on_message = lambda c, u, m: received.append((m.topic, json.loads(m.payload)))
+    sub.connect(host, port)
+    sub.loop_start()
+
+    http_port = _free_port()
+    env = {**os.environ, "AGEGATE_CAMERA": str(video), "AGEGATE_MQTT_HOST": host, "AGEGATE_MQTT_PORT": str(port),
+           "AGEGATE_HTTP_PORT": str(http_port), "AGEGATE_STATE_DIR": str(workdir / "state"),
+           "AGEGATE_STATS_INTERVAL_S": "5", "AGEGATE_LOG_LEVEL": "WARNING"}
+    daemon = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=env)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        _wait_ready(url, daemon)
+        print(f"daemon ready on {url} (OpenAPI docs at {url}/docs)\n")
+        sales = [
+            ("T-1001", [("item", False, "bakery"), ("item", True, "wine"), ("id_checked", False, None)]),
+            ("T-1002", [("item", True, "beer")]),
+        ]
+        for tx, steps in sales:
+            print(f"POS  transaction_start {tx}")
+            httpx.post(f"{url}/v1/pos", json={"type": "transaction_start", "transaction_id": tx})
+            for kind, restricted, category in steps:
+                r = httpx.post(f"{url}/v1/pos", json={"type": kind, "transaction_id": tx, "category": category,
+                                                      "restricted": restricted}, timeout=30).json()
+                if kind == "item" and restricted:
+                    est = r["estimate"]
+                    seen = f"estimated age {est['age']:.1f} ± {est['spread']:.1f} over {est['samples']} frames" if est else "no estimate"
+                    print(f"POS  item {category} (restricted) -> {r['decision']}: {r['message']} [{seen}]")
+                elif kind == "id_checked":
+                    print(f"POS  id_checked {tx}")
+                else:
+                    print(f"POS  item {category}")
+            httpx.post(f"{url}/v1/pos", json={"type": "transaction_end", "transaction_id": tx})
+            print(f"POS  transaction_end {tx}\n")
+        time.sleep(1.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        time.sleep(0.5)
+        sub.disconnect()
+        sub.loop_stop()
+        if stop_broker:
+            stop_broker()
+
+    print("an independent MQTT subscriber received:")
+    for topic, p in received:
+        kind = topic.rsplit("/", 1)[-1]
+        if kind == "alerts":
+            print(f"  {topic}: {p['type']} for {p['transaction_id']} — {p['reason']}")
+        elif kind == "transactions":
+            print(f"  {topic}: {p['transaction_id']} age band {p['age_band']}, outcome {p['outcome']}")
+        elif kind == "status":
+            print(f"  {topic}: {p['state']}")
+        elif kind == "stats":
+            print(f"  {topic}: {p['processed_fps']} frames/s processed, detect {p['detect_ms']} ms, infer {p['infer_ms']} ms per face")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if daemon.returncode == 0 else 1
+
+
+def _wait_ready(url: str, daemon: subprocess.Popen, timeout: float = 90) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise SystemExit(f"the daemon exited with {daemon.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/status", timeout=1).json()["customer"]:
+                return
+        except (httpx.HTTPError, KeyError):
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the daemon did not see the customer within 90 s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""What the daemon says and hears: the POS messages it accepts and every MQTT payload it publishes.
+
+Each payload is a versioned pydantic model; ``python -m agegate.edge.events docs/schemas``
+writes their JSON Schemas, which docs/mqtt.md describes for backend developers. A change
+that breaks a consumer bumps SCHEMA_VERSION. Payloads carry numbers only, never pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+# Age bands used for the anonymous analytics and for error reporting in the model card.
+AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("0-12", 0, 13),
+    ("13-17", 13, 18),
+    ("18-24", 18, 25),
+    ("25-34", 25, 35),
+    ("35-49", 35, 50),
+    ("50-64", 50, 65),
+    ("65+", 65, float("inf")),
+)
+AgeBand = Literal["0-12", "13-17", "18-24", "25-34", "35-49", "50-64", "65+", "unknown"]
+
+
+def age_band(age: float | None) -> AgeBand:
+    if age is None:
+        return "unknown"
+    for name, lo, hi in AGE_BANDS:
+        if lo <= age < hi:
+            return name  # type: ignore[return-value]
+    return "0-12"  # negative ages cannot come out of to_age(); keep the type total
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- What the POS sends ------------------------------------------------------------------
+
+
+class PosMessage(BaseModel):
+    """One message from the till's POS software (HTTP body of POST /v1/pos, or MQTT .../pos)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    type: Literal["transaction_start", "item", "id_checked", "transaction_end"]
+    transaction_id: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
+    category: str | None = Field(default=None, max_length=64)
+    restricted: bool = False
+
+
+Decision = Literal["clear", "age_check_required", "no_face", "camera_unavailable"]
+
+
+class Estimate(BaseModel):
+    """The customer's smoothed age: median of recent per-frame estimates and half their IQR."""
+
+    age: float
+    spread: float
+    samples: int
+
+
+class Thresholds(BaseModel):
+    challenge_age: float
+    legal_age: float
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class PosAnswer(BaseModel):
+    """The daemon's answer to a POS message; for a restricted item it carries the decision."""
+
+    transaction_id: str
+    accepted: bool = True
+    decision: Decision | None = Field(
+        default=None, description="Set for restricted items: what the till should do"
+    )
+    check_id: bool = Field(default=False, description="True when the cashier must check ID now")
+    likely_minor: bool = False
+    message: str = ""
+    estimate: Estimate | None = None
+    thresholds: Thresholds
+    alert_event_id: uuid.UUID | None = Field(default=None, description="event_id of the alert published for this decision")
+    model: ModelRef | None = None
+
+
+# --- What the daemon publishes ------------------------------------------------------------
+
+
+class Event(BaseModel):
+    """Fields every published payload carries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique per event; use it to de-duplicate")
+    timestamp: datetime = Field(default_factory=utcnow, description="UTC, ISO 8601")
+    store_id: str
+    till_id: str
+    model: ModelRef | None = Field(description="The model that made the estimate (null if none is loaded)")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+
+AlertType = Literal["age_check_required", "no_face", "unverified_sale", "camera_unavailable"]
+
+
+class Alert(Event):
+    """Published on ``{prefix}/{store}/{till}/alerts`` at QoS 1 (not retained)."""
+
+    type: AlertType
+    transaction_id: str
+    category: str | None = None
+    likely_minor: bool = False
+    estimate: Estimate | None
+    thresholds: Thresholds
+    reason: str = Field(description="A sentence for people reading the alert")
+
+
+class TransactionSummary(Event):
+    """One per transaction on ``{prefix}/{store}/{till}/transactions``: anonymous, an age band, never an age."""
+
+    type: Literal["transaction_summary"] = "transaction_summary"
+    transaction_id: str
+    started_at: datetime
+    ended_at: datetime
+    ended_by: Literal["pos", "timeout", "evicted", "shutdown"] = "pos"
+    age_band: AgeBand
+    items: int
+    restricted_items: int
+    decision: Decision | None = Field(description="The decision for the first restricted item (null without one)")
+    id_checked: bool
+    outcome: Literal["no_restricted_items", "clear", "id_checked", "unverified_sale", "not_assessed"]
+    thresholds: Thresholds
+
+
+CameraStateName = Literal["starting", "streaming", "reconnecting", "stopped"]
+
+
+class Status(Event):
+    """Retained on ``{prefix}/{store}/{till}/status``. ``offline`` is the broker-published last will."""
+
+    type: Literal["status"] = "status"
+    state: Literal["online", "offline", "stopped"]
+    camera_state: CameraStateName | None = None
+    version: str = Field(description="agegate software version")
+
+
+class Stats(Event):
+    """Every AGEGATE_STATS_INTERVAL_S on ``{prefix}/{store}/{till}/stats`` (QoS 0): averages over the interval."""
+
+    type: Literal["stats"] = "stats"
+    interval_s: float
+    uptime_s: float
+    camera_state: CameraStateName
+    camera_fps: float
+    camera_reconnects: int
+    processed_fps: float
+    detect_ms: float | None
+    infer_ms: float | None
+    faces_estimated: int
+    decisions: dict[str, int] = Field(description="Decisions made in the interval, by decision")
+    pos_rejected: int = Field(description="POS messages rejected in the interval (bad JSON, wrong fields, too large)")
+    alerts_published: int
+    publish_failures: int
+
+
+PUBLISHED = {"alert": Alert, "transaction_summary": TransactionSummary, "status": Status, "stats": Stats}
+
+
+def write_schemas(out_dir: Path) -> list[Path]:
+    """Write one JSON Schema file per published payload and one for the POS message."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model in [*PUBLISHED.items(), ("pos_message", PosMessage), ("pos_answer", PosAnswer)]:
+        schema = model.model_json_schema()
+        schema["$id"] = f"https://agegate.example/schemas/v{SCHEMA_VERSION}/{name}.json"
+        path = out_dir / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")):
+        print(p)

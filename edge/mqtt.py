@@ -1,0 +1,184 @@
+"""The daemon's MQTT link: the one place that publishes, and the listener for POS messages.
+
+Topics, under ``base = {prefix}/{store}/{till}``:
+
+- ``base/alerts``        Alert, QoS 1
+- ``base/transactions``  TransactionSummary, QoS 1
+- ``base/status``        Status, QoS 1, retained; ``offline`` is registered as the last will
+- ``base/stats``         Stats, QoS 0
+- ``base/pos``           subscribed: POS messages, for stores whose POS speaks MQTT
+
+Threading: paho runs its network loop in its own thread (``loop_start``); ``publish`` may be
+called from any thread. Incoming POS messages are handed to a bounded queue served by one
+worker thread, because deciding may wait for a face and must not stall the network loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .. import __version__
+from .config import Settings
+from .events import Alert, Event, ModelRef, PosMessage, Stats, Status, TransactionSummary
+
+log = logging.getLogger(__name__)
+
+TOPIC_BY_TYPE: dict[type[Event], tuple[str, int, bool]] = {
+    Alert: ("alerts", 1, False),
+    TransactionSummary: ("transactions", 1, False),
+    Status: ("status", 1, True),
+    Stats: ("stats", 0, False),
+}
+POS_QUEUE_MAX = 256
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_pos: Callable[[PosMessage], object],
+        on_pos_rejected: Callable[[str], None],
+        model_ref: Callable[[], ModelRef | None],
+        camera_state: Callable[[], str | None],
+    ):
+        self.settings = settings
+        self.base = settings.topic_base
+        self.on_pos = on_pos
+        self.on_pos_rejected = on_pos_rejected
+        self.model_ref = model_ref
+        self.camera_state = camera_state
+        self.connected = threading.Event()
+        self.published = 0
+        self.failures = 0
+        self._pos_queue: queue.Queue[PosMessage | None] = queue.Queue(maxsize=POS_QUEUE_MAX)
+        self._pos_worker = threading.Thread(target=self._serve_pos, name="mqtt-pos", daemon=True)
+        self._client = self._make_client()
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background: a broker that is down at start-up is retried, not fatal."""
+        s = self.settings
+        self._pos_worker.start()
+        self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=s.mqtt_keepalive_s)
+        self._client.loop_start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Publish ``stopped`` (retained), wait up to timeout_s for pending messages, disconnect."""
+        if self.connected.is_set():
+            info = self._publish(self._status("stopped"))
+            try:
+                info.wait_for_publish(timeout=timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("could not publish the stopped status: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._pos_queue.put(None)
+
+    # --- publishing ------------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Send one event to its topic. Never blocks; paho queues QoS 1 messages while offline."""
+        info = self._publish(event)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            self.failures += 1
+            log.error("publishing %s %s failed: %s", type(event).__name__, event.event_id, paho.error_string(info.rc))
+
+    def _publish(self, event: Event) -> paho.MQTTMessageInfo:
+        suffix, qos, retain = TOPIC_BY_TYPE[type(event)]
+        self.published += 1
+        return self._client.publish(f"{self.base}/{suffix}", event.to_json(), qos=qos, retain=retain)
+
+    def _status(self, state: str) -> Status:
+        s = self.settings
+        return Status(
+            store_id=s.store_id,
+            till_id=s.till_id,
+            model=self.model_ref(),
+            state=state,  # type: ignore[arg-type]
+            camera_state=self.camera_state(),  # type: ignore[arg-type]
+            version=__version__,
+        )
+
+    # --- paho plumbing -----------------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        client = make_client(self.settings)
+        will = self._status("offline")
+        client.will_set(f"{self.base}/status", will.to_json(), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.message_callback_add(f"{self.base}/pos", self._on_pos_message)
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker %s:%s refused the connection: %s", self.settings.mqtt_host, self.settings.mqtt_port, reason_code)
+            return
+        log.info("connected to MQTT broker %s:%s", self.settings.mqtt_host, self.settings.mqtt_port)
+        client.subscribe(f"{self.base}/pos", qos=1)
+        self._publish(self._status("online"))
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            log.warning("disconnected from MQTT broker: %s; reconnecting", reason_code)
+        self.connected.clear()
+
+    def _on_pos_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        if len(message.payload) > self.settings.http_max_body:
+            self.on_pos_rejected(f"MQTT POS message of {len(message.payload)} bytes exceeds {self.settings.http_max_body}")
+            return
+        try:
+            msg = PosMessage.model_validate_json(message.payload)
+        except ValueError as exc:
+            self.on_pos_rejected(f"MQTT POS message rejected: {_first_error(exc)}")
+            return
+        try:
+            self._pos_queue.put_nowait(msg)
+        except queue.Full:
+            self.on_pos_rejected(f"MQTT POS queue full ({POS_QUEUE_MAX}): dropped {msg.type} for {msg.transaction_id}")
+
+    def _serve_pos(self) -> None:
+        while (msg := self._pos_queue.get()) is not None:
+            try:
+                self.on_pos(msg)
+            except Exception:  # one bad message must not end the worker
+                log.exception("handling MQTT POS message %s failed", msg.type)
+
+
+def make_client(settings: Settings, client_id_suffix: str = "") -> paho.Client:
+    """A paho client with this till's identity, credentials and TLS; no callbacks set."""
+    s = settings
+    client_id = (s.mqtt_client_id or f"agegate-{s.store_id}-{s.till_id}") + client_id_suffix
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.max_queued_messages_set(10_000)  # bounded; the durable outbox comes in front of this
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    if s.mqtt_username:
+        client.username_pw_set(s.mqtt_username, s.mqtt_password.get_secret_value() if s.mqtt_password else None)
+    if s.mqtt_tls or s.mqtt_ca_file:
+        client.tls_set(
+            ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+            certfile=str(s.mqtt_cert_file) if s.mqtt_cert_file else None,
+            keyfile=str(s.mqtt_key_file) if s.mqtt_key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    return client
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        return f"{where}: {e['msg']}"
+    return str(exc)

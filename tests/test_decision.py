@@ -1,0 +1,125 @@
+"""Challenge 25 rules per transaction, on the TransactionBook with a scripted view of the customer."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agegate.edge.decision import TransactionBook
+from agegate.edge.events import Alert, Estimate, ModelRef, PosMessage, Thresholds, TransactionSummary
+
+MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
+
+
+class ScriptedVision:
+    """Answers what the test sets; the real vision loop is exercised in test_e2e.py."""
+
+    def __init__(self, estimate: Estimate | None = None, camera: bool = True):
+        self.estimate, self.camera = estimate, camera
+
+    def customer_estimate(self):
+        return self.estimate
+
+    def camera_ok(self):
+        return self.camera
+
+
+def make_book(vision, **kw):
+    published = []
+    book = TransactionBook(
+        store_id="s1", till_id="t1", thresholds=Thresholds(challenge_age=25, legal_age=18), vision=vision,
+        model_ref=lambda: MODEL, publish=published.append, face_wait_s=kw.pop("face_wait_s", 0.2), **kw,
+    )
+    return book, published
+
+
+def pos(type_, tx="T1", restricted=False):
+    return PosMessage(type=type_, transaction_id=tx, category="alcohol" if restricted else "bakery", restricted=restricted)
+
+
+@pytest.mark.parametrize(
+    "age, decision, minor",
+    [(15.0, "age_check_required", True), (21.0, "age_check_required", False), (24.9, "age_check_required", False),
+     (25.0, "clear", False), (47.0, "clear", False)],
+)
+def test_thresholds(age, decision, minor):
+    book, published = make_book(ScriptedVision(Estimate(age=age, spread=1.0, samples=9)))
+    answer = book.handle(pos("item", restricted=True))
+    assert (answer.decision, answer.likely_minor) == (decision, minor)
+    assert answer.check_id is (decision != "clear")
+    alerts = [e for e in published if isinstance(e, Alert)]
+    if decision == "clear":
+        assert alerts == [] and answer.alert_event_id is None
+    else:
+        assert [a.type for a in alerts] == [decision] and alerts[0].event_id == answer.alert_event_id
+        assert alerts[0].model == MODEL and alerts[0].estimate.age == age
+
+
+def test_no_face_after_waiting_and_camera_down():
+    book, published = make_book(ScriptedVision(None))
+    assert book.handle(pos("item", restricted=True)).decision == "no_face"
+    book2, published2 = make_book(ScriptedVision(Estimate(age=40, spread=1, samples=5), camera=False))
+    assert book2.handle(pos("item", restricted=True)).decision == "camera_unavailable"
+    assert [a.type for a in published2 if isinstance(a, Alert)] == ["camera_unavailable"]
+
+
+def test_too_spread_estimates_are_not_trusted():
+    book, _ = make_book(ScriptedVision(Estimate(age=40, spread=12, samples=5)), max_spread=8)
+    assert book.handle(pos("item", restricted=True)).decision == "no_face"
+
+
+def test_a_face_arriving_while_waiting_decides():
+    vision = ScriptedVision(None)
+    book, _ = make_book(vision, face_wait_s=3.0)
+    threading.Timer(0.3, lambda: setattr(vision, "estimate", Estimate(age=16, spread=0.5, samples=2))).start()
+    answer = book.handle(pos("item", restricted=True))
+    assert answer.decision == "age_check_required" and answer.likely_minor
+
+
+def test_unverified_sale_and_summary():
+    book, published = make_book(ScriptedVision(Estimate(age=19, spread=1, samples=9)))
+    book.handle(pos("transaction_start"))
+    book.handle(pos("item"))
+    book.handle(pos("item", restricted=True))
+    book.handle(pos("item", restricted=True))  # same transaction: no second alert
+    book.handle(pos("transaction_end"))
+    types = [getattr(e, "type") for e in published]
+    assert types == ["age_check_required", "unverified_sale", "transaction_summary"]
+    summary = published[-1]
+    assert isinstance(summary, TransactionSummary)
+    assert (summary.age_band, summary.items, summary.restricted_items, summary.outcome, summary.id_checked) == (
+        "18-24", 3, 2, "unverified_sale", False)
+    assert book.open_count == 0
+
+
+def test_id_checked_means_no_unverified_sale():
+    book, published = make_book(ScriptedVision(Estimate(age=19, spread=1, samples=9)))
+    book.handle(pos("item", restricted=True))
+    book.handle(pos("id_checked"))
+    again = book.handle(pos("item", restricted=True))
+    assert again.decision == "age_check_required" and again.check_id is False
+    book.handle(pos("transaction_end"))
+    assert [e.type for e in published] == ["age_check_required", "transaction_summary"]
+    assert published[-1].outcome == "id_checked"
+
+
+def test_transactions_without_restricted_items_and_bounded_open_set():
+    book, published = make_book(ScriptedVision(Estimate(age=33, spread=1, samples=9)), max_open=5)
+    for i in range(12):
+        book.handle(pos("item", tx=f"T{i}"))
+    assert book.open_count == 5
+    evicted = [e for e in published if isinstance(e, TransactionSummary)]
+    assert len(evicted) == 7 and {e.ended_by for e in evicted} == {"evicted"}
+    assert {e.outcome for e in evicted} == {"no_restricted_items"} and {e.age_band for e in evicted} == {"25-34"}
+
+
+def test_idle_transactions_expire_and_shutdown_closes_the_rest():
+    book, published = make_book(ScriptedVision(None), idle_timeout_s=10)
+    book.handle(pos("transaction_start", tx="old"))
+    book.handle(pos("transaction_start", tx="new"))
+    import time
+    assert book.expire_idle(now=time.monotonic() + 11) == 2
+    book.handle(pos("transaction_start", tx="last"))
+    book.close_all()
+    assert [(e.transaction_id, e.ended_by) for e in published] == [("old", "timeout"), ("new", "timeout"), ("last", "shutdown")]

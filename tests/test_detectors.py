@@ -1,0 +1,162 @@
+"""Face detectors on the real astronaut photo, the customer zone and its ordering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require_yunet
+from video_factory import face_frame
+
+from agegate.edge.detectors import Detector, DetectorError, Face, Zone, create_detector, customer_faces
+from agegate.edge.tracker import iou
+
+# Eileen Collins' face on the 512x512 astronaut photo, measured by hand from the image
+# (hairline to chin, ear to ear): x 177-269, y 62-176.
+TRUE_FACE = (177, 62, 92, 114)
+
+
+@pytest.fixture(scope="module")
+def haar() -> Detector:
+    return create_detector("haar")
+
+
+@pytest.fixture(scope="module")
+def yunet() -> Detector:
+    return create_detector("yunet", require_yunet())
+
+
+@pytest.fixture(scope="module")
+def blank_frames() -> list[np.ndarray]:
+    grey = np.full((480, 640, 3), 128, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    return [grey, noise]
+
+
+@pytest.fixture(params=["haar", "yunet"])
+def detector(request) -> Detector:
+    return request.getfixturevalue(request.param)
+
+
+def test_finds_the_one_face_on_the_astronaut_photo(detector, astronaut_bgr):
+    faces = detector.detect(astronaut_bgr)
+    assert len(faces) == 1
+    (face,) = faces
+    assert iou(face.box, TRUE_FACE) >= 0.6, face
+    x, y, w, h = face.box
+    assert 160 <= x and x + w <= 290 and 50 <= y and y + h <= 190
+
+
+def test_finds_no_face_on_a_blank_or_noisy_frame(detector, blank_frames):
+    for frame in blank_frames:
+        assert detector.detect(frame) == []
+
+
+def test_is_reusable_across_frame_sizes(detector, astronaut_bgr):
+    first = detector.detect(astronaut_bgr)
+    scene = face_frame(astronaut_bgr)  # 640x480, the photo scaled to 320 px at (160, 80)
+    (in_scene,) = detector.detect(scene)
+    # The same face, scaled by 320/512 and moved by (160, 80).
+    k = 320 / 512
+    expected = (160 + round(first[0].box[0] * k), 80 + round(first[0].box[1] * k), round(first[0].box[2] * k), round(first[0].box[3] * k))
+    assert iou(in_scene.box, expected) >= 0.6
+    assert detector.detect(astronaut_bgr) == first  # back to the first size, same answer
+
+
+def test_a_frame_that_is_not_bgr_is_refused(detector, astronaut_bgr):
+    with pytest.raises(ValueError, match="BGR"):
+        detector.detect(astronaut_bgr[:, :, 0])
+
+
+def test_min_face_px_drops_smaller_faces(astronaut_bgr):
+    assert create_detector("haar", min_face_px=150).detect(astronaut_bgr) == []
+    assert create_detector("yunet", require_yunet(), min_face_px=150).detect(astronaut_bgr) == []
+
+
+def test_the_two_backends_agree(haar, yunet, astronaut_bgr):
+    (h,) = haar.detect(astronaut_bgr)
+    (y,) = yunet.detect(astronaut_bgr)
+    assert iou(h.box, y.box) >= 0.5
+    assert haar.name == "haar" and yunet.name == "yunet"
+    assert h.score > 0  # the cascade's level weight
+    assert 0.7 <= y.score <= 1.0
+
+
+def test_yunet_score_threshold(astronaut_bgr):
+    strict = create_detector("yunet", require_yunet(), score_threshold=0.99)
+    assert strict.detect(astronaut_bgr) == []
+
+
+def test_yunet_boxes_are_clipped_to_the_frame(yunet, astronaut_bgr):
+    # The face cut by the left edge: its box must start at 0, not before.
+    cut = np.ascontiguousarray(astronaut_bgr[:, 200:])
+    for face in yunet.detect(cut):
+        x, y, w, h = face.box
+        assert x >= 0 and y >= 0 and x + w <= cut.shape[1] and y + h <= cut.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "message"),
+    [
+        ("dlib", None, "unknown detector 'dlib'; choose one of: haar, yunet"),
+        ("yunet", None, "needs a model path"),
+    ],
+)
+def test_create_detector_errors(kind, path, message):
+    with pytest.raises(DetectorError, match=message):
+        create_detector(kind, path)
+
+
+def test_create_detector_names_a_missing_or_broken_model(tmp_path):
+    missing = tmp_path / "yunet.onnx"
+    with pytest.raises(DetectorError, match="no such file") as err:
+        create_detector("yunet", missing)
+    assert str(missing) in str(err.value)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(DetectorError, match="does not load") as err:
+        create_detector("yunet", broken)
+    assert str(broken) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_zone_parse():
+    assert Zone.parse("0.2,0.1,0.8,1.0") == Zone(0.2, 0.1, 0.8, 1.0)
+    assert Zone.parse(" 0, 0 ,1,1 ") == Zone() == Zone(0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0.2,0.1,0.8", "four numbers"),
+        ("0.2,0.1,0.8,1.0,0.5", "four numbers"),
+        ("left,top,right,bottom", "four numbers"),
+        ("0.8,0.1,0.2,1.0", "x0 < x1"),
+        ("0.2,0.5,0.8,0.5", "y0 < y1"),
+        ("-0.1,0,1,1", "0 <= x0"),
+        ("0,0,1.5,1", "x1 <= 1"),
+        ("nan,0,1,1", "must have"),
+    ],
+)
+def test_zone_parse_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        Zone.parse(text)
+
+
+def test_zone_contains_by_the_face_centre():
+    zone = Zone(0.25, 0.0, 0.75, 1.0)  # the middle half of a 640x480 frame: x 160..480
+    assert zone.contains(Face((300, 100, 80, 80), 1.0), 640, 480)
+    assert not zone.contains(Face((40, 100, 80, 80), 1.0), 640, 480)  # centre x 80
+    # Mostly outside, but the centre (x 170) is inside: it counts.
+    assert zone.contains(Face((100, 100, 140, 140), 1.0), 640, 480)
+    # Mostly inside, but the centre (x 490) is outside: it does not.
+    assert not zone.contains(Face((400, 100, 180, 180), 1.0), 640, 480)
+
+
+def test_customer_faces_leaves_out_the_cashier_and_puts_the_largest_first():
+    zone = Zone.parse("0.2,0.0,0.8,1.0")
+    cashier = Face((10, 50, 200, 200), 0.99)  # the biggest face, but at the till's side
+    passer_by = Face((420, 60, 60, 60), 0.95)
+    customer = Face((220, 100, 160, 160), 0.80)
+    faces = customer_faces([cashier, passer_by, customer], zone, 640, 480)
+    assert faces == [customer, passer_by]
+    assert customer_faces([cashier], zone, 640, 480) == []
+    assert customer_faces([], Zone(), 640, 480) == []
