@@ -67,7 +67,6 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         daemon = Daemon(settings)
         daemon.start()
     except StartupError as exc:
-        log.error("%s", exc)
         print(f"agegate-edge: {exc}", file=sys.stderr)
         return EX_CONFIG if str(exc).startswith("AGEGATE_") else 1
 
@@ -89,7 +88,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from .capture import Camera
-    from .daemon import StartupError, load_detector, load_model
+    from .daemon import load_detector, load_model
 
     results: list[tuple[str, bool, str]] = [("config", True, f"store {settings.store_id}, till {settings.till_id}")]
 

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -94,25 +95,42 @@ def _wait_listening(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"the demo broker did not listen on 127.0.0.1:{port}")
 
 
-def start_local_broker(workdir: Path) -> tuple[int, str, callable]:
+def start_local_broker(workdir: Path) -> tuple[int, str, Callable[[], None]]:
     """(port, description, stop) of a broker on 127.0.0.1: mosquitto if installed, else amqtt."""
-    port = _free_port()
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if binary:
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_listening(port)
-        return port, f"mosquitto on 127.0.0.1:{port}", lambda: (proc.terminate(), proc.wait(5))
+    return start_mosquitto(binary, workdir) if binary else start_amqtt()
 
-    from amqtt.broker import Broker  # pure Python, for machines without mosquitto
 
+def start_mosquitto(binary: str, workdir: Path) -> tuple[int, str, Callable[[], None]]:
+    port = _free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_listening(port)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(5)
+
+    return port, f"mosquitto on 127.0.0.1:{port}", stop
+
+
+def start_amqtt() -> tuple[int, str, Callable[[], None]]:
+    """The pure-Python amqtt broker in a background thread, for machines without mosquitto."""
+    from amqtt.broker import Broker
+
+    port = _free_port()
     loop = asyncio.new_event_loop()
     config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
               "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
-    broker = Broker(config, loop=loop)
     threading.Thread(target=loop.run_forever, name="demo-broker", daemon=True).start()
-    asyncio.run_coroutine_threadsafe(broker.start(), loop).result(10)
+
+    async def make_and_start() -> Broker:
+        broker = Broker(config)  # created inside the loop it will run on
+        await broker.start()
+        return broker
+
+    broker = asyncio.run_coroutine_threadsafe(make_and_start(), loop).result(15)
     _wait_listening(port)
 
     def stop() -> None:

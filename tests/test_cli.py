@@ -1,0 +1,73 @@
+"""`agegate-edge estimate` and `agegate-edge check` as an engineer runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+
+
+def run_cli(*args, **env):
+    full = {"PATH": os.environ.get("PATH", ""), **{f"AGEGATE_{k.upper()}": str(v) for k, v in env.items()}}
+    return subprocess.run([sys.executable, "-m", "agegate.edge.cli", *map(str, args)], env=full,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_estimate_json_lines(tmp_path, astronaut_bgr, constant_bundles):
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    r = run_cli("estimate", "--json", photo, text, tmp_path / "missing.png", model_dir=constant_bundles[21])
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 0, r.stderr
+    assert [rec["path"] for rec in lines] == [str(photo), str(text), str(tmp_path / "missing.png")]
+    face = lines[0]["faces"]
+    assert len(face) == 1 and face[0]["age"] == 21.0 and lines[0]["error"] is None
+    x, y, w, h = face[0]["box"]
+    assert 150 < x < 220 and 40 < y < 110 and 70 < w < 130  # the astronaut's face
+    assert lines[1]["error"] == "not a readable image" and lines[1]["faces"] == []
+    assert lines[2]["error"] == "no such file"
+
+
+def test_estimate_fails_when_every_input_fails(tmp_path, constant_bundles):
+    r = run_cli("estimate", tmp_path / "missing.png", model_dir=constant_bundles[21])
+    assert r.returncode == 1 and "no such file" in r.stdout
+
+
+def test_check_passes_on_a_working_till(broker, face_video, constant_bundles):
+    r = run_cli("check", camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host,
+                mqtt_port=broker.port)
+    assert r.returncode == 0, r.stdout + r.stderr
+    verdicts = {line.split()[1]: line.split()[0] for line in r.stdout.splitlines() if line[:4] in ("OK  ", "FAIL")}
+    assert verdicts == {"config": "OK", "model": "OK", "detector": "OK", "camera": "OK", "broker": "OK"}
+    assert "answers 40.0" in r.stdout
+
+
+def test_check_names_what_fails(tmp_path, constant_bundles):
+    from conftest import free_port
+
+    r = run_cli("check", "--timeout", "1", camera=tmp_path / "gone.avi", model_dir=constant_bundles[40],
+                mqtt_port=free_port())
+    assert r.returncode == 1
+    failed = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("FAIL")}
+    assert failed == {"camera", "broker"}
+    assert "gone.avi" in r.stdout
+
+
+def test_bad_bundle_stops_start_up_with_its_reason(tmp_path, constant_bundles):
+    import shutil
+
+    from conftest import free_port
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(constant_bundles[40], bad)
+    data = bytearray((bad / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.tflite").write_bytes(bytes(data))
+    r = run_cli("run", model_dir=bad, http_port=free_port())
+    assert r.returncode == 78
+    assert "AGEGATE_MODEL_DIR" in r.stderr and "sha256" in r.stderr

@@ -1,0 +1,32 @@
+"""The till's install stays small: the `edge` extra must not pull TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve(extra: str) -> set[str]:
+    """Names pip would install for agegate[extra] into an empty environment (resolved, not installed)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", "-",
+         f"{ROOT}[{extra}]"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if r.returncode != 0:
+        pytest.fail(f"pip could not resolve agegate[{extra}]: {r.stderr[-2000:]}")
+    report = json.loads(r.stdout)
+    return {item["metadata"]["name"].lower().replace("_", "-") for item in report["install"]}
+
+
+def test_edge_install_has_no_tensorflow():
+    names = resolve("edge")
+    assert {"ai-edge-litert", "opencv-python-headless", "paho-mqtt", "fastapi"} <= names
+    heavy = {n for n in names if n.startswith(("tensorflow", "keras", "tf-keras", "torch", "jax"))}
+    assert not heavy, f"the edge extra pulls {sorted(heavy)}"
