@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     smoothing_window_s: float = Field(default=3.0, gt=0)
     smoothing_samples: int = Field(default=15, ge=1, le=1000)
     face_stale_s: float = Field(default=1.5, gt=0)
+    face_min_frames: int = Field(default=3, ge=1, le=100)
 
     # Decision
     challenge_age: float = Field(default=25.0, ge=1, le=100)

@@ -79,7 +79,8 @@ class Daemon:
         self.detector = load_detector(s)
         self._http_socket = bind_http(s)
         self.camera = Camera(s.camera, loop_file=s.camera_loop, stall_timeout_s=s.camera_stall_timeout_s)
-        self.tracker = Tracker(window_s=s.smoothing_window_s, max_samples=s.smoothing_samples)
+        self.tracker = Tracker(window_s=s.smoothing_window_s, max_samples=s.smoothing_samples,
+                               min_hits=s.face_min_frames)
         self.vision = VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker, s.zone,
                                  face_stale_s=s.face_stale_s)
         self.thresholds = Thresholds(challenge_age=s.challenge_age, legal_age=s.legal_age)

@@ -35,8 +35,11 @@ class Broker:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {workdir / 'mosquitto.log'}\nmax_inflight_messages 100\n"
+            f"log_dest file {workdir / 'mosquitto.log'}\nmax_inflight_messages 100\n" + self.run_as
         )
+
+    # Started as root, mosquitto switches to its own user, which cannot read pytest's private tmp dirs.
+    run_as = "user root\n" if os.geteuid() == 0 else ""
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

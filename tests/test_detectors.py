@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import require_yunet
-from video_factory import face_frame
 
 from agegate.edge.detectors import Detector, DetectorError, Face, Zone, create_detector, customer_faces
 from agegate.edge.tracker import iou
@@ -53,12 +52,12 @@ def test_finds_no_face_on_a_blank_or_noisy_frame(detector, blank_frames):
 
 def test_is_reusable_across_frame_sizes(detector, astronaut_bgr):
     first = detector.detect(astronaut_bgr)
-    scene = face_frame(astronaut_bgr)  # 640x480, the photo scaled to 320 px at (160, 80)
+    # A 640x480 till scene with the photo (its top 440 rows) at (64, 20): the same face, moved.
+    scene = np.full((480, 640, 3), 90, np.uint8)
+    scene[20:460, 64:576] = astronaut_bgr[:440]
     (in_scene,) = detector.detect(scene)
-    # The same face, scaled by 320/512 and moved by (160, 80).
-    k = 320 / 512
-    expected = (160 + round(first[0].box[0] * k), 80 + round(first[0].box[1] * k), round(first[0].box[2] * k), round(first[0].box[3] * k))
-    assert iou(in_scene.box, expected) >= 0.6
+    x, y, w, h = first[0].box
+    assert iou(in_scene.box, (x + 64, y + 20, w, h)) >= 0.8
     assert detector.detect(astronaut_bgr) == first  # back to the first size, same answer
 
 
@@ -87,11 +86,16 @@ def test_yunet_score_threshold(astronaut_bgr):
 
 
 def test_yunet_boxes_are_clipped_to_the_frame(yunet, astronaut_bgr):
-    # The face cut by the left edge: its box must start at 0, not before.
-    cut = np.ascontiguousarray(astronaut_bgr[:, 200:])
-    for face in yunet.detect(cut):
-        x, y, w, h = face.box
-        assert x >= 0 and y >= 0 and x + w <= cut.shape[1] and y + h <= cut.shape[0]
+    # The face cut by the left edge (YuNet's own box starts at x = -9) and by the bottom
+    # edge (its box ends at y = 170): the boxes stop at the frame.
+    left_cut = np.ascontiguousarray(astronaut_bgr[:, 200:])
+    (face,) = yunet.detect(left_cut)
+    x, y, w, h = face.box
+    assert x == 0 and w > 40 and y + h <= left_cut.shape[0]
+    bottom_cut = np.ascontiguousarray(astronaut_bgr[:150])
+    (face,) = yunet.detect(bottom_cut)
+    x, y, w, h = face.box
+    assert y + h == 150 and x + w <= 512
 
 
 @pytest.mark.parametrize(

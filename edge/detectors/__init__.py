@@ -1,0 +1,122 @@
+"""Face detectors, one plugin module per backend, and the customer zone.
+
+``create_detector("haar")`` needs nothing but OpenCV (its frontal-face cascade ships
+with opencv-python-headless); ``create_detector("yunet", path)`` needs the YuNet ONNX
+model from the OpenCV Zoo and is much better on turned, small or badly lit faces.
+Both answer :class:`Face` boxes in pixels of the frame they were given.
+
+A :class:`Zone` is the part of the frame where the customer stands (normalised, so it
+survives a change of resolution); :func:`customer_faces` keeps the faces whose centre is
+in it, largest first, so that the cashier or someone walking past is left out.
+
+Threading: a detector keeps its model and scratch buffers between calls, so it is not
+thread-safe; the daemon creates one and calls it from its vision thread only. Zone,
+Face and customer_faces are pure and safe anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+KINDS = ("haar", "yunet")
+
+
+class DetectorError(Exception):
+    """A detector that cannot be created; the one-line message says why."""
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels, inside the frame
+    score: float  # YuNet: confidence in [0, 1]; Haar: the cascade's level weight (unbounded, higher is surer)
+
+    @property
+    def area(self) -> int:
+        return self.box[2] * self.box[3]
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        """The faces in a BGR uint8 frame (h, w, 3)."""
+        ...
+
+
+def create_detector(
+    kind: str,
+    model_path: str | Path | None = None,
+    *,
+    min_face_px: int = 40,
+    score_threshold: float = 0.7,
+) -> Detector:
+    """A ready detector of ``kind`` ("haar" or "yunet"); raises DetectorError saying why not.
+
+    Faces whose shorter side is under ``min_face_px`` are not reported. ``score_threshold``
+    applies to YuNet; the Haar cascade has no comparable score and ignores it.
+    """
+    if min_face_px < 1:
+        raise DetectorError(f"min_face_px must be at least 1, got {min_face_px}")
+    if kind == "haar":
+        from .haar import HaarDetector
+
+        return HaarDetector(min_face_px=min_face_px)
+    if kind == "yunet":
+        from .yunet import YuNetDetector
+
+        if model_path is None:
+            raise DetectorError("the yunet detector needs a model path (face_detection_yunet_*.onnx)")
+        return YuNetDetector(Path(model_path), min_face_px=min_face_px, score_threshold=score_threshold)
+    raise DetectorError(f"unknown detector {kind!r}; choose one of: {', '.join(KINDS)}")
+
+
+def check_bgr(image: np.ndarray) -> tuple[int, int]:
+    """The (width, height) of a BGR uint8 frame; ValueError for anything else."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a BGR uint8 image of shape (h, w, 3), got {image.dtype} {image.shape}")
+    return image.shape[1], image.shape[0]
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A rectangle of the frame in normalised coordinates, (0, 0) top left to (1, 1) bottom right."""
+
+    x0: float = 0.0
+    y0: float = 0.0
+    x1: float = 1.0
+    y1: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.x0 < self.x1 <= 1.0 and 0.0 <= self.y0 < self.y1 <= 1.0):
+            raise ValueError(
+                f"zone {self.x0:g},{self.y0:g},{self.x1:g},{self.y1:g} "
+                "must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> "Zone":
+        """A zone from ``"x0,y0,x1,y1"``, e.g. ``"0.2,0.1,0.8,1.0"``; ValueError saying what is wrong."""
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 4:
+            raise ValueError(f"zone {text!r} must be four numbers x0,y0,x1,y1")
+        try:
+            x0, y0, x1, y1 = (float(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"zone {text!r} must be four numbers x0,y0,x1,y1") from None
+        return cls(x0, y0, x1, y1)
+
+    def contains(self, face: Face, frame_w: int, frame_h: int) -> bool:
+        """Whether the centre of ``face`` lies in the zone of a frame_w x frame_h frame."""
+        x, y, w, h = face.box
+        cx, cy = (x + w / 2.0) / frame_w, (y + h / 2.0) / frame_h
+        return self.x0 <= cx <= self.x1 and self.y0 <= cy <= self.y1
+
+
+def customer_faces(faces: Iterable[Face], zone: Zone, frame_w: int, frame_h: int) -> list[Face]:
+    """The faces in ``zone``, largest area first: the customer is the first."""
+    inside = [f for f in faces if zone.contains(f, frame_w, frame_h)]
+    return sorted(inside, key=lambda f: f.area, reverse=True)
