@@ -171,7 +171,7 @@ def main() -> int:
     http_port = _free_port()
     env = {**os.environ, "AGEGATE_CAMERA": str(video), "AGEGATE_MQTT_HOST": host, "AGEGATE_MQTT_PORT": str(port),
            "AGEGATE_HTTP_PORT": str(http_port), "AGEGATE_STATE_DIR": str(workdir / "state"),
-           "AGEGATE_STATS_INTERVAL_S": "5", "AGEGATE_LOG_LEVEL": "WARNING"}
+           "AGEGATE_STATS_INTERVAL_S": "2", "AGEGATE_LOG_LEVEL": "ERROR"}
     daemon = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=env)
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -197,7 +197,7 @@ def main() -> int:
                     print(f"POS  item {category}")
             httpx.post(f"{url}/v1/pos", json={"type": "transaction_end", "transaction_id": tx})
             print(f"POS  transaction_end {tx}\n")
-        time.sleep(1.5)
+        time.sleep(2.5)  # long enough for one stats message
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)

@@ -56,6 +56,7 @@ class MqttLink:
         self.model_ref = model_ref
         self.camera_state = camera_state
         self.connected = threading.Event()
+        self._stopping = False
         self.published = 0
         self.failures = 0
         self._pos_queue: queue.Queue[PosMessage | None] = queue.Queue(maxsize=POS_QUEUE_MAX)
@@ -73,6 +74,7 @@ class MqttLink:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Publish ``stopped`` (retained), wait up to timeout_s for pending messages, disconnect."""
+        self._stopping = True
         if self.connected.is_set():
             info = self._publish(self._status("stopped"))
             try:
@@ -129,7 +131,7 @@ class MqttLink:
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             log.warning("disconnected from MQTT broker: %s; reconnecting", reason_code)
         self.connected.clear()
 
