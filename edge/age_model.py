@@ -45,16 +45,20 @@ def interpreter_class() -> tuple[type, str]:
         ) from None
 
 
+class InferenceError(RuntimeError):
+    """The model failed while answering; the interpreter has been rebuilt for the next call."""
+
+
 class AgeModel:
     """A loaded bundle ready to estimate ages of face crops."""
 
     def __init__(self, bundle: Bundle, num_threads: int | None = None):
         self.bundle = bundle
         self.manifest = bundle.manifest
-        cls, self.runtime = interpreter_class()
+        self._interpreter_cls, self.runtime = interpreter_class()
+        self._threads = num_threads or 1
         try:
-            self._interp = cls(model_content=bundle.model_bytes, num_threads=num_threads or 1)
-            self._interp.allocate_tensors()
+            self._interp = self._new_interpreter()
         except Exception as exc:  # the runtimes raise ValueError/RuntimeError with a reason
             raise BundleError(f"{bundle.path}: the model does not load: {exc}") from None
         inputs = self._interp.get_input_details()
@@ -72,6 +76,11 @@ class AgeModel:
         self._batch = int(self._in["shape"][0])
         # Reused on every call: no allocation on the hot path.
         self._buf = np.empty((1, *want), dtype=np.float32)
+
+    def _new_interpreter(self):
+        interp = self._interpreter_cls(model_content=self.bundle.model_bytes, num_threads=self._threads)
+        interp.allocate_tensors()
+        return interp
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], num_threads: int | None = None) -> "AgeModel":
@@ -93,7 +102,13 @@ class AgeModel:
         for i, face in enumerate(faces):
             normalise(face[None], self.manifest.preprocessing, out=self._buf)
             self._set_input(self._buf)
-            self._interp.invoke()
+            try:
+                self._interp.invoke()
+            except (RuntimeError, ValueError) as exc:
+                # The interpreter's error reporter keeps every message it ever saw: start afresh.
+                self._interp = self._new_interpreter()
+                first = str(exc).split("failed to invoke.")[0].strip()
+                raise InferenceError(f"model {self.manifest.name} {self.manifest.version} failed: {first}") from None
             ages[i] = self._get_output()
         return ages
 

@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
     stats_interval_s: float = Field(default=30.0, gt=0)
 
-    # Local state (later: the outbox and the installed models)
+    # Local state: the outbox of events not yet acknowledged by the broker
     state_dir: Path = Path("/var/lib/agegate")
+    outbox_max_events: int = Field(default=10_000, ge=10, le=10_000_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

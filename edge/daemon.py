@@ -34,6 +34,7 @@ from .decision import TransactionBook
 from .detectors import DetectorError, create_detector
 from .events import Alert, Event, ModelRef, PosMessage, Stats, Thresholds
 from .mqtt import MqttLink
+from .outbox import ALERT, SUMMARY, Outbox, OutboxError
 from .tracker import Tracker
 from .vision import VisionLoop
 
@@ -69,6 +70,15 @@ def bind_http(settings: Settings) -> socket.socket:
         ) from None
 
 
+def open_outbox(settings: Settings) -> Outbox | None:
+    """The durable outbox, or None (events then go out live only) when the state directory is unusable."""
+    try:
+        return Outbox(settings.state_dir, max_events=settings.outbox_max_events)
+    except OutboxError as exc:
+        log.error("%s; alerts will be published live but not kept across broker outages or restarts", exc)
+        return None
+
+
 class Daemon:
     def __init__(self, settings: Settings):
         self.settings = s = settings
@@ -94,8 +104,10 @@ class Daemon:
             face_wait_s=s.face_wait_s,
             max_spread=s.max_spread,
         )
+        self.outbox = open_outbox(s)
         self.mqtt = MqttLink(
             s,
+            outbox=self.outbox,
             on_pos=self.book.handle,
             on_pos_rejected=self.reject,
             model_ref=self.model_ref,
@@ -142,6 +154,7 @@ class Daemon:
             "model": {**self.model.identity, "variant": self.model.manifest.variant, "runtime": self.model.runtime},
             "mqtt": {"connected": self.mqtt.connected.is_set(), "host": self.settings.mqtt_host,
                      "port": self.settings.mqtt_port},
+            "outbox": self._outbox_figures(),
             "customer": (e.model_dump() if (e := self.vision.customer_estimate()) else None),
             "open_transactions": self.book.open_count,
             "decisions": dict(self.book.decisions),
@@ -169,6 +182,7 @@ class Daemon:
         last_stats = time.monotonic()
         while not self._stop.wait(1.0):
             self.book.expire_idle()
+            self.mqtt.pump()
             if not self.vision.alive:
                 log.critical("the vision thread died; restarting it")
                 self.vision = VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker,
@@ -192,6 +206,8 @@ class Daemon:
         self.mqtt.stop()
         self.vision.stop()
         self.camera.stop()
+        if self.outbox is not None:
+            self.outbox.close()
         self._http_socket.close()
         log.info("stopped")
 
@@ -226,7 +242,17 @@ class Daemon:
             pos_rejected=counts["pos_rejected"],
             alerts_published=counts["alerts"],
             publish_failures=self.mqtt.failures,
+            **{f"outbox_{k}": v for k, v in self._outbox_figures().items()},
         )
+
+    def _outbox_figures(self) -> dict[str, Any]:
+        box = self.outbox
+        return {
+            "ok": box is not None and self.mqtt.outbox_failures == 0,
+            "pending": len(box) if box else 0,
+            "dropped_alerts": box.dropped[ALERT] if box else 0,
+            "dropped_summaries": box.dropped[SUMMARY] if box else 0,
+        }
 
 
 __all__ = ["ConfigError", "Daemon", "StartupError", "load_detector", "load_model"]

@@ -6,6 +6,7 @@ decide from the current customer's smoothed estimate and answer at once:
 - estimate below the challenge age → ``age_check_required`` (``likely_minor`` below the legal age)
 - no usable face (none seen, or estimates too spread to trust) → ``no_face``
 - camera down → ``camera_unavailable``
+- the detector or age model failing → ``cannot_assess``
 - otherwise → ``clear``
 
 The first three are also published as alerts. A transaction that ends after a check was
@@ -43,12 +44,13 @@ from .events import (
 
 log = logging.getLogger(__name__)
 
-CHECK_DECISIONS = ("age_check_required", "no_face", "camera_unavailable")
+CHECK_DECISIONS = ("age_check_required", "no_face", "camera_unavailable", "cannot_assess")
 MESSAGES = {
     "clear": "Customer appears over the challenge age.",
     "age_check_required": "Challenge {challenge:g}: please check the customer's ID.",
     "no_face": "No face seen: please check the customer's ID.",
     "camera_unavailable": "Camera unavailable: please check the customer's ID.",
+    "cannot_assess": "Age estimation unavailable: please check the customer's ID.",
 }
 
 
@@ -58,6 +60,9 @@ class Vision(Protocol):
     def customer_estimate(self) -> Estimate | None: ...
 
     def camera_ok(self) -> bool: ...
+
+    def failure(self) -> str | None:
+        """Why faces cannot be assessed right now (detector or model failing), or None."""
 
 
 @dataclass
@@ -171,6 +176,8 @@ class TransactionBook:
         while True:
             if not self.vision.camera_ok():
                 return None, "camera_unavailable"
+            if self.vision.failure() is not None:
+                return None, "cannot_assess"
             estimate = self.vision.customer_estimate()
             if estimate is not None and estimate.spread <= self.max_spread:
                 return estimate, ("age_check_required" if estimate.age < self.thresholds.challenge_age else "clear")
@@ -193,7 +200,7 @@ class TransactionBook:
                 likely_minor=likely_minor,
                 estimate=estimate,
                 thresholds=self.thresholds,
-                reason=_reason(decision, estimate, self.thresholds),
+                reason=_reason(decision, estimate, self.thresholds, self.vision.failure()),
             )
         answer = PosAnswer(
             transaction_id=msg.transaction_id,
@@ -290,13 +297,15 @@ def _describe(estimate: Estimate | None) -> str:
     return f"age {estimate.age:.1f} ± {estimate.spread:.1f} from {estimate.samples} frames"
 
 
-def _reason(decision: Decision, estimate: Estimate | None, t: Thresholds) -> str:
+def _reason(decision: Decision, estimate: Estimate | None, t: Thresholds, failure: str | None = None) -> str:
     if decision == "age_check_required":
         assert estimate is not None
         minor = " and under the legal age" if estimate.age < t.legal_age else ""
         return f"Estimated age {estimate.age:.1f} is under the challenge age {t.challenge_age:g}{minor}."
     if decision == "camera_unavailable":
         return "The camera is unavailable, so the customer could not be assessed."
+    if decision == "cannot_assess":
+        return f"Age estimation is failing, so the customer could not be assessed: {failure}"
     if estimate is not None:
         return f"The customer's estimates disagree too much to trust (spread {estimate.spread:.1f} years)."
     return "No face was seen in the customer zone."

@@ -58,7 +58,7 @@ class PosMessage(BaseModel):
     restricted: bool = False
 
 
-Decision = Literal["clear", "age_check_required", "no_face", "camera_unavailable"]
+Decision = Literal["clear", "age_check_required", "no_face", "camera_unavailable", "cannot_assess"]
 
 
 class Estimate(BaseModel):
@@ -116,7 +116,7 @@ class Event(BaseModel):
         return self.model_dump_json().encode("utf-8")
 
 
-AlertType = Literal["age_check_required", "no_face", "unverified_sale", "camera_unavailable"]
+AlertType = Literal["age_check_required", "no_face", "unverified_sale", "camera_unavailable", "cannot_assess"]
 
 
 class Alert(Event):
@@ -177,6 +177,10 @@ class Stats(Event):
     pos_rejected: int = Field(description="POS messages rejected in the interval (bad JSON, wrong fields, too large)")
     alerts_published: int
     publish_failures: int
+    outbox_ok: bool = Field(description="False when the state directory cannot hold the outbox (events go out live only)")
+    outbox_pending: int = Field(description="Events stored and not yet acknowledged by the broker")
+    outbox_dropped_alerts: int = Field(description="Alerts dropped because the outbox was full, since start")
+    outbox_dropped_summaries: int = Field(description="Summaries dropped because the outbox was full, since start")
 
 
 PUBLISHED = {"alert": Alert, "transaction_summary": TransactionSummary, "status": Status, "stats": Stats}

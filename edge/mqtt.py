@@ -8,8 +8,15 @@ Topics, under ``base = {prefix}/{store}/{till}``:
 - ``base/stats``         Stats, QoS 0
 - ``base/pos``           subscribed: POS messages, for stores whose POS speaks MQTT
 
+Delivery of alerts and summaries is at-least-once, through the durable outbox: each event
+is stored (outbox.py) before it is handed to paho, and its row is deleted when the broker's
+PUBACK arrives. paho keeps unacknowledged QoS 1 messages across reconnects and re-sends them;
+rows it never got (a restart, a full in-flight window) are re-sent oldest first by
+:meth:`MqttLink.pump`, which runs on every connect and once a second.
+
 Threading: paho runs its network loop in its own thread (``loop_start``); ``publish`` may be
-called from any thread. Incoming POS messages are handed to a bounded queue served by one
+called from any thread. Our lock guards only the in-flight bookkeeping and is never held
+while calling into paho, whose PUBACK callback runs under paho's own lock. Incoming POS messages are handed to a bounded queue served by one
 worker thread, because deciding may wait for a face and must not stall the network loop.
 """
 
@@ -19,6 +26,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 from typing import Callable
 
 import paho.mqtt.client as paho
@@ -27,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from .. import __version__
 from .config import Settings
 from .events import Alert, Event, ModelRef, PosMessage, Stats, Status, TransactionSummary
+from .outbox import ALERT, SUMMARY, Outbox, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,8 @@ TOPIC_BY_TYPE: dict[type[Event], tuple[str, int, bool]] = {
     Stats: ("stats", 0, False),
 }
 POS_QUEUE_MAX = 256
+INFLIGHT_MAX = 500  # outbox rows handed to paho and not yet acknowledged
+DURABLE = {Alert: ALERT, TransactionSummary: SUMMARY}
 
 
 class MqttLink:
@@ -48,8 +59,10 @@ class MqttLink:
         on_pos_rejected: Callable[[str], None],
         model_ref: Callable[[], ModelRef | None],
         camera_state: Callable[[], str | None],
+        outbox: Outbox | None = None,
     ):
         self.settings = settings
+        self.outbox = outbox
         self.base = settings.topic_base
         self.on_pos = on_pos
         self.on_pos_rejected = on_pos_rejected
@@ -59,6 +72,11 @@ class MqttLink:
         self._stopping = False
         self.published = 0
         self.failures = 0
+        self.outbox_failures = 0
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row
+        self._sent_rows: set[int] = set()
+        self._early_acks: dict[int, float] = {}  # PUBACKs that beat the bookkeeping, by mid
         self._pos_queue: queue.Queue[PosMessage | None] = queue.Queue(maxsize=POS_QUEUE_MAX)
         self._pos_worker = threading.Thread(target=self._serve_pos, name="mqtt-pos", daemon=True)
         self._client = self._make_client()
@@ -73,12 +91,18 @@ class MqttLink:
         self._client.loop_start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Publish ``stopped`` (retained), wait up to timeout_s for pending messages, disconnect."""
+        """Publish ``stopped`` (retained), wait up to timeout_s for pending messages, disconnect.
+
+        What the broker has not acknowledged by then stays in the outbox for the next start.
+        """
         self._stopping = True
+        deadline = time.monotonic() + timeout_s
+        while self.connected.is_set() and self.inflight and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.connected.is_set():
-            info = self._publish(self._status("stopped"))
+            info = self._client.publish(f"{self.base}/status", self._status("stopped").to_json(), qos=1, retain=True)
             try:
-                info.wait_for_publish(timeout=timeout_s)
+                info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("could not publish the stopped status: %s", exc)
         self._client.disconnect()
@@ -88,16 +112,72 @@ class MqttLink:
     # --- publishing ------------------------------------------------------------------------------
 
     def publish(self, event: Event) -> None:
-        """Send one event to its topic. Never blocks; paho queues QoS 1 messages while offline."""
-        info = self._publish(event)
+        """Send one event to its topic; never blocks. Alerts and summaries go through the outbox."""
+        suffix, qos, retain = TOPIC_BY_TYPE[type(event)]
+        topic, payload = f"{self.base}/{suffix}", event.to_json()
+        priority = DURABLE.get(type(event))
+        if priority is None or self.outbox is None:
+            self._send(topic, payload, qos, retain)
+            return
+        try:
+            row = self.outbox.add(str(event.event_id), priority, topic, payload, qos, retain)
+        except OutboxError as exc:
+            # Cannot store it: still send it live, and say so loudly.
+            self.outbox_failures += 1
+            log.error("%s; publishing %s live without a durable copy", exc, event.event_id)
+            self._send(topic, payload, qos, retain)
+            return
+        if self.inflight < INFLIGHT_MAX:
+            self._send(topic, payload, qos, retain, row)
+
+    def pump(self) -> int:
+        """Hand stored events that paho does not hold yet to paho, oldest first; returns how many."""
+        if self.outbox is None or not self.connected.is_set():
+            return 0
+        now = time.monotonic()
+        with self._lock:
+            for mid in [m for m, t in self._early_acks.items() if now - t > 60]:
+                del self._early_acks[mid]  # acks of status/stats messages, which are not tracked
+            exclude = set(self._sent_rows)
+        room = INFLIGHT_MAX - len(exclude)
+        sent = 0
+        for p in self.outbox.pending(exclude=exclude, limit=max(0, room)):
+            if self._send(p.topic, p.payload, p.qos, p.retain, p.row_id):
+                sent += 1
+        return sent
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._sent_rows)
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, row: int | None = None) -> bool:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        self.published += 1
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             self.failures += 1
-            log.error("publishing %s %s failed: %s", type(event).__name__, event.event_id, paho.error_string(info.rc))
+            log.error("publishing to %s failed: %s%s", topic, paho.error_string(info.rc),
+                      "; kept in the outbox" if row is not None else "")
+            return False
+        if row is not None:
+            with self._lock:
+                acked = self._early_acks.pop(info.mid, None) is not None
+                if not acked:
+                    self._inflight[info.mid] = row
+                    self._sent_rows.add(row)
+            if acked and self.outbox is not None:
+                self.outbox.acknowledged(row)
+        return True
 
-    def _publish(self, event: Event) -> paho.MQTTMessageInfo:
-        suffix, qos, retain = TOPIC_BY_TYPE[type(event)]
-        self.published += 1
-        return self._client.publish(f"{self.base}/{suffix}", event.to_json(), qos=qos, retain=retain)
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                self._early_acks[mid] = time.monotonic()
+                return
+            self._sent_rows.discard(row)
+        if self.outbox is not None:
+            self.outbox.acknowledged(row)
 
     def _status(self, state: str) -> Status:
         s = self.settings
@@ -118,6 +198,7 @@ class MqttLink:
         client.will_set(f"{self.base}/status", will.to_json(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         client.message_callback_add(f"{self.base}/pos", self._on_pos_message)
         return client
 
@@ -127,8 +208,9 @@ class MqttLink:
             return
         log.info("connected to MQTT broker %s:%s", self.settings.mqtt_host, self.settings.mqtt_port)
         client.subscribe(f"{self.base}/pos", qos=1)
-        self._publish(self._status("online"))
+        self._send(f"{self.base}/status", self._status("online").to_json(), 1, True)
         self.connected.set()
+        threading.Thread(target=self.pump, name="mqtt-pump", daemon=True).start()  # not on paho's thread
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set() and not self._stopping:
@@ -162,8 +244,8 @@ def make_client(settings: Settings, client_id_suffix: str = "") -> paho.Client:
     s = settings
     client_id = (s.mqtt_client_id or f"agegate-{s.store_id}-{s.till_id}") + client_id_suffix
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    client.max_queued_messages_set(10_000)  # bounded; the durable outbox comes in front of this
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.max_queued_messages_set(INFLIGHT_MAX + 100)  # the outbox holds the rest, on disk
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
     if s.mqtt_username:
         client.username_pw_set(s.mqtt_username, s.mqtt_password.get_secret_value() if s.mqtt_password else None)
     if s.mqtt_tls or s.mqtt_ca_file:

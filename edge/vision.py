@@ -67,6 +67,7 @@ class VisionLoop:
         self.infer = StageTimer()
         self.errors = 0
         self.last_error: str | None = None
+        self._failing: str | None = None  # set while the latest frame failed, cleared by a good one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
 
@@ -90,6 +91,9 @@ class VisionLoop:
     def camera_ok(self) -> bool:
         return self.camera.state == CameraState.STREAMING
 
+    def failure(self) -> str | None:
+        return self._failing
+
     def _run(self) -> None:
         seq = -1
         while not self._stop.is_set():
@@ -99,11 +103,13 @@ class VisionLoop:
             seq = frame.seq
             try:
                 self.process(frame.image, time.monotonic())
+                self._failing = None
             except Exception as exc:  # a model or detector fault must not end the loop
                 self.errors += 1
-                if str(exc) != self.last_error:
-                    log.exception("vision step failed")
-                self.last_error = str(exc)
+                reason = f"{type(exc).__name__}: {exc}".strip()
+                if reason != self.last_error:  # log each new fault once, not every frame
+                    log.error("vision step failed (%d so far): %s", self.errors, reason)
+                self.last_error = self._failing = reason
 
     def process(self, image, now: float) -> list[tuple[tuple[int, int, int, int], float]]:
         """One frame: detect, keep the customer zone, estimate the largest faces, track."""

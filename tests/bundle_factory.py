@@ -54,3 +54,31 @@ def make_brightness_bundle(path: Path, size: int = 32) -> Path:
         training={"data": "none (test model: age = 100 x mean brightness)", "licence": "Apache-2.0"},
     )
     return path
+
+
+def make_failing_bundle(path: Path, size: int = 32) -> Path:
+    """A valid bundle whose model fails at inference on real faces: it gathers from a
+    10-entry table at an index taken from the image brightness, out of range for any
+    face that is not nearly black. Loads and allocates fine; invoke() raises."""
+    import tensorflow as tf
+
+    from agegate.edge.bundle import write_bundle
+
+    table = tf.constant([[20.0]] * 10)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32)])
+    def age(x):
+        index = tf.cast(tf.reduce_mean(x) * 1000.0, tf.int32)
+        return tf.reshape(tf.gather(table, index), [1, 1])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([age.get_concrete_function()], age)
+    write_bundle(
+        path,
+        converter.convert(),
+        name="test-failing",
+        version="test",
+        input={"height": size, "width": size},
+        preprocessing={"scale": 1 / 255.0},
+        training={"data": "none (test model that fails at inference)", "licence": "Apache-2.0"},
+    )
+    return path

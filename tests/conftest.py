@@ -27,15 +27,16 @@ def free_port() -> int:
 class Broker:
     """A real Mosquitto process listening on 127.0.0.1:port; stop() and start() it to test faults."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False):
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {workdir / 'mosquitto.log'}\nmax_inflight_messages 100\n" + self.run_as
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            + (f"persistence true\npersistence_location {workdir}/\n" if persistent else "persistence false\n")
+            + f"log_dest file {workdir / 'mosquitto.log'}\nmax_inflight_messages 100\n" + self.run_as
         )
 
     # Started as root, mosquitto switches to its own user, which cannot read pytest's private tmp dirs.
@@ -73,6 +74,15 @@ def mosquitto_binary() -> str:
 @pytest.fixture
 def broker(tmp_path_factory, mosquitto_binary) -> Broker:
     b = Broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def persistent_broker(tmp_path_factory, mosquitto_binary) -> Broker:
+    """A broker that keeps sessions and queued messages across its restarts, as a store broker should."""
+    b = Broker(tmp_path_factory.mktemp("broker"), persistent=True)
     b.start()
     yield b
     b.stop()

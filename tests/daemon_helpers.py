@@ -36,7 +36,7 @@ class DaemonProcess:
         self.env.update({f"AGEGATE_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait_for_face: bool = False) -> "DaemonProcess":
+    def start(self, wait_for_face: bool = False, wait_streaming: bool = True) -> "DaemonProcess":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
@@ -46,7 +46,8 @@ class DaemonProcess:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 status = httpx.get(f"{self.url}/v1/status", timeout=1).json()
-                if status["camera"]["state"] == "streaming" and (not wait_for_face or status["customer"]):
+                streaming = status["camera"]["state"] == "streaming" or not wait_streaming
+                if streaming and (not wait_for_face or status["customer"]):
                     return self
             except httpx.HTTPError:
                 pass
@@ -65,6 +66,15 @@ class DaemonProcess:
             self.proc.wait(timeout)
         self._log.close()
         return self.proc.returncode
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.url}/v1/status", timeout=10).json()
+
+    def rss_kb(self) -> int:
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -12,10 +12,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 
 class Subscriber:
-    def __init__(self, host: str, port: int, topic: str = "#"):
+    def __init__(self, host: str, port: int, topic: str = "#", client_id: str | None = None, persistent: bool = False):
+        """``persistent``: a durable session (clean_session False), as a backend that must not miss
+        alerts while it or the broker restarts; needs a fixed ``client_id``."""
         self.messages: list[tuple[str, dict, bool]] = []
         self._cond = threading.Condition()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}")
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{uuid.uuid4().hex[:8]}",
+                                   clean_session=not persistent)
+        self._client.reconnect_delay_set(1, 2)
         self._client.on_message = self._on_message
         subscribed = threading.Event()
         self._client.on_subscribe = lambda *a: subscribed.set()
@@ -33,6 +37,9 @@ class Subscriber:
         with self._cond:
             self.messages.append((msg.topic, payload, bool(msg.retain)))
             self._cond.notify_all()
+
+    def event_ids(self, suffix: str) -> list[str]:
+        return [p["event_id"] for p in self.on(suffix)]
 
     def on(self, suffix: str) -> list[dict]:
         with self._cond:

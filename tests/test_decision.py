@@ -15,14 +15,17 @@ MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
 class ScriptedVision:
     """Answers what the test sets; the real vision loop is exercised in test_e2e.py."""
 
-    def __init__(self, estimate: Estimate | None = None, camera: bool = True):
-        self.estimate, self.camera = estimate, camera
+    def __init__(self, estimate: Estimate | None = None, camera: bool = True, failing: str | None = None):
+        self.estimate, self.camera, self.failing = estimate, camera, failing
 
     def customer_estimate(self):
         return self.estimate
 
     def camera_ok(self):
         return self.camera
+
+    def failure(self):
+        return self.failing
 
 
 def make_book(vision, **kw):
@@ -123,3 +126,10 @@ def test_idle_transactions_expire_and_shutdown_closes_the_rest():
     book.handle(pos("transaction_start", tx="last"))
     book.close_all()
     assert [(e.transaction_id, e.ended_by) for e in published] == [("old", "timeout"), ("new", "timeout"), ("last", "shutdown")]
+
+
+def test_a_failing_model_means_cannot_assess():
+    book, published = make_book(ScriptedVision(None, failing="RuntimeError: gather index out of bounds"))
+    answer = book.handle(pos("item", restricted=True))
+    assert (answer.decision, answer.check_id) == ("cannot_assess", True)
+    assert "gather index out of bounds" in published[0].reason
