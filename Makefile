@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Re-install when the dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-fast schemas clean help mosquitto
+.PHONY: demo test test-fast schemas clean help mosquitto chromium
 
 help:
 	@echo "make demo   run the till daemon on a demo video with a simulated POS and a local broker"
@@ -26,14 +26,20 @@ mosquitto:
 	  echo "installing mosquitto (the tests start their own broker)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; }
 
+# The till console's tests drive Debian's headless Chromium through Playwright (no `playwright install`).
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium (the console tests drive it headless)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 demo: $(STAMP)
 	$(PY) -m agegate.edge.demo
 
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto chromium
 	$(PY) -m pytest -ra
 
 # Skip the tests that train or export models.
-test-fast: $(STAMP) mosquitto
+test-fast: $(STAMP) mosquitto chromium
 	$(PY) -m pytest -ra -m "not slow"
 
 schemas: $(STAMP)

@@ -8,6 +8,10 @@ restricted item the answer holds the decision, so the till can prompt the cashie
 Bad input gets a 4xx with the reason: a body that is not JSON or has wrong fields → 422,
 a body over AGEGATE_HTTP_MAX_BODY → 413. Every rejection is counted for the stats.
 
+With AGEGATE_HTTP_TOKEN set, :class:`RequireToken` checks every request but ``/healthz``
+(the POS sends ``Authorization: Bearer <token>``); the till console's routers
+(edge/console) are mounted on the same app.
+
 Threading: uvicorn runs the event loop in its own thread; the POS endpoint is a plain
 ``def`` so FastAPI runs it in its worker pool, where waiting for a face does not block
 other requests.
@@ -16,11 +20,15 @@ other requests.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import secrets
+from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import parse_qsl, urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -34,40 +42,87 @@ class BodyTooLarge(Exception):
 
 
 class LimitBodySize:
-    """ASGI middleware: refuse bodies over ``max_bytes`` before reading them whole (413)."""
+    """ASGI middleware: refuse bodies over ``max_bytes`` before reading them whole (413).
 
-    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[str], None]):
+    ``limits`` gives some paths a limit of their own (the console's photo upload); refusals
+    there are not POS rejections and are not counted.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[str], None],
+                 limits: Mapping[str, int] | None = None):
         self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+        self.limits = dict(limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limits.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send, int(declared))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(scope, send, int(declared), limit)
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise BodyTooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
         except BodyTooLarge:
-            await self._refuse(send, seen)
+            await self._refuse(scope, send, seen, limit)
 
-    async def _refuse(self, send: Send, size: int) -> None:
-        reason = f"request body of {size}+ bytes exceeds the limit of {self.max_bytes}"
-        self.on_reject(reason)
+    async def _refuse(self, scope: Scope, send: Send, size: int, limit: int) -> None:
+        reason = f"request body of {size}+ bytes exceeds the limit of {limit}"
+        if scope["path"] not in self.limits:
+            self.on_reject(reason)
         await JSONResponse({"detail": reason}, status_code=413)({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+TOKEN_COOKIE = "token"
+
+
+class RequireToken:
+    """ASGI middleware: with a token set, every request but ``open_paths`` must carry it (else 401).
+
+    Accepted: ``Authorization: Bearer <token>`` (the POS, Prometheus, scripts), or the
+    ``token`` cookie (HttpOnly, SameSite=Strict) that a browser gets by opening a console page
+    with ``?token=<token>`` once; that visit is redirected to the same URL without the token,
+    so it stays out of the address bar and history. Compared in constant time.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz",)):
+        self.app, self._token, self.open_paths = app, token.encode(), frozenset(open_paths)
+
+    def _ok(self, candidate: str | None) -> bool:
+        return candidate is not None and secrets.compare_digest(candidate.encode(), self._token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        cookie = cookie_parser(headers.get("cookie", "")).get(TOKEN_COOKIE)
+        if (scheme.lower() == "bearer" and self._ok(credentials.strip())) or self._ok(cookie):
+            return await self.app(scope, receive, send)
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        given = dict(query).get("token")
+        if scope["method"] == "GET" and scope["path"].startswith("/console") and self._ok(given):
+            rest = urlencode([(k, v) for k, v in query if k != "token"])
+            response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), status_code=303)
+            response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict", path="/")
+            return await response(scope, receive, send)
+        detail = ("this till's HTTP server needs its token: send 'Authorization: Bearer <token>', "
+                  "or open /console?token=<token> in the browser once")
+        await JSONResponse({"detail": detail}, status_code=401,
+                           headers={"WWW-Authenticate": 'Bearer realm="agegate"'})(scope, receive, send)
 
 
 def create_app(
@@ -76,7 +131,12 @@ def create_app(
     status: Callable[[], dict[str, Any]],
     on_reject: Callable[[str], None],
     max_body: int,
+    routers: Sequence[APIRouter] = (),
+    body_limits: Mapping[str, int] | None = None,
+    token: str | None = None,
 ) -> FastAPI:
+    """The app; ``routers`` are mounted beside the POS API (the console), ``body_limits`` are
+    per-path body limits (else ``max_body``), and ``token``, when given, guards every route."""
     app = FastAPI(
         title="agegate till API",
         version=__version__,
@@ -88,7 +148,8 @@ def create_app(
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
         where = ".".join(str(p) for p in first["loc"])
         reason = f"{where}: {first['msg']}"
-        on_reject(f"HTTP POS message rejected: {reason}")
+        if request.url.path == "/v1/pos":
+            on_reject(f"HTTP POS message rejected: {reason}")
         return JSONResponse({"detail": reason}, status_code=422)
 
     @app.post("/v1/pos", response_model=PosAnswer, summary="Tell the daemon about the sale; get the decision")
@@ -103,5 +164,9 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_middleware(LimitBodySize, max_bytes=max_body, on_reject=on_reject)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(LimitBodySize, max_bytes=max_body, on_reject=on_reject, limits=body_limits)
+    if token:  # added last, so it runs first: no body is read before the token is checked
+        app.add_middleware(RequireToken, token=token)
     return app

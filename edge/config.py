@@ -8,6 +8,7 @@ A bad value stops start-up with one line naming the setting (exit code 78, EX_CO
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,8 @@ EX_CONFIG = 78
 ENV_PREFIX = "AGEGATE_"
 # Where the daemon looks for its default bundle when AGEGATE_MODEL_DIR is not set.
 DEFAULT_BUNDLE_DIR = Path(__file__).with_name("default_bundle")
+# The HTTP server may listen here without AGEGATE_HTTP_TOKEN; anywhere else needs one.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ConfigError(Exception):
@@ -62,6 +65,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8787, ge=1, le=65535)
     http_max_body: int = Field(default=16384, ge=256)
+    # Checked on every request but /healthz when set; required when http_host is not local.
+    http_token: SecretStr | None = None
 
     # MQTT
     mqtt_host: str = "127.0.0.1"
@@ -77,9 +82,10 @@ class Settings(BaseSettings):
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
     stats_interval_s: float = Field(default=30.0, gt=0)
 
-    # Local state: the outbox of events not yet acknowledged by the broker
+    # Local state: the outbox of events not yet acknowledged by the broker, the decision history
     state_dir: Path = Path("/var/lib/agegate")
     outbox_max_events: int = Field(default=10_000, ge=10, le=10_000_000)
+    history_days: int = Field(default=30, ge=1, le=3650)  # the console's decision history keeps this long
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -88,6 +94,11 @@ class Settings(BaseSettings):
     def _zone(cls, v: str) -> str:
         Zone.parse(v)  # raises ValueError with the reason
         return v
+
+    @field_validator("http_token")
+    @classmethod
+    def _unset_if_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
 
     @field_validator("detector_model", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
     @classmethod
@@ -115,6 +126,12 @@ class Settings(BaseSettings):
             raise ValueError("AGEGATE_MQTT_CERT_FILE and AGEGATE_MQTT_KEY_FILE go together")
         if self.mqtt_password is not None and self.mqtt_username is None:
             raise ValueError("AGEGATE_MQTT_PASSWORD is set but AGEGATE_MQTT_USERNAME is not")
+        if self.http_token is None and self.http_host not in LOCAL_HOSTS:
+            raise ValueError(f"AGEGATE_HTTP_TOKEN is required when AGEGATE_HTTP_HOST ({self.http_host}) is not "
+                             "127.0.0.1, localhost or ::1")
+        if self.http_token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{16,}", self.http_token.get_secret_value()):
+            raise ValueError("AGEGATE_HTTP_TOKEN must be at least 16 characters of A-Z a-z 0-9 . _ ~ - "
+                             "(e.g. from `openssl rand -hex 32`)")
         return self
 
     @property
@@ -153,5 +170,5 @@ def _one_line(exc: ValidationError) -> str:
         return f"invalid configuration: {msg}"
     name = ENV_PREFIX + loc[0].upper()
     value = err.get("input")
-    shown = "" if value is None or "password" in name.lower() else f" (got {str(value)[:80]!r})"
+    shown = "" if value is None or ("password" in name.lower() or "token" in name.lower()) else f" (got {str(value)[:80]!r})"
     return f"{name}: {msg}{shown}"

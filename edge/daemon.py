@@ -30,15 +30,21 @@ from .api import create_app
 from .bundle import BundleError
 from .capture import Camera
 from .config import ConfigError, Settings
+from .console import BODY_LIMITS, ZoneStore, create_console_router
 from .decision import TransactionBook
 from .detectors import DetectorError, create_detector
-from .events import Alert, Event, ModelRef, PosMessage, Stats, Thresholds
+from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats, Thresholds
+from .history import open_history
+from .metrics import Metrics, live_from
 from .mqtt import MqttLink
+from .notify import SystemdNotifier
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
 from .tracker import Tracker
 from .vision import VisionLoop
 
 log = logging.getLogger(__name__)
+
+CAMERA_READY_WAIT_S = 10.0
 
 
 class StartupError(Exception):
@@ -91,8 +97,10 @@ class Daemon:
         self.camera = Camera(s.camera, loop_file=s.camera_loop, stall_timeout_s=s.camera_stall_timeout_s)
         self.tracker = Tracker(window_s=s.smoothing_window_s, max_samples=s.smoothing_samples,
                                min_hits=s.face_min_frames)
-        self.vision = VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker, s.zone,
-                                 face_stale_s=s.face_stale_s)
+        self.zones = ZoneStore(s.state_dir, default=s.zone)  # zone.json saved from the console wins
+        self.model_lock = threading.Lock()  # the vision loop and the console's photo upload share the model
+        self.metrics = Metrics(live_from(self))
+        self.vision = self._new_vision()
         self.thresholds = Thresholds(challenge_age=s.challenge_age, legal_age=s.legal_age)
         self.book = TransactionBook(
             store_id=s.store_id,
@@ -101,10 +109,12 @@ class Daemon:
             vision=self.vision,
             model_ref=self.model_ref,
             publish=self.publish,
+            on_decision=self.on_decision,
             face_wait_s=s.face_wait_s,
             max_spread=s.max_spread,
         )
         self.outbox = open_outbox(s)
+        self.history = open_history(s.state_dir, s.history_days)
         self.mqtt = MqttLink(
             s,
             outbox=self.outbox,
@@ -114,11 +124,13 @@ class Daemon:
             camera_state=lambda: self.camera.state.value,
         )
         self.app = create_app(handle_pos=self.book.handle, status=self.status, on_reject=self.reject,
-                              max_body=s.http_max_body)
+                              max_body=s.http_max_body, routers=[create_console_router(self)], body_limits=BODY_LIMITS,
+                              token=s.http_token.get_secret_value() if s.http_token else None)
         self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off",
                                                      access_log=False, timeout_graceful_shutdown=2))
         self._http_thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._http_socket]},
                                              name="http", daemon=True)
+        self.notifier = SystemdNotifier.from_env()
         self._stop = threading.Event()
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
@@ -132,8 +144,24 @@ class Daemon:
         """Every event the daemon emits passes here (the seam for the durable outbox)."""
         if isinstance(event, Alert):
             self._count("alerts")
+            self.metrics.alerts.labels(event.type).inc()
             log.warning("alert %s for transaction %s: %s", event.type, event.transaction_id, event.reason)
         self.mqtt.publish(event)
+
+    def on_decision(self, answer: PosAnswer) -> None:
+        """Every new decision on a restricted item, clear included: metrics and the console's history."""
+        self.metrics.decisions.labels(answer.decision).inc()
+        if self.history is not None:
+            self.history.record_answer(answer)
+
+    def new_detector(self):
+        """A detector of its own for a part other than the vision loop (detectors are not thread-safe)."""
+        return load_detector(self.settings)
+
+    def _new_vision(self) -> VisionLoop:
+        return VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker, self.zones.current,
+                          face_stale_s=self.settings.face_stale_s, observe=self.metrics.stage_observers(),
+                          model_lock=self.model_lock)
 
     def reject(self, reason: str) -> None:
         self._count("pos_rejected")
@@ -175,18 +203,42 @@ class Daemon:
                                    f"{self.settings.http_port} did not start")
             time.sleep(0.02)
         log.info("serving the POS API on http://%s:%d", self.settings.http_host, self.settings.http_port)
+        # READY once the model is loaded and the camera delivers; a camera still missing after
+        # CAMERA_READY_WAIT_S does not hold start-up back: the POS must get camera_unavailable.
+        first = self.camera.latest(timeout=CAMERA_READY_WAIT_S)
+        if first is None:
+            log.warning("camera %s not streaming yet (%s); serving anyway", self.settings.camera, self.camera.last_error)
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what an operator needs at a glance."""
+        m = self.model.manifest
+        broker = "connected" if self.mqtt.connected.is_set() else "disconnected"
+        pending = len(self.outbox) if self.outbox is not None else "n/a"
+        return (f"camera {self.camera.state.value}, broker {broker}, outbox {pending} pending, "
+                f"model {m.name} {m.version}")
 
     def run(self) -> None:
-        """Housekeeping until stop(): idle transactions, stats, thread health."""
+        """Housekeeping until stop(): idle transactions, outbox, stats, thread health, watchdog.
+
+        The systemd watchdog is pinged here, after the housekeeping, so a main loop that
+        hangs (a stuck lock, a wedged outbox) stops the pings and systemd restarts us.
+        """
         next_stats = time.monotonic() + self.settings.stats_interval_s
         last_stats = time.monotonic()
-        while not self._stop.wait(1.0):
+        interval = self.notifier.watchdog_interval_s
+        tick = min(1.0, interval / 2) if interval else 1.0
+        shown = ""
+        while not self._stop.wait(tick):
             self.book.expire_idle()
             self.mqtt.pump()
+            self.notifier.ping_if_due(time.monotonic())
+            if (line := self.status_line()) != shown:
+                self.notifier.status(line)
+                shown = line
             if not self.vision.alive:
                 log.critical("the vision thread died; restarting it")
-                self.vision = VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker,
-                                         self.settings.zone, face_stale_s=self.settings.face_stale_s)
+                self.vision = self._new_vision()
                 self.book.vision = self.vision
                 self.vision.start()
             now = time.monotonic()
@@ -200,6 +252,7 @@ class Daemon:
     def stop(self) -> None:
         """Stop taking POS messages, close open transactions, say ``stopped``, release the camera."""
         self._stop.set()
+        self.notifier.stopping("stopping: closing transactions and flushing the outbox")
         self._server.should_exit = True
         self._http_thread.join(5)
         self.book.close_all("shutdown")
@@ -208,7 +261,10 @@ class Daemon:
         self.camera.stop()
         if self.outbox is not None:
             self.outbox.close()
+        if self.history is not None:
+            self.history.close()
         self._http_socket.close()
+        self.notifier.close()
         log.info("stopped")
 
     # --- stats -----------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class TransactionBook:
         vision: Vision,
         model_ref: Callable[[], ModelRef | None],
         publish: Callable[[Event], None],
+        on_decision: Callable[[PosAnswer], None] | None = None,
         face_wait_s: float = 1.5,
         max_spread: float = 8.0,
         max_open: int = 64,
@@ -101,6 +102,7 @@ class TransactionBook:
         self.vision = vision
         self.model_ref = model_ref
         self.publish = publish
+        self.on_decision = on_decision  # told every new decision (clear included), outside the lock
         self.face_wait_s = face_wait_s
         self.max_spread = max_spread
         self.max_open = max_open
@@ -167,6 +169,8 @@ class TransactionBook:
             self.decisions[decision] += 1
         if alert is not None:
             self.publish(alert)
+        if self.on_decision is not None:
+            self.on_decision(answer)
         log.info("transaction %s: %s (%s)", msg.transaction_id, decision, _describe(estimate))
         return answer
 

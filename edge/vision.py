@@ -1,9 +1,11 @@
 """The vision loop: newest frame → faces → customer zone → age → per-person smoothing.
 
-Threading: runs in its own thread ("vision"); it alone touches the detector and the age
-model. The decision side reads :meth:`VisionLoop.customer_estimate` from other threads;
-the tracker guards its own state. No frame or crop is kept beyond one iteration, written
-to disk or sent anywhere.
+Threading: runs in its own thread ("vision"); it alone touches its detector. The age model
+is used under ``model_lock``, which the console's photo upload takes too (with a detector
+of its own). The decision side reads :meth:`VisionLoop.customer_estimate` from other
+threads; the tracker guards its own state. :attr:`VisionLoop.live` holds a reference to the
+newest processed frame and its faces for the console's installer view (replaced each frame,
+never copied); no frame or crop is written to disk or sent anywhere.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
 
 from .age_model import AgeModel
 from .capture import Camera, CameraState
@@ -25,15 +30,19 @@ log = logging.getLogger(__name__)
 class StageTimer:
     """Running totals for one stage, read and reset by the stats publisher."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[float], None] | None = None) -> None:
         self._lock = threading.Lock()
         self.count = 0
         self.total_s = 0.0
+        self.observe = observe  # also told each measurement (seconds per item), e.g. a metrics histogram
 
     def add(self, seconds: float, count: int = 1) -> None:
         with self._lock:
             self.count += count
             self.total_s += seconds
+        if self.observe is not None:
+            for _ in range(count):
+                self.observe(seconds / count)
 
     def take(self) -> tuple[int, float]:
         """(count, total seconds) since the last take."""
@@ -41,6 +50,16 @@ class StageTimer:
             out = (self.count, self.total_s)
             self.count, self.total_s = 0, 0.0
             return out
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """The newest processed frame and what was seen in it (for the console's installer view)."""
+
+    image: np.ndarray  # the camera's frame itself (read-only, shared): not a copy
+    faces: tuple[tuple[tuple[int, int, int, int], float | None, bool], ...]  # (box, age or None, in zone)
+    zone: Zone
+    at: float  # time.monotonic() when processed
 
 
 class VisionLoop:
@@ -54,6 +73,8 @@ class VisionLoop:
         *,
         max_faces: int = 2,
         face_stale_s: float = 1.5,
+        observe: Mapping[str, Callable[[float], None]] | None = None,
+        model_lock: threading.Lock | None = None,
     ):
         self.camera = camera
         self.detector = detector
@@ -62,9 +83,12 @@ class VisionLoop:
         self.zone = zone
         self.max_faces = max_faces
         self.face_stale_s = face_stale_s
-        self.frames = StageTimer()
-        self.detect = StageTimer()
-        self.infer = StageTimer()
+        observe = observe or {}
+        self.frames = StageTimer(observe.get("frames"))
+        self.detect = StageTimer(observe.get("detect"))
+        self.infer = StageTimer(observe.get("infer"))
+        self.model_lock = model_lock or threading.Lock()
+        self.live: LiveView | None = None
         self.errors = 0
         self.last_error: str | None = None
         self._failing: str | None = None  # set while the latest frame failed, cleared by a good one
@@ -118,13 +142,17 @@ class VisionLoop:
         t1 = time.perf_counter()
         self.detect.add(t1 - t0)
         h, w = image.shape[:2]
-        in_zone = customer_faces(faces, self.zone, w, h)[: self.max_faces]
+        zone = self.zone
+        in_zone = customer_faces(faces, zone, w, h)[: self.max_faces]
         observations = []
         if in_zone:
             boxes = [f.box for f in in_zone]
-            ages = self.model().estimate(image, boxes)
+            with self.model_lock:
+                ages = self.model().estimate(image, boxes)
             self.infer.add(time.perf_counter() - t1, len(boxes))  # per face
             observations = [(box, float(age)) for box, age in zip(boxes, ages)]
         self.tracker.update(now, observations)
         self.frames.add(time.perf_counter() - t0)
+        aged = dict(observations)
+        self.live = LiveView(image, tuple((f.box, aged.get(f.box), zone.contains(f, w, h)) for f in faces), zone, now)
         return observations
