@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Re-install when the dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-fast schemas clean help mosquitto chromium
+.PHONY: demo test test-fast schemas clean help tools
 
 help:
 	@echo "make demo   run the till daemon on a demo video with a simulated POS and a local broker"
@@ -21,25 +21,28 @@ $(STAMP):
 	$(PY) -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-mosquitto:
-	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
-	  echo "installing mosquitto (the tests start their own broker)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; }
-
-# The till console's tests drive Debian's headless Chromium through Playwright (no `playwright install`).
-chromium:
-	@[ -x /usr/bin/chromium ] || { \
-	  echo "installing chromium (the console tests drive it headless)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+# System tools the tests use, from Debian's packages, installed once when missing:
+# mosquitto (the tests start their own brokers), systemd-analyze (checks the unit),
+# chromium (the console tests drive it headless through Playwright; no `playwright install`).
+tools:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
 
 demo: $(STAMP)
 	$(PY) -m agegate.edge.demo
 
-test: $(STAMP) mosquitto chromium
+test: $(STAMP) tools
 	$(PY) -m pytest -ra
 
 # Skip the tests that train or export models.
-test-fast: $(STAMP) mosquitto chromium
+test-fast: $(STAMP) tools
 	$(PY) -m pytest -ra -m "not slow"
 
 schemas: $(STAMP)
