@@ -10,6 +10,7 @@ evaluation, export and the daemon all call them, so serving cannot drift from tr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -24,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 BUNDLE_FORMAT = "agegate-bundle/1"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
+GOLDEN_FILE = "golden.npz"
+SIGNATURE_FILE = "signature.ed25519"  # Ed25519 over manifest.json's bytes; see edge/signing.py
 
 
 class BundleError(Exception):
@@ -83,6 +86,19 @@ class TrainingInfo(_Strict):
     licence: str = ""
 
 
+class SelfTest(_Strict):
+    """Golden faces packed at export: prepared crops and the ages this very model gave them.
+
+    A till runs them before it takes the bundle into service; every age must come back
+    within ``tolerance`` years, or the bundle is refused.
+    """
+
+    file: str = GOLDEN_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    faces: int = Field(ge=1, le=256)
+    tolerance: float = Field(default=1.0, gt=0, le=10)
+
+
 class Manifest(_Strict):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -99,22 +115,37 @@ class Manifest(_Strict):
     output: OutputSpec = OutputSpec()
     training: TrainingInfo = TrainingInfo()
     metrics: dict[str, Any] = Field(default_factory=dict)
+    self_test: SelfTest | None = None
 
     @field_validator("model_file")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if Path(v).name != v or v in ("", ".", ".."):
-            raise ValueError("model_file must be a plain file name inside the bundle")
+        _check_plain_name(v)
+        return v
+
+    @field_validator("self_test")
+    @classmethod
+    def _plain_golden_name(cls, v: SelfTest | None) -> SelfTest | None:
+        if v is not None:
+            _check_plain_name(v.file)
         return v
 
 
-class Bundle:
-    """A loaded, hash-checked bundle: its directory, manifest and model bytes."""
+def _check_plain_name(name: str) -> None:
+    if Path(name).name != name or name in ("", ".", "..", MANIFEST_FILE, SIGNATURE_FILE):
+        raise ValueError(f"{name!r} must be a plain file name inside the bundle")
 
-    def __init__(self, path: Path, manifest: Manifest, model_bytes: bytes):
+
+class Bundle:
+    """A loaded, hash-checked bundle: its directory, manifest, model bytes and golden faces."""
+
+    def __init__(self, path: Path, manifest: Manifest, model_bytes: bytes,
+                 golden: tuple[np.ndarray, np.ndarray] | None = None, manifest_bytes: bytes = b""):
         self.path = path
         self.manifest = manifest
         self.model_bytes = model_bytes
+        self.golden = golden  # (faces uint8 (n, h, w, 3), ages float32 (n,)) or None
+        self.manifest_bytes = manifest_bytes  # exactly what a signature covers
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -132,7 +163,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path}: not a directory")
     try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest_bytes = manifest_path.read_bytes()
+        raw = json.loads(manifest_bytes.decode("utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{manifest_path}: missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -153,20 +185,59 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         raise BundleError(
             f"{model_path}: sha256 {actual} does not match the manifest's {manifest.sha256}"
         )
-    return Bundle(path, manifest, model_bytes)
+    golden = _load_golden(path, manifest) if manifest.self_test else None
+    return Bundle(path, manifest, model_bytes, golden, manifest_bytes)
 
 
-def write_bundle(path: str | os.PathLike[str], model_bytes: bytes, **manifest_fields: Any) -> Manifest:
-    """Write ``model.tflite`` and a manifest describing exactly those bytes; return the manifest.
+def _load_golden(path: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    spec = manifest.self_test
+    assert spec is not None
+    golden_path = path / spec.file
+    try:
+        data = golden_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{golden_path}: unreadable: {exc.strerror or exc}") from None
+    if sha256_bytes(data) != spec.sha256:
+        raise BundleError(f"{golden_path}: sha256 does not match the manifest's {spec.sha256}")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            faces, ages = npz["faces"], npz["ages"].astype(np.float32)
+    except (ValueError, KeyError, OSError) as exc:
+        raise BundleError(f"{golden_path}: not a golden-face file: {exc}") from None
+    want = (spec.faces, manifest.input.height, manifest.input.width, manifest.input.channels)
+    if faces.dtype != np.uint8 or faces.shape != want or ages.shape != (spec.faces,):
+        raise BundleError(f"{golden_path}: holds faces {faces.shape} {faces.dtype}, expected {want} uint8")
+    return faces, ages
 
-    ``manifest_fields`` are the Manifest fields other than ``sha256`` (computed here).
-    Files are written to temporary names and renamed, so a reader never sees half a bundle.
+
+def write_bundle(
+    path: str | os.PathLike[str],
+    model_bytes: bytes,
+    *,
+    golden: tuple[np.ndarray, np.ndarray] | None = None,
+    golden_tolerance: float = 1.0,
+    **manifest_fields: Any,
+) -> Manifest:
+    """Write ``model.tflite`` (and ``golden.npz``) and a manifest describing exactly those bytes.
+
+    ``manifest_fields`` are the Manifest fields other than ``sha256`` and ``self_test``
+    (computed here). ``golden`` is (prepared uint8 faces, the ages this model gives them).
+    Files are written to temporary names and renamed, so a reader never sees half a bundle;
+    the manifest goes last. A signature (edge/signing.py) is added afterwards.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if golden is not None:
+        faces, ages = np.ascontiguousarray(golden[0], dtype=np.uint8), np.asarray(golden[1], dtype=np.float32)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, faces=faces, ages=ages)
+        _atomic_write(path / GOLDEN_FILE, buf.getvalue())
+        manifest_fields["self_test"] = SelfTest(sha256=sha256_bytes(buf.getvalue()), faces=len(ages),
+                                                tolerance=golden_tolerance)
     manifest = Manifest(sha256=sha256_bytes(model_bytes), **manifest_fields)
     _atomic_write(path / manifest.model_file, model_bytes)
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
+    (path / SIGNATURE_FILE).unlink(missing_ok=True)  # it signed the manifest being replaced
     _atomic_write(path / MANIFEST_FILE, text.encode("utf-8"))
     return manifest
 

@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--json", action="store_true", help="one JSON line per image")
     est.add_argument("--zone", action="store_true", help="only faces in the customer zone, as at the till")
     est.set_defaults(func=cmd_estimate)
+
+    model = sub.add_parser("model", help="installed model bundles: install, status, rollback")
+    msub = model.add_subparsers(required=True, metavar="ACTION")
+    inst = msub.add_parser("install", help="check a bundle (directory or .tar.gz) and make it the active model")
+    inst.add_argument("bundle", type=Path)
+    inst.set_defaults(func=cmd_model_install)
+    msub.add_parser("status", help="active and previous model, last rejection").set_defaults(func=cmd_model_status)
+    msub.add_parser("rollback", help="go back to the previous model").set_defaults(func=cmd_model_rollback)
     return p
 
 
@@ -153,6 +161,64 @@ def _check_broker(settings: Settings, timeout: float) -> str:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+# --- model ----------------------------------------------------------------------------------------------
+# The running daemon follows the store's state within a few seconds (MODEL_SCAN_S): these
+# commands change what is installed; the daemon swaps to it without a restart.
+
+
+def _store(settings: Settings):
+    from .daemon import StartupError, load_public_key
+    from .model_store import ModelStore
+
+    try:
+        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads)
+    except StartupError as exc:
+        raise SystemExit(f"agegate-edge: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"agegate-edge: AGEGATE_STATE_DIR: {settings.state_dir}: {exc.strerror or exc}") from None
+
+
+def cmd_model_install(settings: Settings, args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+
+    if not args.bundle.exists():
+        print(f"agegate-edge: {args.bundle}: no such file or directory", file=sys.stderr)
+        return 1
+    try:
+        record = _store(settings).install(args.bundle)
+    except BundleError as exc:
+        print(f"rejected: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed and active: {record['name']} {record['version']} (sha256 {record['sha256']})")
+    return 0
+
+
+def cmd_model_status(settings: Settings, args: argparse.Namespace) -> int:
+    state = _store(settings).status()
+    for role in ("active", "previous"):
+        r = state.get(role)
+        print(f"{role + ':':10} " + (f"{r['name']} {r['version']} ({r['variant']}) sha256 {r['sha256']} "
+                                     f"installed at {r['installed_at']}" if r else "none"))
+    if not state.get("active"):
+        print(f"{'':10} the daemon uses {settings.bundle_dir}")
+    rej = state.get("last_rejected")
+    if rej:
+        print(f"{'rejected:':10} {rej['source']} at {rej['at']}: {rej['reason']}")
+    return 0
+
+
+def cmd_model_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+
+    try:
+        record = _store(settings).rollback()
+    except BundleError as exc:
+        print(f"agegate-edge: {exc}", file=sys.stderr)
+        return 1
+    print(f"rolled back; active: {record['name']} {record['version']} (sha256 {record['sha256']})")
+    return 0
 
 
 # --- estimate ----------------------------------------------------------------------------------------------

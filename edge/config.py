@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     # Age model
     model_dir: Path | None = None
     model_threads: int = Field(default=1, ge=1, le=16)
+    model_public_key: Path | None = None
 
     # Smoothing
     smoothing_window_s: float = Field(default=3.0, gt=0)
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
     def _unset_if_empty(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value() else None
 
-    @field_validator("detector_model", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @field_validator("detector_model", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "model_public_key")
     @classmethod
     def _readable_file(cls, v: Path | None) -> Path | None:
         if v is not None and not (v.is_file() and os.access(v, os.R_OK)):

@@ -36,6 +36,7 @@ from .detectors import DetectorError, create_detector
 from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats, Thresholds
 from .history import open_history
 from .metrics import Metrics, live_from
+from .model_store import ModelStore
 from .mqtt import MqttLink
 from .notify import SystemdNotifier
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
@@ -45,15 +46,45 @@ from .vision import VisionLoop
 log = logging.getLogger(__name__)
 
 CAMERA_READY_WAIT_S = 10.0
+MODEL_SCAN_S = 2.0  # how often incoming/ and the model store are looked at
 
 
 class StartupError(Exception):
     """A fault that stops start-up; the message names the setting or part at fault."""
 
 
-def load_model(settings: Settings) -> AgeModel:
-    """The one place the daemon loads a model bundle."""
+def load_public_key(settings: Settings):
+    if settings.model_public_key is None:
+        return None
+    from .signing import load_public_key as load
+
     try:
+        return load(settings.model_public_key)
+    except ValueError as exc:
+        raise StartupError(f"AGEGATE_MODEL_PUBLIC_KEY: {exc}") from None
+
+
+def open_model_store(settings: Settings) -> ModelStore | None:
+    try:
+        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads)
+    except OSError as exc:
+        log.error("AGEGATE_STATE_DIR: cannot keep installed models in %s: %s; model delivery is off",
+                  settings.state_dir, exc.strerror or exc)
+        return None
+
+
+def load_model(settings: Settings, store: ModelStore | None = None) -> AgeModel:
+    """The one place the daemon loads a model: the installed active bundle, else
+    AGEGATE_MODEL_DIR, else the bundle shipped with agegate (trusted like the code itself)."""
+    active = store.active_dir() if store else None
+    if active is not None:
+        try:
+            return store.check(active)
+        except BundleError as exc:
+            log.error("installed model %s cannot be used (%s); falling back to %s", active, exc, settings.bundle_dir)
+    try:
+        if settings.model_dir is not None and store is not None:
+            return store.check(settings.model_dir, require_self_test=False)
         return AgeModel.from_dir(settings.bundle_dir, num_threads=settings.model_threads)
     except BundleError as exc:
         where = "AGEGATE_MODEL_DIR" if settings.model_dir else "default model bundle"
@@ -89,7 +120,9 @@ class Daemon:
     def __init__(self, settings: Settings):
         self.settings = s = settings
         self.started_at = time.monotonic()
-        self.model = load_model(s)
+        self.store = open_model_store(s)
+        self.model = load_model(s, self.store)
+        self.last_model_rejection: str | None = None
         log.info("model %s %s (%s) loaded from %s", self.model.manifest.name, self.model.manifest.version,
                  self.model.manifest.variant, self.model.bundle.path)
         self.detector = load_detector(s)
@@ -183,6 +216,7 @@ class Daemon:
             "mqtt": {"connected": self.mqtt.connected.is_set(), "host": self.settings.mqtt_host,
                      "port": self.settings.mqtt_port},
             "outbox": self._outbox_figures(),
+            "model_store": self.store.status() if self.store else None,
             "customer": (e.model_dump() if (e := self.vision.customer_estimate()) else None),
             "open_transactions": self.book.open_count,
             "decisions": dict(self.book.decisions),
@@ -229,9 +263,13 @@ class Daemon:
         interval = self.notifier.watchdog_interval_s
         tick = min(1.0, interval / 2) if interval else 1.0
         shown = ""
+        next_models = time.monotonic()
         while not self._stop.wait(tick):
             self.book.expire_idle()
             self.mqtt.pump()
+            if time.monotonic() >= next_models:
+                self.follow_model_store()
+                next_models = time.monotonic() + MODEL_SCAN_S
             self.notifier.ping_if_due(time.monotonic())
             if (line := self.status_line()) != shown:
                 self.notifier.status(line)
@@ -245,6 +283,32 @@ class Daemon:
             if now >= next_stats:
                 self.publish(self.stats(now - last_stats))
                 last_stats, next_stats = now, now + self.settings.stats_interval_s
+
+    def follow_model_store(self) -> None:
+        """Install what arrived in incoming/, and swap to the store's active model when it changed."""
+        if self.store is None:
+            return
+        for name, outcome in self.store.scan_incoming():
+            log.info("incoming model %s: %s", name, outcome)
+            if outcome.startswith("rejected"):
+                self.last_model_rejection = f"{name}: {outcome}"
+                self.mqtt.publish_status(self.last_model_rejection)
+        active = self.store.active_dir()
+        if active is None or active == self.model.bundle.path:
+            return
+        try:
+            new = self.store.check(active)
+        except BundleError as exc:
+            self.last_model_rejection = f"{active.name}: {exc}"
+            log.error("cannot switch to model %s: %s; keeping %s", active, exc, self.model.manifest.name)
+            self.mqtt.publish_status(self.last_model_rejection)
+            return
+        with self.model_lock:  # the vision loop finishes its current face with the old model
+            old, self.model = self.model, new
+            self.tracker.clear()  # estimates by the old model must not be reported as the new one's
+        log.warning("model swapped: %s %s -> %s %s (sha256 %s…)", old.manifest.name, old.manifest.version,
+                    new.manifest.name, new.manifest.version, new.manifest.sha256[:12])
+        self.mqtt.publish_status(self.last_model_rejection)
 
     def request_stop(self) -> None:
         self._stop.set()

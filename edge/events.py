@@ -158,6 +158,8 @@ class Status(Event):
     state: Literal["online", "offline", "stopped"]
     camera_state: CameraStateName | None = None
     version: str = Field(description="agegate software version")
+    last_model_rejection: str | None = Field(
+        default=None, description="Why the last delivered model bundle was refused (null: none since start)")
 
 
 class Stats(Event):

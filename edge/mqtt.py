@@ -179,6 +179,12 @@ class MqttLink:
         if self.outbox is not None:
             self.outbox.acknowledged(row)
 
+    def publish_status(self, last_model_rejection: str | None = None) -> None:
+        """Re-announce ``online`` (retained), e.g. after the model changed or a bundle was refused."""
+        if self.connected.is_set():
+            status = self._status("online").model_copy(update={"last_model_rejection": last_model_rejection})
+            self._send(f"{self.base}/status", status.to_json(), 1, True)
+
     def _status(self, state: str) -> Status:
         s = self.settings
         return Status(

@@ -8,52 +8,48 @@ from pathlib import Path
 import numpy as np
 
 
-def make_constant_bundle(path: Path, age: float, size: int = 32, name: str | None = None, version: str = "test") -> Path:
-    """A bundle whose model answers ``age`` for any face (weights zero, bias ``age``)."""
+def _dense_model(size: int, weight: float, bias: float) -> bytes:
+    """.tflite of a Keras model: age = weight * mean pixel (over channels summed) + bias."""
     import tensorflow as tf
-
-    from agegate.edge.bundle import write_bundle
 
     inputs = tf.keras.Input((size, size, 3))
     x = tf.keras.layers.GlobalAveragePooling2D()(inputs)
-    out = tf.keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=tf.keras.initializers.Constant(age))(x)
-    model = tf.keras.Model(inputs, out)
-    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    write_bundle(
-        path,
-        tflite,
-        name=name or f"test-constant-{age:g}",
-        version=version,
-        input={"height": size, "width": size},
-        preprocessing={"scale": 1 / 255.0},
-        crop={"margin": 0.2},
-        training={"data": "none (test model that always answers one age)", "licence": "Apache-2.0"},
-    )
+    out = tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.Constant(weight),
+                                bias_initializer=tf.keras.initializers.Constant(bias))(x)
+    return tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, out)).convert()
+
+
+def _write(path: Path, tflite: bytes, name: str, version: str, data: str, size: int,
+           golden_ages: float | None = None, **fields) -> Path:
+    from agegate.edge.bundle import write_bundle
+
+    golden = None
+    if golden_ages is not None:  # self-test faces: any crops, with the age the model gives them
+        faces = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+        golden = (faces, np.full(4, golden_ages, np.float32))
+    write_bundle(path, tflite, golden=golden, name=name, version=version, input={"height": size, "width": size},
+                 preprocessing={"scale": 1 / 255.0}, training={"data": data, "licence": "Apache-2.0"}, **fields)
     return path
+
+
+def make_constant_bundle(path: Path, age: float, size: int = 32, name: str | None = None, version: str = "test",
+                         golden: bool = False, golden_age: float | None = None, model_size: int | None = None) -> Path:
+    """A bundle whose model answers ``age`` for any face (weights zero, bias ``age``).
+
+    ``golden`` packs self-test faces recorded at ``golden_age`` (default: the true answer);
+    ``model_size`` builds the model for another input size than the manifest says.
+    """
+    tflite = _dense_model(model_size or size, 0.0, age)
+    return _write(path, tflite, name or f"test-constant-{age:g}", version,
+                  "none (test model that always answers one age)", size,
+                  golden_ages=(golden_age if golden_age is not None else age) if golden else None,
+                  crop={"margin": 0.2})
 
 
 def make_brightness_bundle(path: Path, size: int = 32) -> Path:
     """A bundle whose 'age' is 100 x the mean pixel value in [0, 1]: its answer depends on the face crop."""
-    import tensorflow as tf
-
-    from agegate.edge.bundle import write_bundle
-
-    inputs = tf.keras.Input((size, size, 3))
-    x = tf.keras.layers.GlobalAveragePooling2D()(inputs)
-    out = tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.Constant(1 / 3), bias_initializer="zeros")(x)
-    model = tf.keras.Model(inputs, out)
-    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    write_bundle(
-        path,
-        tflite,
-        name="test-brightness",
-        version="test",
-        input={"height": size, "width": size},
-        preprocessing={"scale": 1 / 255.0},
-        output={"scale": 100.0},
-        training={"data": "none (test model: age = 100 x mean brightness)", "licence": "Apache-2.0"},
-    )
-    return path
+    return _write(path, _dense_model(size, 1 / 3, 0.0), "test-brightness", "test",
+                  "none (test model: age = 100 x mean brightness)", size, output={"scale": 100.0})
 
 
 def make_failing_bundle(path: Path, size: int = 32) -> Path:

@@ -1,0 +1,190 @@
+"""Model delivery against a running daemon: signed bundles dropped into incoming/ or installed
+with the CLI are checked, hot-swapped, rejected with their reason, and rolled back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agegate.edge.bundle import MODEL_FILE
+from agegate.edge.signing import generate_keypair, load_private_key, sign_bundle
+from bundle_factory import make_constant_bundle
+from daemon_helpers import DaemonProcess
+from mqtt_helpers import Subscriber
+
+BASE = "agegate/store-7/till-3"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    generate_keypair(d / "signing.pem", d / "signing.pub")
+    generate_keypair(d / "other.pem", d / "other.pub")
+    return {"private": load_private_key(d / "signing.pem"), "public": d / "signing.pub",
+            "other": load_private_key(d / "other.pem")}
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, keys):
+    """v1 (answers 40) and v2 (answers 16), signed; and the bad ones."""
+    d = tmp_path_factory.mktemp("delivery")
+    out = {}
+    for key, age, version in (("v1", 40, "1"), ("v2", 16, "2")):
+        out[key] = make_constant_bundle(d / key, age, name="agegate-age", version=version, golden=True)
+        sign_bundle(out[key], keys["private"])
+    out["unsigned"] = make_constant_bundle(d / "unsigned", 16, name="agegate-age", version="u", golden=True)
+    out["wrong-key"] = make_constant_bundle(d / "wrong-key", 16, name="agegate-age", version="w", golden=True)
+    sign_bundle(out["wrong-key"], keys["other"])
+    out["wrong-shape"] = make_constant_bundle(d / "wrong-shape", 16, name="agegate-age", version="s", golden=True,
+                                              model_size=48)
+    sign_bundle(out["wrong-shape"], keys["private"])
+    out["self-test"] = make_constant_bundle(d / "self-test", 16, name="agegate-age", version="g", golden=True,
+                                            golden_age=30)
+    sign_bundle(out["self-test"], keys["private"])
+    flipped = d / "flipped"
+    shutil.copytree(out["v2"], flipped)
+    data = bytearray((flipped / MODEL_FILE).read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (flipped / MODEL_FILE).write_bytes(bytes(data))
+    out["flipped"] = flipped
+    return out
+
+
+def tar_gz(src: Path, dest: Path, truncate: bool = False) -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+    if truncate:
+        data = dest.read_bytes()
+        dest.write_bytes(data[: len(data) // 2])
+    return dest
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agegate.edge.cli", "model", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def wait_for(predicate, timeout=30.0, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (v := predicate()):
+            return v
+        time.sleep(0.25)
+    raise AssertionError(f"timed out: {what}")
+
+
+def drop(d: DaemonProcess, entry: Path) -> None:
+    """Deliver into incoming/ as rsync does: a hidden temporary name, then a rename."""
+    incoming = Path(d.env["AGEGATE_STATE_DIR"]) / "incoming"
+    tmp = incoming / f".{entry.name}.part"
+    (shutil.copytree if entry.is_dir() else shutil.copy)(entry, tmp)
+    os.replace(tmp, incoming / entry.name)
+
+
+def test_delivery_swap_reject_and_rollback(tmp_path, broker, face_video, bundles, keys):
+    sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
+    d = DaemonProcess(tmp_path, broker=broker, camera=face_video, model_dir=bundles["v1"],
+                      model_public_key=keys["public"])
+    d.start(wait_for_face=True)
+    try:
+        assert d.status()["model"]["version"] == "1"
+        # An engineer installs v1 with the CLI, so there is something to roll back to later.
+        r = cli(d.env, "install", str(bundles["v1"]))
+        assert r.returncode == 0 and "installed and active: agegate-age 1" in r.stdout, r.stderr
+
+        # POS answers keep coming while bundles arrive and swap.
+        answers, stop = [], threading.Event()
+
+        def pos_loop():
+            i = 0
+            with httpx.Client() as c:
+                while not stop.is_set():
+                    i += 1
+                    r = c.post(f"{d.url}/v1/pos", json={"type": "item", "transaction_id": f"L{i}", "restricted": True},
+                               timeout=30)
+                    answers.append((r.status_code, r.json().get("decision"), r.json()["model"]["version"]))
+                    c.post(f"{d.url}/v1/pos", json={"type": "transaction_end", "transaction_id": f"L{i}"})
+
+        loop = threading.Thread(target=pos_loop)
+        loop.start()
+
+        # The bad ones: each rejected with its reason, the running model stays.
+        expectations = [
+            (tar_gz(bundles["v2"], tmp_path / "truncated.tar.gz", truncate=True), "broken archive"),
+            (bundles["flipped"], "sha256"),
+            (bundles["unsigned"], "unsigned"),
+            (bundles["wrong-key"], "signature does not match"),
+            (bundles["wrong-shape"], "input shape"),
+            (bundles["self-test"], "self-test failed"),
+        ]
+        for entry, reason in expectations:
+            drop(d, entry)
+            rejected = wait_for(lambda: (s := d.status()["model_store"] or {}).get("last_rejected", {}).get("source") == entry.name and s["last_rejected"],
+                                what=f"{entry.name} to be rejected")
+            assert reason in rejected["reason"], (entry.name, rejected)
+            assert d.status()["model"]["version"] == "1"
+        status_msgs = sub.on("status")
+        assert any(reason in (m.get("last_model_rejection") or "") for m in status_msgs for _, reason in expectations[-1:])
+
+        # The good one, as a .tar.gz: checked, then swapped in without a restart.
+        drop(d, tar_gz(bundles["v2"], tmp_path / "agegate-age-2.tar.gz"))
+        wait_for(lambda: d.status()["model"]["version"] == "2", what="the swap to v2")
+        time.sleep(2)
+        stop.set()
+        loop.join()
+        assert answers and all(code == 200 for code, _, _ in answers)
+        assert {dec for _, dec, v in answers if v == "1"} <= {"clear", "no_face"}
+        after = [(dec, v) for _, dec, v in answers if v == "2"]
+        assert after and {dec for dec, _ in after} <= {"age_check_required", "no_face"}
+
+        # Events name the model that made them, across the swap.
+        answer = d.pos("item", "AFTER-SWAP", restricted=True).json()
+        assert answer["decision"] == "age_check_required" and answer["model"]["version"] == "2"
+        alert = sub.wait_for(lambda m: [p for t, p in m if p.get("event_id") == answer["alert_event_id"]])[0]
+        v2_sha = d.status()["model"]["sha256"]
+        assert alert["model"] == {"name": "agegate-age", "version": "2", "sha256": v2_sha}
+
+        r = cli(d.env, "status")
+        assert "active:    agegate-age 2" in r.stdout and "previous:  agegate-age 1" in r.stdout
+        assert "rejected:" in r.stdout and "self-test" in r.stdout
+
+        # Rollback restores the previous model in the running daemon.
+        r = cli(d.env, "rollback")
+        assert r.returncode == 0 and "agegate-age 1" in r.stdout
+        wait_for(lambda: d.status()["model"]["version"] == "1", what="the rollback")
+        assert d.pos("item", "AFTER-ROLLBACK", restricted=True).json()["decision"] == "clear"
+    finally:
+        d.stop()
+        sub.close()
+
+
+def test_cli_install_refuses_a_bad_bundle_with_its_reason(tmp_path, bundles, keys):
+    env = {"PATH": os.environ.get("PATH", ""), "AGEGATE_STATE_DIR": str(tmp_path / "state"),
+           "AGEGATE_MODEL_PUBLIC_KEY": str(keys["public"])}
+    r = cli(env, "install", str(bundles["unsigned"]))
+    assert r.returncode == 1 and "unsigned" in r.stderr
+    r = cli(env, "rollback")
+    assert r.returncode == 1 and "no previous model" in r.stderr
+    r = cli(env, "status")
+    assert "active:    none" in r.stdout and "unsigned" in r.stdout
+
+
+def test_without_a_key_signatures_are_off_but_hashes_still_count(tmp_path, bundles, caplog):
+    from agegate.edge.bundle import BundleError
+    from agegate.edge.model_store import ModelStore
+
+    store = ModelStore(tmp_path / "state")
+    record = store.install(bundles["unsigned"])
+    assert record["version"] == "u" and "signatures are not checked" in caplog.text
+    with pytest.raises(BundleError, match="sha256"):
+        store.install(bundles["flipped"])
+    assert store.status()["active"]["version"] == "u"
