@@ -1,0 +1,145 @@
+"""`agegate-export`: turn a training run into measured model bundles, and check bundles.
+
+    agegate-export convert RUN --out DIR [--variant all] [--tolerance 0.3] [--sign-key KEY]
+    agegate-export verify BUNDLE [--public-key PUB] [--data DATA]
+    agegate-export keygen --private KEY --public PUB
+    agegate-export sign BUNDLE --key KEY
+
+``convert`` writes ``DIR/<variant>/`` (model.tflite, manifest.json, golden.npz and, with
+a key, signature.ed25519) for each accepted variant and ``DIR/export-report.md``/``.json``
+comparing them with the Keras model. See docs/training.md and docs/model-delivery.md.
+
+Exit status: 0 all good; 1 a variant was refused, a bundle failed verification, or the run
+or data cannot be used (the message says why); 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agegate-export", description="Export agegate age models as bundles for the till.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert a run's best model to TFLite bundles, measured like the till runs them")
+    c.add_argument("run", metavar="RUN", help="training run directory (agegate-train fit --out)")
+    c.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<variant>/ bundles and DIR/export-report.md")
+    c.add_argument("--variant", action="append", choices=(*VARIANTS, "all"), help="float32, float16, dynamic, int8 or all (default); repeatable")
+    c.add_argument("--data", help="data folder for the test and calibration faces (default: the run's)")
+    c.add_argument("--tolerance", type=float, default=0.3, metavar="YEARS", help="refuse a variant whose MAE is worse than the Keras model's by more (default 0.3)")
+    c.add_argument("--name", help="bundle name (default agegate-age-<backbone>)")
+    c.add_argument("--version", help="bundle version (default: the run directory's name)")
+    c.add_argument("--limit", type=int, metavar="N", help="only N faces per split (smoke runs)")
+    c.add_argument("--calibration-size", type=int, default=300, metavar="N", help="training faces to calibrate int8 on (default 300)")
+    c.add_argument("--threads", type=int, default=1, help="interpreter threads when timing, as the till uses (default 1)")
+    c.add_argument("--challenge-age", type=float, default=25.0, help="flag customers estimated under this age (default 25)")
+    c.add_argument("--overwrite", action="store_true", help="replace bundles already in DIR")
+    c.add_argument("--golden-faces", type=int, default=16, metavar="N", help="test faces packed for the till's self-test (default 16)")
+    c.add_argument("--golden-tolerance", type=float, default=1.0, metavar="YEARS", help="self-test tolerance written to the manifest (default 1)")
+    c.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (PEM): sign every bundle written")
+
+    v = sub.add_parser("verify", help="re-check a bundle as a till would: hashes, signature, model, self-test")
+    v.add_argument("bundle", metavar="BUNDLE")
+    v.add_argument("--public-key", metavar="PUB", help="also check signature.ed25519 against this Ed25519 public key (PEM)")
+    v.add_argument("--data", help="also re-measure the test MAE on this data folder and compare with the manifest")
+
+    k = sub.add_parser("keygen", help="create an Ed25519 key pair for signing bundles")
+    k.add_argument("--private", required=True, metavar="KEY", help="private key to write (mode 0600; never overwritten)")
+    k.add_argument("--public", required=True, metavar="PUB", help="public key to write (goes on every till)")
+
+    s = sub.add_parser("sign", help="sign a bundle (after checking it loads)")
+    s.add_argument("bundle", metavar="BUNDLE")
+    s.add_argument("--key", required=True, metavar="KEY", help="Ed25519 private key (PEM)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    return {"convert": _convert, "verify": _verify, "keygen": _keygen, "sign": _sign}[args.command](args)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from agegate.edge.bundle import BundleError
+    from agegate.training.data import DataError
+
+    from .exporter import ExportError, export_run
+
+    variants = list(VARIANTS) if not args.variant or "all" in args.variant else list(dict.fromkeys(args.variant))
+    try:
+        report = export_run(
+            args.run, args.out, variants, args.data, args.tolerance, args.name, args.version, args.limit,
+            args.calibration_size, args.threads, args.challenge_age, args.overwrite,
+            args.golden_faces, args.golden_tolerance, args.sign_key,
+        )  # fmt: skip
+    except (ExportError, DataError, BundleError, ValueError, FileNotFoundError) as exc:
+        print(f"agegate-export convert: error: {exc}", file=sys.stderr)
+        return 1
+    for r in report.results:
+        state = f"written to {r.path}" if r.accepted else "REFUSED, not written"
+        print(f"{r.variant}: {r.reason(report.keras.mae, report.tolerance)}; {state}")
+    print(f"report: {os.path.join(args.out, 'export-report.md')}")
+    if report.refused:
+        names = ", ".join(r.variant for r in report.refused)
+        print(f"agegate-export convert: refused {names}: MAE worse than the Keras model's by more than {report.tolerance:g} years", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import VerifyError, verify
+
+    try:
+        for line in verify(args.bundle, args.data, args.public_key):
+            print(f"ok: {line}")
+    except VerifyError as exc:
+        print(f"agegate-export verify: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.bundle}: verified")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agegate.edge.signing import generate_keypair
+
+    try:
+        generate_keypair(Path(args.private), Path(args.public))
+    except (FileExistsError, OSError) as exc:
+        print(f"agegate-export keygen: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"private key {args.private} (keep it off the tills), public key {args.public} (copy to every till)")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agegate.edge.bundle import load_bundle
+    from agegate.edge.signing import load_private_key, sign_bundle
+
+    from .verify import VerifyError, verify
+
+    try:
+        verify(args.bundle)  # never sign a bundle a till would refuse
+        key = load_private_key(Path(args.key))
+    except (VerifyError, OSError, ValueError) as exc:
+        print(f"agegate-export sign: error: {exc}", file=sys.stderr)
+        return 1
+    target = sign_bundle(Path(args.bundle), key)
+    m = load_bundle(args.bundle).manifest
+    print(f"signed {m.name} {m.version} ({m.variant}): {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

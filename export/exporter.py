@@ -1,0 +1,322 @@
+"""`agegate-export convert`: from a training run to bundles the till can load, each one measured.
+
+For every variant asked for:
+
+1. convert the run's best Keras model (int8: calibrated on real training crops);
+2. write it as a bundle to a staging folder, with the run's serving manifest;
+3. load that bundle with the till's own :class:`~agegate.edge.age_model.AgeModel` and
+   estimate every test face, one at a time, as the till would;
+4. accept it only if its MAE is within ``tolerance`` years of the Keras model's on the
+   same faces; an accepted bundle is written to ``OUT/<variant>/`` with a manifest holding
+   its own figures and with *golden faces* (a few test crops and the ages this very file
+   gave them, which a till re-runs before taking the bundle into service), then run
+   through the till's own self-test and, given a key, signed; a refused one is not written.
+
+``OUT/export-report.md`` and ``.json`` compare all variants with the Keras model;
+``OUT/predictions.csv`` holds every model's estimate for every test face.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agegate.edge.age_model import AgeModel
+from agegate.edge.bundle import normalise, write_bundle
+from agegate.edge.model_store import self_test
+from agegate.edge.signing import load_private_key, sign_bundle
+from agegate.training import metrics
+from agegate.training.evaluate import split_faces
+from agegate.training.faces import FaceSet
+from agegate.training.fit import read_history
+from agegate.training.model import load_inference_model
+from agegate.training.run import FitConfig, RunDir, serving_manifest, write_json
+
+from .convert import VARIANTS, convert, saved_model
+from .measure import Measurement, measure_bundle, measure_keras
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 0.3
+DEFAULT_GOLDEN_FACES = 16
+DEFAULT_GOLDEN_TOLERANCE = 1.0
+REPORT = "export-report"
+PREDICTIONS = "predictions.csv"
+
+
+class ExportError(Exception):
+    """An export that cannot start; the message says why."""
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    measurement: Measurement
+    sha256: str
+    accepted: bool
+    path: Path | None  # the bundle, when accepted
+
+    def reason(self, keras_mae: float, tolerance: float) -> str:
+        delta = self.measurement.mae - keras_mae
+        verdict = "within" if self.accepted else "beyond"
+        return f"MAE {self.measurement.mae:.3f} is {delta:+.3f} years from the Keras model's {keras_mae:.3f}, {verdict} the tolerance of {tolerance:g}"
+
+
+@dataclass
+class ExportReport:
+    run: Path
+    out: Path
+    tolerance: float
+    keras: Measurement
+    results: list[VariantResult]
+    faces: int
+
+    @property
+    def refused(self) -> list[VariantResult]:
+        return [r for r in self.results if not r.accepted]
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    variants: list[str] | tuple[str, ...] = VARIANTS,
+    data: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    name: str | None = None,
+    version: str | None = None,
+    limit: int | None = None,
+    calibration_size: int = 300,
+    threads: int = 1,
+    challenge_age: float = metrics.CHALLENGE_AGE,
+    overwrite: bool = False,
+    golden_faces: int = DEFAULT_GOLDEN_FACES,
+    golden_tolerance: float = DEFAULT_GOLDEN_TOLERANCE,
+    sign_key: str | Path | None = None,
+) -> ExportReport:
+    run, out = RunDir(run_dir), Path(out_dir)
+    config = run.load_config()
+    spec = serving_manifest(config)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ExportError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    taken = [out / v for v in variants if (out / v).exists()]
+    if taken and not overwrite:
+        raise ExportError(f"{', '.join(map(str, taken))} already exist(s): choose another --out or pass --overwrite")
+    if not 1 <= golden_faces <= 256:
+        raise ExportError(f"--golden-faces {golden_faces}: must be 1-256")
+    private_key = _private_key(sign_key)
+    for path in taken:
+        shutil.rmtree(path)
+
+    # The faces: the test split to measure on, training faces to calibrate int8 with.
+    test = split_faces(run, config, data, "test", limit)
+    calibration = None
+    if "int8" in variants:
+        train = split_faces(run, config, data, "train", limit)
+        pick = np.random.default_rng(config.seed).permutation(len(train))[:calibration_size]
+        calibration = normalise(train.images[np.sort(pick)], spec.preprocessing)
+        log.info("int8 calibration on %d training faces", len(calibration))
+
+    model = load_inference_model(run)
+    keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size)
+    log.info("keras: %s", metrics.headline(keras.summary))
+
+    fields = _manifest_fields(run, config, spec, name, version)
+    scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
+    try:
+        saved = saved_model(model, scratch / "saved_model")
+        golden = _golden_indices(test.ages, golden_faces)
+        job = _Job(out, fields, test, keras, tolerance, threads, challenge_age, data or config.data, limit, golden, golden_tolerance, private_key)
+        results = [_export_variant(job, variant, convert(saved, variant, calibration)) for variant in variants]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    report = ExportReport(run.path, out, tolerance, keras, results, len(test))
+    _write_report(report, data or config.data, limit, threads)
+    _write_predictions(out / PREDICTIONS, test.files, test.ages, [keras, *(r.measurement for r in results)])
+    return report
+
+
+@dataclass
+class _Job:
+    """What every variant of one export shares."""
+
+    out: Path
+    fields: dict[str, Any]  # the manifest, less variant and metrics
+    test: FaceSet
+    keras: Measurement
+    tolerance: float
+    threads: int
+    challenge_age: float
+    data: str | Path
+    limit: int | None
+    golden: np.ndarray  # indices of the test faces packed as self-test faces
+    golden_tolerance: float
+    private_key: Any  # Ed25519PrivateKey or None
+
+
+def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult:
+    """Stage the bundle, measure it like the till, then write it or refuse it."""
+    out, fields, keras, tolerance = job.out, job.fields, job.keras, job.tolerance
+    staging = out / f".{variant}.staging"
+    staged = write_bundle(staging, flatbuffer, variant=variant, **fields)
+    try:
+        measured = measure_bundle(staging, job.test.images, job.test.ages, job.challenge_age, job.threads)
+    finally:
+        shutil.rmtree(staging)
+    accepted = measured.mae - keras.mae <= tolerance
+    result = VariantResult(variant, measured, staged.sha256, accepted, out / variant if accepted else None)
+    if accepted:
+        figures = _bundle_metrics(measured, keras, tolerance, job.threads, job.data, job.limit)
+        golden = (job.test.images[job.golden], measured.ages[job.golden])
+        written = write_bundle(out / variant, flatbuffer, variant=variant, metrics=figures, golden=golden, golden_tolerance=job.golden_tolerance, **fields)
+        # What a till checks before service: hashes, the interpreter, the golden faces.
+        till_view = AgeModel.from_dir(out / variant, num_threads=job.threads)
+        assert written.sha256 == staged.sha256 == till_view.manifest.sha256
+        self_test(till_view)
+        if job.private_key is not None:
+            sign_bundle(out / variant, job.private_key)
+        log.info("%s: %s; %.2f ms per face; written to %s%s", variant, metrics.headline(measured.summary), measured.ms_per_face, out / variant,
+                 " (signed)" if job.private_key is not None else "")
+    else:
+        log.error("%s refused: %s; no bundle written", variant, result.reason(keras.mae, tolerance))
+    return result
+
+
+def _golden_indices(ages: np.ndarray, n: int) -> np.ndarray:
+    """``n`` test faces spread over the ages present (youngest to oldest)."""
+    order = np.argsort(ages, kind="stable")
+    return np.unique(order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)])
+
+
+def _private_key(path: str | Path | None):
+    if path is None:
+        return None
+    try:
+        return load_private_key(Path(path))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"--sign-key {path}: {exc}") from None
+
+
+def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, version: str | None) -> dict[str, Any]:
+    """Everything in a bundle's manifest except the variant, metrics and hash."""
+    history = read_history(run.history)
+    best = min((r for r in history if "val_age_mae" in r), key=lambda r: r["val_age_mae"], default=None)
+    weights = f"ImageNet weights from {Path(config.weights).name}" if config.weights else "none (trained from scratch)"
+    return {
+        "name": name or f"agegate-age-{config.backbone}",
+        "version": (version or run.name)[:50],
+        "input": spec.input,
+        "preprocessing": spec.preprocessing,
+        "crop": spec.crop,
+        "output": spec.output,
+        "training": {
+            "data": f"{config.data_description or Path(config.data).name} ({config.data}; labels from {config.data_source})",
+            "licence": config.data_licence or "not stated in the data folder's README: check before shipping",
+            "backbone": config.backbone,
+            "pretrained": weights,
+            "image_size": config.image_size,
+            "crop_margin": config.margin,
+            "detector": config.detector_spec.key(),
+            "epochs": int(history[-1]["epoch"]) if history else 0,
+            "best_epoch": int(best["epoch"]) if best else None,
+            "best_val_mae": best["val_age_mae"] if best else None,
+            "seed": config.seed,
+            "run": config.to_json(),
+        },
+    }
+
+
+def _bundle_metrics(m: Measurement, keras: Measurement, tolerance: float, threads: int, data: str | Path, limit: int | None) -> dict[str, Any]:
+    """This file's own figures on the test split, beside the Keras model's."""
+    return {
+        "split": "test",
+        "data": str(data),
+        "limit": limit,
+        **m.summary,
+        "keras_mae": keras.mae,
+        "mae_vs_keras": m.mae - keras.mae,
+        "tolerance": tolerance,
+        "ms_per_face": round(m.ms_per_face, 3),
+        "threads": threads,
+        "runtime": m.runtime,
+        "file_bytes": m.file_bytes,
+    }
+
+
+def _row(name: str, m: Measurement, keras_mae: float, status: str) -> dict[str, Any]:
+    c = m.summary["challenge"]
+    return {
+        "model": name,
+        "file_bytes": m.file_bytes,
+        "mae": m.mae,
+        "mae_vs_keras": m.mae - keras_mae,
+        "mae_15_35": m.summary["mae_15_35"],
+        "under18_flagged": c["under18_flagged"],
+        "over30_flagged": c["over30_flagged"],
+        "ms_per_face": m.ms_per_face,
+        "runtime": m.runtime,
+        "status": status,
+    }
+
+
+def _write_report(report: ExportReport, data: str | Path, limit: int | None, threads: int) -> None:
+    k = report.keras
+    rows = [_row("keras", k, k.mae, "reference")]
+    for r in report.results:
+        rows.append({**_row(r.variant, r.measurement, k.mae, "accepted" if r.accepted else "REFUSED"), "sha256": r.sha256, "bundle": str(r.path) if r.path else None})
+    write_json(
+        report.out / f"{REPORT}.json",
+        {
+            "run": str(report.run),
+            "data": str(data),
+            "split": "test",
+            "limit": limit,
+            "faces": report.faces,
+            "tolerance": report.tolerance,
+            "threads": threads,
+            "models": rows,
+            "keras": k.summary,
+            "variants": {r.variant: r.measurement.summary for r in report.results},
+        },
+    )
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    def opt(v: float | None, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    lines = [
+        f"# Export of {report.run.name}",
+        "",
+        f"{report.faces} test faces from `{data}`" + (f" (limited to {limit})" if limit else "") + f"; every model sees the same crops. "
+        f"Bundles are measured with the till's AgeModel ({rows[-1]['runtime'] if report.results else 'n/a'}, {threads} thread(s), one face at a time); "
+        f"Keras in batches. A variant is refused when its MAE is more than {report.tolerance:g} years worse than the Keras model's.",
+        "",
+        "| model | file size | MAE (years) | vs Keras | MAE 15-35 | under-18s flagged | 30+ flagged | ms per face | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        size = f"{row['file_bytes'] / 1e6:.2f} MB" if row["file_bytes"] else "n/a"
+        lines.append(
+            f"| {row['model']} | {size} | {row['mae']:.3f} | {row['mae_vs_keras']:+.3f} | {opt(row['mae_15_35'], '.3f')} | "
+            f"{pct(row['under18_flagged'])} | {pct(row['over30_flagged'])} | {row['ms_per_face']:.2f} | {row['status']} |"
+        )
+    (report.out / f"{REPORT}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_predictions(path: Path, files: list[str], true: np.ndarray, measured: list[Measurement]) -> None:
+    """Every model's estimate for every test face: the report's figures can be recomputed from this."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "real_age", *(m.name for m in measured)])
+        for i, name in enumerate(files):
+            writer.writerow([name, f"{true[i]:g}", *(f"{m.ages[i]:.4f}" for m in measured)])

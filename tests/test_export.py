@@ -1,0 +1,193 @@
+"""agegate-export: a real (tiny) run converted to all four variants, each measured through
+the till's own AgeModel; the refusal path; verify; and the bundle used as the daemon uses it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from conftest import UTKFACE, require_utkface
+
+from agegate.edge.age_model import AgeModel
+from agegate.edge.bundle import load_bundle
+from agegate.edge.detectors import create_detector
+from agegate.export.cli import main
+from agegate.training import metrics
+from agegate.training.data import read_data
+from agegate.training.faces import find_face
+from agegate.training.run import RunDir, serving_manifest
+
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A ResNet50 trained for 2 epochs on 48 real faces per split (its answers vary by face)."""
+    from agegate.training.fit import fit
+    from agegate.training.run import FitConfig
+
+    data = require_utkface()
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    fit(FitConfig(data=str(data), backbone="resnet50", image_size=32, limit=48, epochs=2, batch_size=8, keep_checkpoints=1), path, verbose=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    assert main(["keygen", "--private", str(d / "signing.pem"), "--public", str(d / "signing.pub")]) == 0
+    assert main(["keygen", "--private", str(d / "other.pem"), "--public", str(d / "other.pub")]) == 0
+    return d
+
+
+@pytest.fixture(scope="module")
+def exported(run, keys, tmp_path_factory):
+    """All four variants, signed. The tiny model's activations are far from settled, so int8
+    can be years off here: the tolerance is wide for this fixture (the refusal test uses a strict one)."""
+    out = tmp_path_factory.mktemp("bundles")
+    code = main(["convert", str(run), "--out", str(out), "--limit", "48", "--tolerance", "100", "--calibration-size", "40",
+                 "--version", "t1", "--sign-key", str(keys / "signing.pem")])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def _predictions(out):
+    with open(out / "predictions.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_all_four_variants_are_written_with_a_manifest_describing_them(run, exported):
+    config = RunDir(run).load_config()
+    spec = serving_manifest(config)
+    report = json.loads((exported / "export-report.json").read_text())
+    keras_mae = report["keras"]["mae"]
+    sizes = {}
+    for variant in VARIANTS:
+        bundle = load_bundle(exported / variant)  # checks the sha256 against the file
+        m = bundle.manifest
+        assert m.variant == variant and m.name == "agegate-age-resnet50" and m.version == "t1"
+        assert (m.input.height, m.input.width, m.input.color) == (32, 32, "RGB")
+        assert m.preprocessing == spec.preprocessing and (m.preprocessing.scale, m.preprocessing.mean) == (1.0, (0.0, 0.0, 0.0))
+        assert m.crop.margin == config.margin and (m.output.scale, m.output.offset) == (config.target_scale, config.target_offset)
+        assert m.training.licence.startswith("non-commercial research purposes only")
+        extra = m.training.model_extra
+        assert extra["backbone"] == "resnet50" and extra["epochs"] == 2 and extra["image_size"] == 32 and extra["run"]["seed"] == config.seed
+        assert m.metrics["n"] == 48 and set(m.metrics["mae_by_band"]) == set(metrics.BAND_NAMES)
+        assert m.metrics["keras_mae"] == pytest.approx(keras_mae)
+        assert m.metrics["mae_vs_keras"] == pytest.approx(m.metrics["mae"] - keras_mae)
+        assert m.metrics["file_bytes"] == len(bundle.model_bytes) and m.metrics["ms_per_face"] > 0
+        assert m.metrics["challenge"]["age"] == 25 and m.metrics["runtime"] == "ai_edge_litert"
+        sizes[variant] = len(bundle.model_bytes)
+    assert sizes["float16"] < 0.6 * sizes["float32"] and sizes["int8"] < 0.35 * sizes["float32"] and sizes["dynamic"] < 0.35 * sizes["float32"]
+    # Without quantisation the LiteRT model answers what Keras answers.
+    variants = {row["model"]: row for row in report["models"]}
+    assert abs(variants["float32"]["mae_vs_keras"]) < 0.01 and abs(variants["float16"]["mae_vs_keras"]) < 0.05
+    assert "| int8 |" in (exported / "export-report.md").read_text()
+
+
+def test_recorded_figures_are_recomputable_from_the_predictions(exported):
+    rows = _predictions(exported)
+    true = np.array([float(r["real_age"]) for r in rows])
+    assert len(rows) == 48
+    for variant in VARIANTS:
+        pred = np.array([float(r[variant]) for r in rows])
+        recorded = load_bundle(exported / variant).manifest.metrics
+        again = metrics.summarise(true, pred, 25)
+        assert recorded["mae"] == pytest.approx(again["mae"], abs=1e-3)
+        assert recorded["challenge"]["under18_flagged"] == pytest.approx(again["challenge"]["under18_flagged"])
+    keras = np.array([float(r["keras"]) for r in rows])
+    float32 = np.array([float(r["float32"]) for r in rows])
+    assert np.ptp(keras) > 0.1 and np.max(np.abs(keras - float32)) < 0.05
+
+
+def test_the_daemon_loads_the_bundle_and_gives_the_measured_ages(run, exported):
+    """From the raw photo, as the till does: detector box -> AgeModel.estimate."""
+    rows = {r["file_name"]: r for r in _predictions(exported)}
+    config = RunDir(run).load_config()
+    paths = {r.file: r.path for r in read_data(config.data).records if r.file in rows}
+    detector = create_detector("haar")
+    checked = 0
+    for variant in ("float32", "int8"):
+        model = AgeModel.from_dir(exported / variant)
+        for name in list(rows)[:8]:
+            image = cv2.imread(str(paths[name]))
+            box, _ = find_face(detector, image)
+            if box is None:
+                continue
+            age = model.estimate(image, [box])[0]
+            assert age == pytest.approx(float(rows[name][variant]), abs=1e-3), (variant, name)
+            checked += 1
+    assert checked >= 10
+
+
+def test_bundles_carry_golden_faces_and_a_till_takes_them_into_service(exported, keys, tmp_path):
+    from agegate.edge.model_store import ModelStore
+    from agegate.edge.signing import load_public_key
+
+    rows = {r["file_name"]: r for r in _predictions(exported)}
+    for variant in VARIANTS:
+        bundle = load_bundle(exported / variant)
+        faces, ages = bundle.golden
+        assert bundle.manifest.self_test.faces == 16 == len(faces) and bundle.manifest.self_test.tolerance == 1.0
+        measured = np.array([float(r[variant]) for r in rows.values()])
+        assert all(np.min(np.abs(measured - age)) < 1e-3 for age in ages)  # the ages measured at export
+        np.testing.assert_allclose(AgeModel(bundle).predict_prepared(faces), ages, atol=1e-4)
+    store = ModelStore(tmp_path / "till", public_key=load_public_key(keys / "signing.pub"))
+    record = store.install(exported / "int8")
+    assert record["variant"] == "int8" and record["sha256"] == load_bundle(exported / "int8").manifest.sha256
+
+
+def test_verify_accepts_a_good_bundle_and_catches_a_one_byte_change(exported, keys, tmp_path, capsys):
+    assert main(["verify", str(exported / "int8"), "--public-key", str(keys / "signing.pub")]) == 0
+    out = capsys.readouterr().out
+    assert "matches sha256" in out and "signed by" in out and "loads in AgeModel" in out and "self-test: 16 golden faces" in out
+    assert main(["verify", str(exported / "int8"), "--public-key", str(keys / "other.pub")]) == 1
+    assert "signature does not match" in capsys.readouterr().err
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exported / "dynamic", tampered)
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    manifest["metrics"]["mae"] = 1.0  # a better figure than measured
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(tampered), "--public-key", str(keys / "signing.pub")]) == 1
+    assert "signature does not match" in capsys.readouterr().err
+    assert main(["sign", str(tampered), "--key", str(keys / "other.pem")]) == 0  # re-signed by someone else
+    assert main(["verify", str(tampered), "--public-key", str(keys / "other.pub")]) == 0
+    capsys.readouterr()
+
+    assert main(["verify", str(exported / "float16"), "--data", str(UTKFACE)]) == 0
+    assert "reproduces its recorded test MAE" in capsys.readouterr().out
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported / "float32", broken)
+    data = bytearray((broken / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (broken / "model.tflite").write_bytes(bytes(data))
+    assert main(["verify", str(broken)]) == 1
+    assert "does not match the manifest" in capsys.readouterr().err
+
+    (broken / "manifest.json").unlink()
+    assert main(["verify", str(broken)]) == 1
+    assert "manifest.json: missing" in capsys.readouterr().err
+
+
+def test_a_variant_worse_than_keras_beyond_the_tolerance_is_refused(run, tmp_path, capsys):
+    out = tmp_path / "strict"
+    assert main(["convert", str(run), "--out", str(out), "--variant", "float16", "--limit", "48", "--tolerance", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert "refused float16" in err and "by more than -1 years" in err
+    assert not (out / "float16").exists() and not list(out.glob(".*staging"))
+    report = json.loads((out / "export-report.json").read_text())
+    assert [r["status"] for r in report["models"]] == ["reference", "REFUSED"]
+
+
+def test_convert_will_not_overwrite_bundles_unasked(run, exported, capsys):
+    assert main(["convert", str(run), "--out", str(exported), "--variant", "int8", "--limit", "48"]) == 1
+    assert "already exist" in capsys.readouterr().err
+    assert load_bundle(exported / "int8")  # untouched

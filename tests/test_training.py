@@ -1,0 +1,375 @@
+"""agegate-train: data reading and splitting, the crops, metrics, the pipeline, and a real
+(tiny) fit that is interrupted and resumed, then evaluated and explored."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import UTKFACE, require_utkface
+
+from agegate.edge.bundle import prepare_face
+from agegate.edge.detectors import create_detector
+from agegate.training import metrics
+from agegate.training.data import (
+    Record,
+    limit_per_split,
+    parse_utkface_name,
+    read_data,
+    read_readme,
+    stratified_split,
+)
+from agegate.training.distribute import plan
+from agegate.training.faces import DetectorSpec, find_face, prepare_faces
+from agegate.training.run import FitConfig, RunDir, serving_manifest
+
+TINY = ["--backbone", "resnet50", "--image-size", "32", "--limit", "48", "--epochs", "3", "--batch-size", "8"]
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def test_metrics_on_a_hand_made_example():
+    true = np.array([10, 16, 17, 20, 30, 40, 70])
+    pred = np.array([12, 20, 26, 20, 24, 40, 60])
+    s = metrics.summarise(true, pred, challenge_age=25)
+    assert s["n"] == 7
+    assert s["mae"] == pytest.approx((2 + 4 + 9 + 0 + 6 + 0 + 10) / 7)
+    bands = s["mae_by_band"]
+    assert list(bands) == ["0-12", "13-17", "18-24", "25-34", "35-49", "50-64", "65+"]
+    assert bands["0-12"] == {"n": 1, "mae": 2.0}
+    assert bands["13-17"] == {"n": 2, "mae": 6.5}
+    assert bands["25-34"] == {"n": 1, "mae": 6.0}
+    assert bands["50-64"] == {"n": 0, "mae": None}
+    assert bands["65+"] == {"n": 1, "mae": 10.0}
+    # 15-35: 16, 17, 20, 30 -> errors 4, 9, 0, 6
+    assert s["mae_15_35"] == pytest.approx(19 / 4) and s["n_15_35"] == 4
+    # Under-18s (10, 16, 17) predicted 12, 20, 26: two are under 25 and flagged.
+    c = s["challenge"]
+    assert c["under18_n"] == 3 and c["under18_flagged"] == pytest.approx(2 / 3)
+    # 30+ (30, 40, 70) predicted 24, 40, 60: one false alarm.
+    assert c["over30_n"] == 3 and c["over30_flagged"] == pytest.approx(1 / 3)
+    curve = {p["threshold"]: p for p in metrics.threshold_curve(true, pred)}
+    assert curve[27.0]["under18_flagged"] == 1.0 and curve[14.0]["under18_flagged"] == pytest.approx(1 / 3)
+    assert curve[40.0]["over30_flagged"] == pytest.approx(1 / 3)
+    assert max(curve) == 40.0
+
+
+def test_band_edges():
+    assert list(metrics.band_of([0, 12.9, 13, 17.99, 18, 24.5, 25, 34, 35, 49, 50, 64, 65, 110])) == [
+        "0-12", "0-12", "13-17", "13-17", "18-24", "18-24", "25-34", "25-34", "35-49", "35-49", "50-64", "50-64", "65+", "65+",
+    ]  # fmt: skip
+
+
+# --- reading, checking and splitting ------------------------------------------------------
+
+
+def test_utkface_file_names_give_ages():
+    assert parse_utkface_name("23_1_2_20170116174525125.jpg.chip.jpg") == 23
+    assert parse_utkface_name("1_0_0_20161219140623097.jpg") == 1
+    assert parse_utkface_name("folder/100_1_0_20170110183726390.jpg.chip.jpg") == 100
+    assert parse_utkface_name("face.jpg") is None
+    assert parse_utkface_name("999_0_0_2017.jpg") is None
+
+
+def _real_faces(n: int) -> list[Path]:
+    root = require_utkface()
+    with open(root / "labels.csv") as f:
+        names = [row["file_name"] for row in csv.DictReader(f)][100 : 100 + n]
+    return [root / "images" / name for name in names]
+
+
+def test_utkface_folder_without_labels_csv(tmp_path):
+    for src in _real_faces(6):
+        shutil.copy(src, tmp_path / src.name)
+    (tmp_path / "holiday.jpg").write_bytes(b"x")
+    data = read_data(tmp_path, seed=1)
+    assert data.source == "utkface-names"
+    assert sorted(r.age for r in data.records) == sorted(parse_utkface_name(p.name) for p in _real_faces(6))
+    assert [p.file for p in data.problems] == ["holiday.jpg"]
+    assert {r.split for r in data.records} <= {"train", "val", "test"}
+
+
+def test_reader_skips_bad_labels_and_corrupt_images_with_a_report(tmp_path, caplog):
+    faces = _real_faces(8)
+    (tmp_path / "images").mkdir()
+    for src in faces:
+        shutil.copy(src, tmp_path / "images" / src.name)
+    (tmp_path / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    rows = [(p.name, parse_utkface_name(p.name)) for p in faces]
+    rows += [("corrupt.jpg", 30), ("nan-age.jpg", "abc"), ("too-old.jpg", 250), ("missing.jpg", 40), (faces[0].name, 99)]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file_name", "real_age"), *rows])
+    with open(tmp_path / "splits.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file_name", "split"), *((name, "train") for name, _ in rows)])
+
+    data = read_data(tmp_path, seed=1)
+    problems = {p.file: p.problem for p in data.problems}
+    assert "not a number" in problems["nan-age.jpg"]
+    assert "outside" in problems["too-old.jpg"]
+    assert problems["missing.jpg"] == "file not found"
+    assert "listed twice" in problems[faces[0].name]
+    assert "skipped" in caplog.text
+    # No val rows in splits.csv: some train faces become validation faces.
+    assert {r.split for r in data.records} == {"train", "val"}
+
+    config = FitConfig(data=str(tmp_path), image_size=32, target_offset=0.0, target_scale=1.0)
+    crops = prepare_faces(data.records, serving_manifest(config), name="all")
+    assert [(p.file, p.problem) for p in crops.problems] == [("corrupt.jpg", "unreadable image")]
+    assert len(crops) == len(faces) and crops.images.shape == (len(faces), 32, 32, 3)
+    assert sorted(crops.files) == sorted(p.name for p in faces)
+
+
+def test_group_aware_split_keeps_people_apart_and_is_stratified():
+    rng = np.random.default_rng(0)
+    records = []
+    for person in range(300):
+        base = rng.uniform(1, 90)
+        for k in range(rng.integers(1, 8)):
+            records.append(Record(f"p{person}_{k}.jpg", Path("x"), float(min(110, base + k)), group=f"p{person}"))
+    split = stratified_split(records, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
+    sides: dict[str, set[str]] = {}
+    for r in split:
+        sides.setdefault(r.group, set()).add(r.split)
+    assert all(len(s) == 1 for s in sides.values()), "a person is on two sides of the split"
+    share = {s: sum(r.split == s for r in split) / len(split) for s in ("train", "val", "test")}
+    assert share["train"] == pytest.approx(0.7, abs=0.05) and share["test"] == pytest.approx(0.2, abs=0.05)
+    for band in metrics.BAND_NAMES:  # every band is represented in train and test
+        in_band = [r for r in split if metrics.band_of([r.age])[0] == band]
+        assert {r.split for r in in_band} >= {"train", "test"}, band
+    assert split == stratified_split(records, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
+
+
+def test_shared_data_splits_csv_is_honoured_and_licence_read():
+    root = require_utkface()
+    data = read_data(root)
+    counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
+    assert counts == {"train": 6720, "val": 960, "test": 1919} and not data.problems
+    assert data.has_splits and data.source == "labels.csv"
+    assert read_readme(root)[1].startswith("non-commercial research purposes only")
+    small = limit_per_split(data.records, 14, seed=5)
+    for s in ("train", "val", "test"):
+        picked = [r for r in small if r.split == s]
+        assert len(picked) == 14 and {metrics.band_of([r.age])[0] for r in picked} == set(metrics.BAND_NAMES)
+
+
+def test_training_crops_are_the_tills_crops(tmp_path):
+    """A training crop is prepare_face(photo, box found by the till's own detector)."""
+    photos = _real_faces(4)
+    records = [Record(p.name, p, float(parse_utkface_name(p.name)), split="test") for p in photos]
+    spec = serving_manifest(FitConfig(data="x", image_size=64, margin=0.1, target_offset=0.0, target_scale=1.0))
+    crops = prepare_faces(records, spec, DetectorSpec("haar"), cache_dir=tmp_path, name="test")
+    detector = create_detector("haar")
+    for i, photo in enumerate(photos):
+        image = cv2.imread(str(photo))
+        box, _ = find_face(detector, image)
+        if box is not None:
+            assert np.array_equal(crops.images[i], prepare_face(image, box, spec))
+            assert not crops.fallback[i]
+    assert (~crops.fallback).sum() >= 3
+    again = prepare_faces(records, spec, DetectorSpec("haar"), cache_dir=tmp_path, name="test")  # from the cache
+    assert np.array_equal(again.images, crops.images) and again.files == crops.files
+    assert len(list(tmp_path.glob("test-64px-m0.1-haar-*.npz"))) == 1
+
+
+def test_strategy_plan():
+    assert plan(0, None).kind == "default" and not plan(0, None).mixed_precision
+    assert plan(2, None) == plan(2, "") and plan(2, None).kind == "mirrored" and plan(2, None).mixed_precision
+    assert not plan(1, None, "off").mixed_precision
+    cluster = json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}})
+    p = plan(0, cluster)
+    assert p.kind == "multi_worker" and p.workers == 2 and not p.chief
+    assert plan(0, cluster.replace('"index": 1', '"index": 0')).chief
+
+
+MULTI_WORKER_FIT = """
+import numpy as np, keras
+from agegate.training.distribute import choose_strategy
+from agegate.training.pipeline import evaluation_batches
+strategy, plan = choose_strategy()
+assert plan.kind == "multi_worker", plan
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+images = np.random.default_rng(0).integers(0, 255, (16, 4, 4, 3), dtype=np.uint8)
+history = model.fit(evaluation_batches(images, np.ones(16, np.float32), 4), epochs=2, verbose=0)
+print("ok", history.history["mae"])
+"""
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_runs_keras_fit():
+    """TF_CONFIG naming a cluster of two local workers: Keras fit runs under our MultiWorkerMirroredStrategy."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_WORKER_FIT],
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0 and "ok" in out, err[-3000:]
+    assert outputs[0][0] == outputs[1][0]  # the same figures on both workers: reduced across them
+
+
+def test_pipeline_is_the_same_after_a_resume():
+    from agegate.training.pipeline import training_batches
+
+    images = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+    targets = np.arange(10, dtype=np.float32)
+    straight = list(training_batches(images, targets, 4, seed=7, first_epoch=0, epochs=3).as_numpy_iterator())
+    resumed = list(training_batches(images, targets, 4, seed=7, first_epoch=2, epochs=3).as_numpy_iterator())
+    assert len(straight) == 9 and len(resumed) == 3  # 3 batches (4, 4, 2) per epoch
+    for (x1, y1), (x2, y2) in zip(straight[6:], resumed):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    epoch0 = np.concatenate([y for _, y in straight[:3]]).ravel()
+    epoch1 = np.concatenate([y for _, y in straight[3:6]]).ravel()
+    assert sorted(epoch0) == list(range(10)) and not np.array_equal(epoch0, epoch1)
+    x, _ = straight[0]
+    assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 255
+    assert not np.array_equal(x[0], images[int(straight[0][1][0, 0])])  # augmented
+
+
+# --- a real tiny run: fit, interrupt, resume, eval, eda ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A ResNet50 fit on 48 real faces per split, stopped after 2 of 3 epochs."""
+    from agegate.training.fit import fit
+
+    data = require_utkface()
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    config = FitConfig(data=str(data), backbone="resnet50", image_size=32, limit=48, epochs=3, batch_size=8)
+    result = fit(config, run, max_epochs_this_run=2, verbose=0)
+    return run, result
+
+
+def _history_epochs(run: Path) -> list[int]:
+    with open(run / "history.csv") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_interrupted_run_has_its_checkpoints_and_settings(interrupted_run):
+    run, result = interrupted_run
+    assert not result.complete and result.epochs_done == 2
+    assert _history_epochs(run) == [1, 2]
+    assert RunDir(run).saved_epochs() == [1, 2]
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "resnet50" and config["image_size"] == 32 and config["epochs"] == 3 and config["limit"] == 48
+    assert config["data"] == str(UTKFACE.resolve()) and config["data_licence"].startswith("non-commercial")
+    assert config["target_scale"] > 1 and 10 < config["target_offset"] < 60
+    report = json.loads((run / "data-report.json").read_text())
+    assert report["crops"]["train"]["faces"] == 48 and 0 <= report["crops"]["train"]["fallback_share"] < 0.3
+    assert (run / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_restores_model_and_optimizer_exactly(interrupted_run):
+    import keras
+
+    from agegate.training.faces import prepare_faces as crops_of
+    from agegate.training.data import limit_per_split as limit
+
+    run, result = interrupted_run
+    restored = keras.models.load_model(run / "checkpoints" / "epoch-002.keras")
+    for a, b in zip(result.model.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert int(restored.optimizer.iterations.numpy()) == int(result.model.optimizer.iterations.numpy()) == 12
+    for a, b in zip(result.model.optimizer.variables, restored.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # The loss (with its Huber delta) and metric come back too: same figures on the same batch.
+    config = RunDir(run).load_config()
+    records = [r for r in limit(read_data(config.data).records, 48, config.seed) if r.split == "val"]
+    val = crops_of(records, serving_manifest(config), config.detector_spec, RunDir(run).cache, name="val")
+    x, y = val.images[:16].astype(np.float32), ((val.ages[:16] - config.target_offset) / config.target_scale)[:, None]
+    before = result.model.evaluate(x, y, verbose=0, return_dict=True)
+    after = restored.evaluate(x, y, verbose=0, return_dict=True)
+    assert after == pytest.approx(before, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_continues_where_it_stopped(interrupted_run, capsys):
+    from agegate.training.cli import main
+
+    run, _ = interrupted_run
+    assert main(["fit", "--out", str(run), "--resume", "--epochs", "5"]) == 1
+    assert "--resume continues a run with its own settings" in capsys.readouterr().err
+    assert main(["fit", str(UTKFACE), "--out", str(run)] + TINY) == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+    assert main(["fit", "--out", str(run), "--resume", "--verbose", "0"]) == 0
+    assert "3/3 epochs, complete" in capsys.readouterr().out
+    assert _history_epochs(run) == [1, 2, 3]
+    assert RunDir(run).saved_epochs() == [2, 3]  # keeps the last 2
+    import keras
+
+    resumed = keras.models.load_model(run / "checkpoints" / "epoch-003.keras")
+    assert int(resumed.optimizer.iterations.numpy()) == 18  # 12 before the interruption + 6
+
+    assert main(["fit", "--out", str(run), "--resume", "--verbose", "0"]) == 0  # nothing left to do
+    assert _history_epochs(run) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_eval_writes_metrics_consistent_with_its_predictions(interrupted_run, capsys):
+    from agegate.training.cli import main
+
+    run, _ = interrupted_run
+    assert main(["eval", str(run), "--limit", "48"]) == 0
+    assert "MAE" in capsys.readouterr().out
+    m = json.loads((run / "metrics.json").read_text())
+    with open(run / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    true = np.array([float(r["real_age"]) for r in rows])
+    pred = np.array([float(r["predicted_age"]) for r in rows])
+    assert m["n"] == len(rows) == 48 and m["split"] == "test"
+    assert set(m["mae_by_band"]) == set(metrics.BAND_NAMES)
+    assert all(m["mae_by_band"][b]["n"] > 0 for b in metrics.BAND_NAMES)
+    again = metrics.summarise(true, pred, 25)
+    assert m["mae"] == pytest.approx(again["mae"], abs=1e-3)
+    for band in metrics.BAND_NAMES:
+        assert m["mae_by_band"][band]["mae"] == pytest.approx(again["mae_by_band"][band]["mae"], abs=1e-3)
+    assert m["mae_15_35"] == pytest.approx(again["mae_15_35"], abs=1e-3)
+    assert m["challenge"] == pytest.approx(again["challenge"])
+    assert len(m["threshold_curve"]) == len(metrics.CURVE_THRESHOLDS)
+    assert np.ptp(pred) > 0.1, "the model answers the same age for every face"
+    for name in ("learning_curves", "predicted_vs_true", "error_by_band", "threshold_curve"):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_eda_writes_report_and_plots(tmp_path, capsys):
+    from agegate.training.cli import main
+
+    data = require_utkface()
+    assert main(["eda", str(data), "--out", str(tmp_path), "--limit", "14", "--samples-per-band", "2"]) == 0
+    report = json.loads((tmp_path / "eda.json").read_text())
+    assert report["faces"] == 42 and report["licence"].startswith("non-commercial")
+    assert report["faces_per_split_and_band"]["test"] == {b: 2 for b in metrics.BAND_NAMES}
+    assert 0 <= report["fallback_share"] < 0.3 and report["image_sizes"] == {"200x200": 42}
+    text = (tmp_path / "report.md").read_text()
+    assert "non-commercial research purposes only" in text and "| test |" in text
+    for name in ("age_histogram", "band_counts", "samples_by_band", "image_sizes"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 5000

@@ -1,0 +1,137 @@
+"""`agegate-train`: explore a data folder, train an age model, evaluate it.
+
+    agegate-train eda  DATA --out DIR
+    agegate-train fit  DATA --out RUN [--backbone resnet50] [--epochs 30] ...
+    agegate-train fit  --out RUN --resume
+    agegate-train eval RUN [--data DATA]
+
+Exit status: 0 done, 1 the data, run or settings cannot be used (the message says why),
+2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+FIT_OPTIONS = (
+    "backbone", "weights", "image_size", "margin", "detector", "detector_model", "epochs", "batch_size",
+    "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
+)  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .run import BACKBONES, FitConfig
+
+    d = FitConfig(data="")
+    p = argparse.ArgumentParser(prog="agegate-train", description="Train and evaluate the age model of agegate.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    eda = sub.add_parser("eda", help="explore a data folder: plots and a report page")
+    eda.add_argument("data", help="folder with labels.csv (file_name,real_age) or UTKFace-named images")
+    eda.add_argument("--out", required=True, help="folder for report.md, eda.json and the plots")
+    eda.add_argument("--image-size", type=int, default=d.image_size, help=f"crop size in pixels for the sample grid (default {d.image_size})")
+    eda.add_argument("--margin", type=float, default=d.margin, help=f"crop margin (default {d.margin})")
+    eda.add_argument("--detector", default=d.detector, help="face detector: haar (default) or yunet")
+    eda.add_argument("--detector-model", help="model file for --detector yunet")
+    eda.add_argument("--limit", type=int, help="only this many faces per split")
+    eda.add_argument("--seed", type=int, default=d.seed)
+    eda.add_argument("--samples-per-band", type=int, default=8)
+
+    fit = sub.add_parser("fit", help="train a model into a run directory (resumable)")
+    fit.add_argument("data", nargs="?", help="data folder (with --resume: taken from the run)")
+    fit.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    fit.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint, with its own settings")
+    fit.add_argument("--max-epochs-this-run", type=int, metavar="N", help="stop after N epochs (checkpointed); --resume continues")
+    fit.add_argument("--backbone", choices=BACKBONES, help=f"(default {d.backbone})")
+    fit.add_argument("--weights", metavar="PATH", help="local ImageNet weights for the backbone (no top); default: train from scratch")
+    fit.add_argument("--image-size", type=int, help=f"model input in pixels, square (default {d.image_size})")
+    fit.add_argument("--margin", type=float, help=f"crop margin around the detector box, a fraction of its side (default {d.margin})")
+    fit.add_argument("--detector", help=f"face detector that cuts the training crops, as at the till (default {d.detector})")
+    fit.add_argument("--detector-model", metavar="PATH", help="model file for --detector yunet")
+    fit.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
+    fit.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
+    fit.add_argument("--learning-rate", type=float, help="peak learning rate (default 1e-3 from scratch, 1e-4 with --weights)")
+    fit.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    fit.add_argument("--limit", type=int, metavar="N", help="only N faces per split (smoke runs)")
+    fit.add_argument("--dropout", type=float, help=f"(default {d.dropout})")
+    fit.add_argument("--huber-delta", type=float, metavar="YEARS", help=f"Huber loss delta in years (default {d.huber_delta})")
+    fit.add_argument("--mixed-precision", choices=("auto", "on", "off"), help="auto: on when GPUs are present (default)")
+    fit.add_argument("--keep-checkpoints", type=int, metavar="N", help=f"epoch checkpoints to keep (default {d.keep_checkpoints})")
+    fit.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras output: 1 progress bar, 2 one line per epoch (default: 1 on a terminal, else 2)")
+
+    ev = sub.add_parser("eval", help="measure a run's best model on the test split")
+    ev.add_argument("run", metavar="RUN")
+    ev.add_argument("--data", help="data folder (default: the one the run trained on)")
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--limit", type=int, metavar="N", help="only N faces of the split")
+    ev.add_argument("--challenge-age", type=float, default=25.0, help="flag customers estimated under this age (default 25)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_tensorflow()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    from .data import DataError
+    from .fit import RunError
+
+    try:
+        return {"eda": _eda, "fit": _fit, "eval": _eval}[args.command](args)
+    except (DataError, RunError, ValueError, FileNotFoundError) as exc:
+        print(f"agegate-train {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _eda(args: argparse.Namespace) -> int:
+    from .eda import explore
+    from .faces import DetectorSpec
+
+    report = explore(args.data, args.out, args.image_size, args.margin, DetectorSpec(args.detector, args.detector_model), args.seed, args.limit, args.samples_per_band)
+    print(f"{report['faces']} faces; report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .fit import RunError, fit
+    from .run import FitConfig, RunDir
+
+    given = {k: getattr(args, k) for k in FIT_OPTIONS if getattr(args, k) is not None}
+    if args.resume:
+        config = RunDir(args.out).load_config()
+        given_data = os.path.realpath(args.data) if args.data else None
+        clashes = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})" for k, v in given.items() if getattr(config, k) != v]
+        if given_data and given_data != os.path.realpath(config.data):
+            clashes.append(f"data {args.data} (the run has {config.data})")
+        if clashes:
+            raise RunError("--resume continues a run with its own settings; drop " + ", ".join(clashes))
+        result = fit(None, args.out, resume=True, max_epochs_this_run=args.max_epochs_this_run, verbose=args.verbose)
+    else:
+        if not args.data:
+            raise RunError("fit needs a DATA folder (or --resume to continue RUN)")
+        result = fit(FitConfig(data=args.data, **given), args.out, max_epochs_this_run=args.max_epochs_this_run, verbose=args.verbose)
+    state = "complete" if result.complete else "stopped early (continue with --resume)"
+    best = f"{result.best_val_mae:.2f}" if result.best_val_mae is not None else "n/a"
+    print(f"{args.out}: {result.epochs_done}/{result.epochs} epochs, {state}; best val MAE {best} years (epoch {result.best_epoch})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .metrics import headline
+
+    result = evaluate(args.run, args.data, args.split, args.limit, args.challenge_age, args.batch_size)
+    print(headline(result))
+    return 0
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

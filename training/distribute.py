@@ -1,0 +1,85 @@
+"""Where training runs: one function picks the tf.distribute strategy and the precision.
+
+* ``TF_CONFIG`` naming a cluster: ``MultiWorkerMirroredStrategy`` (every worker runs the
+  same command; the chief writes the run directory, the others write to a scratch folder).
+* One or more GPUs: ``MirroredStrategy`` over all of them, with ``mixed_float16``.
+* Otherwise the default strategy on the CPU, in float32.
+
+The same code runs unchanged on each; only the batch size (global, split over replicas)
+and the speed change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import tensorflow as tf
+import keras
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str  # "multi_worker", "mirrored" or "default"
+    mixed_precision: bool
+    workers: int = 1
+    gpus: int = 0
+    chief: bool = True
+
+    def describe(self) -> str:
+        where = {"multi_worker": f"MultiWorkerMirroredStrategy over {self.workers} workers", "mirrored": f"MirroredStrategy over {self.gpus} GPU(s)", "default": "the default strategy on the CPU"}[self.kind]
+        return f"{where}, {'mixed_float16' if self.mixed_precision else 'float32'}"
+
+
+def plan(gpus: int, tf_config: str | None, mixed_precision: str = "auto") -> Plan:
+    """The strategy for this machine: a pure function of the GPU count and TF_CONFIG."""
+    cluster, task = {}, {}
+    if tf_config:
+        raw = json.loads(tf_config)
+        cluster, task = raw.get("cluster") or {}, raw.get("task") or {}
+    mixed = {"on": True, "off": False}.get(mixed_precision, gpus > 0)
+    if cluster:
+        workers = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+        kind, index = task.get("type", "worker"), int(task.get("index", 0))
+        chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+        return Plan("multi_worker", mixed, workers=workers, gpus=gpus, chief=chief)
+    if gpus:
+        return Plan("mirrored", mixed, gpus=gpus)
+    return Plan("default", mixed)
+
+
+def choose_strategy(mixed_precision: str = "auto") -> tuple[tf.distribute.Strategy, Plan]:
+    """Create the strategy for this machine and set the Keras precision policy to match."""
+    chosen = plan(len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"), mixed_precision)
+    if chosen.kind == "multi_worker":
+        strategy = _MultiWorkerMirroredStrategy()
+    elif chosen.kind == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if chosen.mixed_precision else "float32")
+    log.info("training with %s (%d replica(s) in sync)", chosen.describe(), strategy.num_replicas_in_sync)
+    return strategy, chosen
+
+
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy adapted to what Keras 3.15's ``fit`` asks of it.
+
+    Keras reduces (a) the first ``(x, y)`` batch, a nest, to build the model, and (b) every
+    step's scalar loss and metrics with ``axis=0``. The collective implementation takes
+    neither, so ``reduce`` here maps over nests and reduces scalars across replicas.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        parent = super(_MultiWorkerMirroredStrategy, self)
+
+        def one(v):
+            local = self.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+            scalar = getattr(local, "shape", None) is not None and local.shape.rank == 0
+            return parent.reduce(reduce_op, v, None if scalar else axis)
+
+        return tf.nest.map_structure(one, value)

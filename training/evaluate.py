@@ -1,0 +1,86 @@
+"""`agegate-train eval`: how good is the run's best model, in years and in till decisions?
+
+The test faces are cut exactly as in training (and at the till), the Keras model answers,
+and :mod:`agegate.training.metrics` turns the answers into MAE overall, per age band and
+for ages 15-35, and into the Challenge 25 figures: the share of under-18s flagged and the
+share of people aged 30+ flagged, at the challenge age and along a range of thresholds.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics, plots
+from .data import limit_per_split, read_data
+from .faces import FaceSet, prepare_faces
+from .fit import read_history
+from .model import load_inference_model, predict_ages
+from .run import FitConfig, RunDir, serving_manifest, write_json
+
+log = logging.getLogger(__name__)
+
+
+def split_faces(run: RunDir, config: FitConfig, data: str | Path | None = None, split: str = "test", limit: int | None = None) -> FaceSet:
+    """The run's faces of one split, cut as in training (and cached in the run)."""
+    labelled = read_data(data or config.data, seed=config.seed)
+    records = [r for r in limit_per_split(labelled.records, limit, config.seed) if r.split == split]
+    if not records:
+        raise ValueError(f"{data or config.data}: no faces in the {split!r} split")
+    return prepare_faces(records, serving_manifest(config), config.detector_spec, run.cache, name=split)
+
+
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    challenge_age: float = metrics.CHALLENGE_AGE,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Measure ``RUN/model.keras`` on a split; write metrics.json, predictions.csv and plots/."""
+    run = RunDir(run_dir)
+    config = run.load_config()
+    spec = serving_manifest(config)
+    faces = split_faces(run, config, data, split, limit)
+    model = load_inference_model(run)
+    log.info("predicting %d %s faces with %s", len(faces), split, run.model)
+    predicted = predict_ages(model, faces.images, spec, batch_size)
+
+    summary = metrics.summarise(faces.ages, predicted, challenge_age)
+    history = read_history(run.history)
+    result = {
+        "run": str(run.path),
+        "model": run.model.name,
+        "backbone": config.backbone,
+        "image_size": config.image_size,
+        "epochs_trained": int(history[-1]["epoch"]) if history else None,
+        "data": str(Path(data or config.data).resolve()),
+        "split": split,
+        "limit": limit,
+        "fallback_share": faces.fallback_share,
+        "skipped": len(faces.problems),
+        **summary,
+        "threshold_curve": metrics.threshold_curve(faces.ages, predicted),
+    }
+    write_json(run.metrics, result)
+    _write_predictions(run.predictions, faces, predicted)
+    plots.learning_curves(history, run.plots / "learning_curves.png")
+    plots.predicted_vs_true(faces.ages, predicted, run.plots / "predicted_vs_true.png")
+    plots.error_by_band(summary["mae_by_band"], run.plots / "error_by_band.png")
+    plots.threshold_curve(result["threshold_curve"], challenge_age, run.plots / "threshold_curve.png")
+    log.info("%s: %s", split, metrics.headline(summary))
+    log.info("wrote %s, %s and %s/", run.metrics, run.predictions, run.plots)
+    return result
+
+
+def _write_predictions(path: Path, faces: FaceSet, predicted: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "real_age", "predicted_age", "fallback_box"])
+        for name, true, pred, fb in zip(faces.files, faces.ages, predicted, faces.fallback):
+            writer.writerow([name, f"{true:g}", f"{pred:.3f}", int(fb)])

@@ -1,0 +1,277 @@
+"""`agegate-train fit`: train an age model on a data folder, resumably.
+
+The story of a run:
+
+1. Settle the settings: a new run writes ``config.json``; ``--resume`` reads it back.
+2. Pick the strategy for this machine (CPU, GPUs or a cluster) and fix the seeds.
+3. Read the data folder, split it, and cut every face the way the till will
+   (cached, so this happens once per run and split).
+4. Learn the age normalisation from the training split (new runs only).
+5. Build and compile the model, or restore the latest checkpoint with its optimizer.
+6. Fit, saving a checkpoint after every epoch, the best model by validation MAE, and a
+   row of ``history.csv``; stop early if asked to, and say how to continue.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from . import pipeline
+from .data import limit_per_split, read_data, split_counts
+from .distribute import choose_strategy
+from .faces import FaceSet, prepare_faces
+from .model import build_model, compile_model
+from .run import FitConfig, RunDir, serving_manifest, write_json
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val_age_mae"
+
+
+@dataclass
+class FitResult:
+    run: RunDir
+    model: keras.Model | None  # None when there was nothing left to train
+    epochs_done: int  # epochs completed in total, this and earlier sessions
+    epochs: int  # epochs the run is meant to have
+    best_epoch: int | None
+    best_val_mae: float | None
+
+    @property
+    def complete(self) -> bool:
+        return self.epochs_done >= self.epochs
+
+
+class RunError(Exception):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+def fit(config: FitConfig | None, run_dir: str | Path, resume: bool = False, max_epochs_this_run: int | None = None, verbose: int | None = None) -> FitResult:
+    run = RunDir(run_dir)
+
+    # 1. Settings.
+    if resume:
+        config = run.load_config()
+        saved = run.saved_epochs()
+        initial_epoch = saved[-1] if saved else 0
+        log.info("resuming %s from epoch %d of %d", run.path, initial_epoch, config.epochs)
+    else:
+        if config is None:
+            raise RunError("a new run needs its settings")
+        if run.config_file.exists() or run.saved_epochs():
+            raise RunError(f"{run.path} already holds a run: continue it with --resume, or choose another --out")
+        config.check()
+        config.learning_rate = config.lr  # record the default that applies
+        initial_epoch = 0
+    if initial_epoch >= config.epochs:
+        log.info("%s already finished its %d epochs; nothing to do", run.path, config.epochs)
+        return FitResult(run, None, initial_epoch, config.epochs, *_best_so_far(run.history))
+
+    # 2. Strategy and seeds.
+    strategy, plan = choose_strategy(config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    out = run if plan.chief else RunDir(tempfile.mkdtemp(prefix="agegate-worker-"))
+
+    # 3. Data and face crops.
+    data = read_data(config.data, seed=config.seed)
+    records = limit_per_split(data.records, config.limit, config.seed)
+    if not resume:
+        config.data = str(Path(config.data).resolve())
+        config.data_description, config.data_licence, config.data_source = data.description, data.licence, data.source
+    train_records = [r for r in records if r.split == "train"]
+    if not train_records or not any(r.split == "val" for r in records):
+        raise RunError(f"{config.data}: need faces in both the train and val splits, have {split_counts(records)}")
+
+    # 4. Age normalisation, from the training labels (set once per run).
+    if config.target_offset is None:
+        ages = np.array([r.age for r in train_records])
+        config.target_offset = round(float(ages.mean()), 3)
+        config.target_scale = round(max(float(ages.std()), 1.0), 3)
+    if plan.chief:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.save_config(config)
+
+    spec = serving_manifest(config)
+    faces = {
+        split: prepare_faces([r for r in records if r.split == split], spec, config.detector_spec, out.cache, name=split)
+        for split in ("train", "val")
+    }
+    if plan.chief:
+        _write_data_report(run, data, records, faces)
+    train, val = faces["train"], faces["val"]
+
+    def target(fs: FaceSet) -> np.ndarray:
+        return (fs.ages - config.target_offset) / config.target_scale
+
+    # 5. Model: fresh, or the latest checkpoint with its optimizer state.
+    steps = pipeline.steps(len(train), config.batch_size)
+    with strategy.scope():
+        if initial_epoch:
+            model = keras.models.load_model(run.checkpoint(initial_epoch))
+            log.info("restored %s (optimizer at step %d)", run.checkpoint(initial_epoch).name, int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
+        else:
+            model = build_model(config, weights=config.weights)
+            compile_model(model, config, steps)
+            log.info("built %s: %s parameters, input %dx%d, %s", model.name, f"{model.count_params():,}", config.image_size, config.image_size,
+                     f"ImageNet weights from {config.weights}" if config.weights else "trained from scratch")
+
+    # 6. Fit.
+    _trim_history(run.history, initial_epoch)
+    best_epoch, best = _best_so_far(run.history)
+    callbacks = [
+        EpochCheckpoint(out, keep=config.keep_checkpoints),
+        BestModel(out.model, best=best),
+        History(str(out.history), append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if max_epochs_this_run:
+        callbacks.append(StopAfter(max_epochs_this_run))
+    if initial_epoch < config.epochs:
+        log.info("fitting epochs %d-%d: %d train faces in %d batches of %d, %d val faces", initial_epoch + 1, config.epochs, len(train), steps, config.batch_size, len(val))
+        model.fit(
+            pipeline.training_batches(train.images, target(train), config.batch_size, config.seed, initial_epoch, config.epochs),
+            validation_data=pipeline.evaluation_batches(val.images, target(val), config.batch_size),
+            initial_epoch=initial_epoch,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles, seeded per epoch
+            verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
+        )
+    done = (run.saved_epochs() or [initial_epoch])[-1]
+    best_epoch, best = _best_so_far(run.history)
+    result = FitResult(run, model, done, config.epochs, best_epoch, best)
+    if result.complete:
+        log.info("run complete: %d epochs; best val MAE %.2f years at epoch %s; model in %s", done, best or float("nan"), best_epoch, run.model)
+    else:
+        log.info("stopped after epoch %d of %d; continue with: agegate-train fit --resume --out %s", done, config.epochs, run.path)
+    return result
+
+
+# --- Callbacks -------------------------------------------------------------------------
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save model and optimizer after every epoch as ``checkpoints/epoch-NNN.keras``, keeping the last few.
+
+    The file is written under a temporary name and renamed, so an interruption never
+    leaves a half-written checkpoint for ``--resume`` to trip over.
+    """
+
+    def __init__(self, run: RunDir, keep: int):
+        super().__init__()
+        self.run, self.keep = run, keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = self.run.checkpoint(epoch + 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomically(self.model, path)
+        for old in self.run.saved_epochs()[: -self.keep]:
+            self.run.checkpoint(old).unlink(missing_ok=True)
+
+
+class BestModel(keras.callbacks.Callback):
+    """Keep ``model.keras`` as the epoch with the lowest validation MAE so far (across resumes)."""
+
+    def __init__(self, path: Path, best: float | None):
+        super().__init__()
+        self.path, self.best = path, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(MONITOR)
+        if value is not None and (self.best is None or value < self.best):
+            log.info("epoch %d: val MAE %.2f years is the best so far; saved %s", epoch + 1, value, self.path.name)
+            self.best = float(value)
+            _save_atomically(self.model, self.path)
+
+
+class History(keras.callbacks.CSVLogger):
+    """``history.csv`` with 1-based epochs (as the checkpoints are named), learning rate and seconds."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["seconds"] = round(time.monotonic() - getattr(self, "_started", time.monotonic()), 1)
+        super().on_epoch_end(epoch + 1, logs)
+
+
+class StopAfter(keras.callbacks.Callback):
+    """End this session after ``n`` epochs (checkpointed); ``--resume`` continues the run."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.seen = n, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen += 1
+        if self.seen >= self.n:
+            self.model.stop_training = True
+
+
+def _save_atomically(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+# --- history.csv -----------------------------------------------------------------------
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _trim_history(path: Path, last_epoch: int) -> None:
+    """Drop rows after the checkpoint a run resumes from (an epoch logged but not saved)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if int(float(r["epoch"])) <= last_epoch]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _best_so_far(path: Path) -> tuple[int | None, float | None]:
+    rows = [r for r in read_history(path) if MONITOR in r]
+    if not rows:
+        return None, None
+    best = min(rows, key=lambda r: r[MONITOR])
+    return int(best["epoch"]), best[MONITOR]
+
+
+def _write_data_report(run: RunDir, data, records, faces: dict[str, FaceSet]) -> None:
+    write_json(
+        run.data_report,
+        {
+            "data": str(data.folder),
+            "source": data.source,
+            "splits_from": "splits.csv" if data.has_splits else "seeded split stratified by age band (and person, when given)",
+            "licence": data.licence,
+            "faces_per_split_and_band": split_counts(records),
+            "skipped_entries": [dataclasses.asdict(p) for p in data.problems],
+            "crops": {
+                split: {"faces": len(fs), "fallback_share": fs.fallback_share, "skipped": [dataclasses.asdict(p) for p in fs.problems]}
+                for split, fs in faces.items()
+            },
+        },
+    )

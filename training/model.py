@@ -1,0 +1,157 @@
+"""The age model: an ImageNet backbone, global average pooling and a one-number regression head.
+
+The model takes a face crop as RGB pixel values 0-255 (what ``prepare_face`` cuts, cast to
+float) and carries its backbone's own input normalisation as layers, so the till needs no
+preprocessing beyond the cast. It answers the *normalised* age ``(age - offset) / scale``
+(offset and scale are the training split's mean and spread of ages, stored in the run
+config and the bundle's output spec); a robust Huber loss on that target keeps the few
+badly labelled faces from dominating.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from agegate.edge.bundle import Manifest, normalise, to_age
+
+from .run import FitConfig, RunDir
+
+log = logging.getLogger(__name__)
+
+
+@keras.saving.register_keras_serializable(package="agegate")
+class CaffePreprocess(layers.Layer):
+    """ResNet50's ImageNet input convention as a layer: RGB 0-255 to BGR minus the ImageNet mean.
+
+    Written as a fixed 1x1 convolution (channel swap in the kernel, mean in the bias) rather
+    than a flip and a subtraction: TFLite's int8 REVERSE_V2 garbles the channels (its input
+    and output scales differ and it copies bytes), which cost int8 models about 3 years of
+    MAE. A convolution is the best-supported int8 op there is.
+    """
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, x):
+        swap = np.zeros((1, 1, 3, 3), dtype="float32")
+        for rgb in range(3):
+            swap[0, 0, rgb, 2 - rgb] = 1.0
+        kernel = ops.cast(ops.convert_to_tensor(swap), x.dtype)
+        bias = ops.cast(ops.convert_to_tensor([-m for m in self.MEAN_BGR]), x.dtype)
+        return ops.conv(x, kernel, strides=1, padding="valid") + bias
+
+
+@keras.saving.register_keras_serializable(package="agegate")
+class AgeMAE(keras.metrics.Mean):
+    """Mean absolute error in years, for a model that answers normalised ages."""
+
+    def __init__(self, scale: float = 1.0, name: str = "age_mae", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.scale = float(scale)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        error = ops.abs(ops.cast(y_true, "float32") - ops.cast(y_pred, "float32")) * self.scale
+        return super().update_state(ops.reshape(error, (-1,)), sample_weight=sample_weight)
+
+    def get_config(self):
+        return {"scale": self.scale, "name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="agegate")
+class HuberLoss(keras.losses.Huber):
+    """keras.losses.Huber whose ``delta`` survives saving (Keras 3.15 drops it from the config,
+    so a checkpoint would resume with delta 1.0)."""
+
+    def __init__(self, delta: float = 1.0, name: str = "huber_loss", reduction: str = "sum_over_batch_size"):
+        super().__init__(delta=delta, name=name, reduction=reduction)
+        self.delta = float(delta)
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta}
+
+
+def backbone(name: str, image_size: int, weights: str | None) -> tuple[keras.Model, layers.Layer | None]:
+    """The convolutional base (no top) and the layer, if any, that its inputs need first."""
+    shape = (image_size, image_size, 3)
+    if weights:
+        log.info("loading ImageNet weights for %s from %s", name, weights)
+    if name == "resnet50":
+        return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=shape), CaffePreprocess(name="imagenet_caffe")
+    if name == "efficientnetb0":  # rescales and normalises 0-255 inputs itself
+        return keras.applications.EfficientNetB0(include_top=False, weights=weights, input_shape=shape), None
+    if name == "mobilenetv3small":  # likewise, with include_preprocessing
+        return keras.applications.MobileNetV3Small(include_top=False, weights=weights, input_shape=shape, include_preprocessing=True), None
+    raise ValueError(f"unknown backbone {name!r}")
+
+
+def build_model(config: FitConfig, weights: str | None = None) -> keras.Model:
+    """Backbone, global average pooling, dropout and a linear output (float32 even under mixed precision)."""
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="face_rgb")
+    base, preprocess = backbone(config.backbone, config.image_size, weights)
+    x = preprocess(inputs) if preprocess is not None else inputs
+    x = base(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = layers.Dense(1, dtype="float32", name="age")(x)
+    return keras.Model(inputs, outputs, name=f"age_{config.backbone}")
+
+
+def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -> None:
+    """Adam on a cosine schedule with a short warm-up; Huber loss; MAE in years."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, total // 10)
+    if warmup:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.lr / 10, decay_steps=max(1, total - warmup), alpha=0.01, warmup_target=config.lr, warmup_steps=warmup
+        )
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, total), alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss=HuberLoss(delta=config.huber_delta / config.target_scale),
+        metrics=[AgeMAE(scale=config.target_scale)],
+    )
+
+
+@contextmanager
+def float32_policy() -> Iterator[None]:
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def load_inference_model(run: RunDir, path: Path | None = None) -> keras.Model:
+    """The run's best model (or ``path``) for inference and export, computing in float32.
+
+    A model trained with mixed precision is rebuilt in float32 and given the trained weights,
+    so converters and CPUs see a plain float32 graph.
+    """
+    path = path or run.model
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: has `agegate-train fit` finished an epoch in {run.path}?")
+    model = keras.models.load_model(path, compile=False)
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+    with float32_policy():
+        plain = build_model(run.load_config(), weights=None)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
+def predict_ages(model: keras.Model, images: np.ndarray, spec: Manifest, batch_size: int = 64) -> np.ndarray:
+    """Ages in years for uint8 crops, through the bundle's own normalise and to_age."""
+    ages = np.empty(len(images), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        chunk = normalise(images[start : start + batch_size], spec.preprocessing)
+        raw = np.asarray(model.predict_on_batch(chunk))
+        ages[start : start + len(chunk)] = to_age(raw, spec.output)
+    return ages

@@ -1,0 +1,172 @@
+"""A training run: its settings and its directory.
+
+Everything a run produces lives in one directory::
+
+    RUN/
+      config.json        every fit setting, the data (path, description, licence) and the
+                         age normalisation learnt from the training split
+      data-report.json   what was read: counts per split and band, skipped entries, fallbacks
+      checkpoints/       epoch-001.keras ...: model + optimizer after each epoch (the last few)
+      history.csv        one row per epoch: loss, age MAE, val figures, learning rate, seconds
+      model.keras        the best epoch by validation MAE
+      metrics.json       `agegate-train eval`: the test figures
+      predictions.csv    `agegate-train eval`: file, true age, predicted age
+      plots/             learning curves, predicted vs true, error by band, threshold curve
+      cache/             the prepared face crops per split (.npz), reused by eval and export
+
+The serving half of the model bundle's manifest (input size, preprocessing, crop margin,
+output mapping) is derived from the config in one place, :func:`serving_manifest`, used
+to cut training crops and to write the exported bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agegate.edge.bundle import CropSpec, InputSpec, Manifest, OutputSpec, Preprocessing
+
+from .faces import DetectorSpec
+
+BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small")
+MAX_AGE = 120.0
+
+
+@dataclass
+class FitConfig:
+    """The settings of one training run (``config.json``)."""
+
+    data: str
+    backbone: str = "resnet50"
+    weights: str | None = None  # local ImageNet weights (.h5/.weights.h5, no top); None: from scratch
+    image_size: int = 96
+    margin: float = 0.1
+    detector: str = "haar"
+    detector_model: str | None = None
+    epochs: int = 15
+    batch_size: int = 32
+    learning_rate: float | None = None  # None: 1e-3 from scratch, 1e-4 from ImageNet weights
+    seed: int = 1234
+    limit: int | None = None  # at most this many faces per split (smoke runs)
+    dropout: float = 0.2
+    huber_delta: float = 5.0  # years: errors beyond this count linearly
+    mixed_precision: str = "auto"  # auto: on with GPUs; on; off
+    keep_checkpoints: int = 2
+    # Filled in when the run starts:
+    target_offset: float | None = None  # age = raw * target_scale + target_offset
+    target_scale: float | None = None
+    data_description: str = ""
+    data_licence: str = ""
+    data_source: str = ""
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.weights else 1e-3
+
+    @property
+    def detector_spec(self) -> DetectorSpec:
+        return DetectorSpec(self.detector, self.detector_model)
+
+    def check(self) -> None:
+        """ValueError naming the first setting that cannot work."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"--backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
+        if not 32 <= self.image_size <= 512:
+            raise ValueError(f"--image-size {self.image_size}: must be 32-512 pixels")
+        if not 0.0 <= self.margin <= 1.0:
+            raise ValueError(f"--margin {self.margin}: must be 0-1")
+        for name in ("epochs", "batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.limit is not None and self.limit < 2:
+            raise ValueError("--limit must be at least 2")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise ValueError(f"--learning-rate {self.learning_rate}: must be between 0 and 1")
+        if self.mixed_precision not in ("auto", "on", "off"):
+            raise ValueError("--mixed-precision must be auto, on or off")
+        if self.weights and not Path(self.weights).is_file():
+            raise ValueError(f"--weights {self.weights}: no such file (weights are never downloaded)")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "FitConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def serving_manifest(config: FitConfig) -> Manifest:
+    """The till's view of this run's model: input, preprocessing, crop and output.
+
+    The model takes RGB pixel values 0-255 and carries its backbone's own normalisation
+    as layers, so the bundle's preprocessing is the identity (scale 1, mean 0, std 1).
+    It answers the normalised age, which ``output`` maps back to years. The name, version
+    and hash are placeholders: export fills them in for the file it writes.
+    """
+    if config.target_offset is None or config.target_scale is None:
+        raise ValueError("the run has no age normalisation yet (it is set when fit starts)")
+    return Manifest(
+        name="unexported",
+        version="0",
+        sha256="0" * 64,
+        input=InputSpec(height=config.image_size, width=config.image_size, color="RGB"),
+        preprocessing=Preprocessing(scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        crop=CropSpec(margin=config.margin),
+        output=OutputSpec(scale=config.target_scale, offset=config.target_offset, min_age=0.0, max_age=MAX_AGE),
+    )
+
+
+class RunDir:
+    """The paths of a run directory (see the module docstring)."""
+
+    CHECKPOINT = re.compile(r"^epoch-(\d{3,})\.keras$")
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.config_file = self.path / "config.json"
+        self.data_report = self.path / "data-report.json"
+        self.checkpoints = self.path / "checkpoints"
+        self.history = self.path / "history.csv"
+        self.model = self.path / "model.keras"
+        self.metrics = self.path / "metrics.json"
+        self.predictions = self.path / "predictions.csv"
+        self.plots = self.path / "plots"
+        self.cache = self.path / "cache"
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch-{epoch:03d}.keras"
+
+    def saved_epochs(self) -> list[int]:
+        """Epochs (1-based) that have a complete checkpoint, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.checkpoints.iterdir() if (m := self.CHECKPOINT.match(p.name)))
+
+    def load_config(self) -> FitConfig:
+        try:
+            return FitConfig.from_json(json.loads(self.config_file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path} is not a training run: {self.config_file.name} is missing") from None
+
+    def save_config(self, config: FitConfig) -> None:
+        write_json(self.config_file, config.to_json())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
