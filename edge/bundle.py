@@ -249,6 +249,7 @@ def _atomic_write(target: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # bundles are not secret; the till's service user must read them
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -226,7 +226,7 @@ def cmd_model_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
     from .daemon import StartupError, load_detector, load_model
-    from .detectors import customer_faces
+    from .detectors import customer_faces, detect_in_photo
 
     try:
         model, detector = load_model(settings), load_detector(settings)
@@ -242,7 +242,7 @@ def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
             record["error"] = "not a readable image" if path.exists() else "no such file"
             failures += 1
         else:
-            faces = detector.detect(image)
+            faces = detect_in_photo(detector, image)
             if args.zone:
                 h, w = image.shape[:2]
                 faces = customer_faces(faces, zone, w, h)

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--challenge-age", type=float, default=25.0, help="flag customers estimated under this age (default 25)")
     c.add_argument("--overwrite", action="store_true", help="replace bundles already in DIR")
     c.add_argument("--golden-faces", type=int, default=16, metavar="N", help="test faces packed for the till's self-test (default 16)")
+    c.add_argument("--golden-image", action="append", default=[], metavar="PHOTO",
+                   help="take the self-test faces from this photo (and its mirror image) instead of test faces; "
+                        "repeatable. For bundles shipped where the data's licence forbids copying its faces")
     c.add_argument("--golden-tolerance", type=float, default=1.0, metavar="YEARS", help="self-test tolerance written to the manifest (default 1)")
     c.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (PEM): sign every bundle written")
 
@@ -78,7 +81,7 @@ def _convert(args: argparse.Namespace) -> int:
         report = export_run(
             args.run, args.out, variants, args.data, args.tolerance, args.name, args.version, args.limit,
             args.calibration_size, args.threads, args.challenge_age, args.overwrite,
-            args.golden_faces, args.golden_tolerance, args.sign_key,
+            args.golden_faces, args.golden_tolerance, args.sign_key, args.golden_image,
         )  # fmt: skip
     except (ExportError, DataError, BundleError, ValueError, FileNotFoundError) as exc:
         print(f"agegate-export convert: error: {exc}", file=sys.stderr)

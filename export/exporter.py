@@ -24,17 +24,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from agegate.edge.age_model import AgeModel
-from agegate.edge.bundle import normalise, write_bundle
+from agegate.edge.bundle import normalise, prepare_face, write_bundle
 from agegate.edge.model_store import self_test
 from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces
-from agegate.training.faces import FaceSet
+from agegate.training.faces import DetectorSpec, FaceSet, decode, find_face
 from agegate.training.fit import read_history
 from agegate.training.model import load_inference_model
 from agegate.training.run import FitConfig, RunDir, serving_manifest, write_json
@@ -99,6 +99,7 @@ def export_run(
     golden_faces: int = DEFAULT_GOLDEN_FACES,
     golden_tolerance: float = DEFAULT_GOLDEN_TOLERANCE,
     sign_key: str | Path | None = None,
+    golden_images: Sequence[str | Path] = (),
 ) -> ExportReport:
     run, out = RunDir(run_dir), Path(out_dir)
     config = run.load_config()
@@ -132,7 +133,10 @@ def export_run(
     scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
     try:
         saved = saved_model(model, scratch / "saved_model")
-        golden = _golden_indices(test.ages, golden_faces)
+        if golden_images:
+            golden = _golden_from_photos(golden_images, spec, config)
+        else:
+            golden = test.images[_golden_indices(test.ages, golden_faces)]
         job = _Job(out, fields, test, keras, tolerance, threads, challenge_age, data or config.data, limit, golden, golden_tolerance, private_key)
         results = [_export_variant(job, variant, convert(saved, variant, calibration)) for variant in variants]
     finally:
@@ -157,7 +161,7 @@ class _Job:
     challenge_age: float
     data: str | Path
     limit: int | None
-    golden: np.ndarray  # indices of the test faces packed as self-test faces
+    golden: np.ndarray  # prepared crops packed as self-test faces (uint8)
     golden_tolerance: float
     private_key: Any  # Ed25519PrivateKey or None
 
@@ -169,13 +173,14 @@ def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult
     staged = write_bundle(staging, flatbuffer, variant=variant, **fields)
     try:
         measured = measure_bundle(staging, job.test.images, job.test.ages, job.challenge_age, job.threads)
+        golden_ages = AgeModel.from_dir(staging, num_threads=job.threads).predict_prepared(job.golden)
     finally:
         shutil.rmtree(staging)
     accepted = measured.mae - keras.mae <= tolerance
     result = VariantResult(variant, measured, staged.sha256, accepted, out / variant if accepted else None)
     if accepted:
         figures = _bundle_metrics(measured, keras, tolerance, job.threads, job.data, job.limit)
-        golden = (job.test.images[job.golden], measured.ages[job.golden])
+        golden = (job.golden, golden_ages)
         written = write_bundle(out / variant, flatbuffer, variant=variant, metrics=figures, golden=golden, golden_tolerance=job.golden_tolerance, **fields)
         # What a till checks before service: hashes, the interpreter, the golden faces.
         till_view = AgeModel.from_dir(out / variant, num_threads=job.threads)
@@ -188,6 +193,24 @@ def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult
     else:
         log.error("%s refused: %s; no bundle written", variant, result.reason(keras.mae, tolerance))
     return result
+
+
+def _golden_from_photos(paths: Sequence[str | Path], spec, config) -> np.ndarray:
+    """Self-test faces from photos the bundle may carry (e.g. a public-domain portrait), cut as at
+    training: the largest face each, and its mirror image. For bundles that are shipped where the
+    training data's licence does not allow copies of its faces."""
+    detector = config.detector_spec.create()
+    crops = []
+    for path in paths:
+        image = decode(Path(path))
+        if image is None:
+            raise ExportError(f"--golden-image {path}: not a readable image")
+        box, _ = find_face(detector, image)
+        if box is None:
+            raise ExportError(f"--golden-image {path}: no face found")
+        crop = prepare_face(image, box, spec)
+        crops += [crop, np.ascontiguousarray(crop[:, ::-1])]
+    return np.stack(crops)
 
 
 def _golden_indices(ages: np.ndarray, n: int) -> np.ndarray:

@@ -37,14 +37,14 @@ import cv2
 import numpy as np
 
 from agegate.edge.bundle import Manifest, prepare_face
-from agegate.edge.detectors import Detector, create_detector
+from agegate.edge.detectors import PHOTO_PAD, Detector, create_detector, detect_in_photo
 
 from .data import Problem, Record
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-DETECT_PAD = 0.25
+DETECT_PAD = PHOTO_PAD
 DEFAULT_RELATIVE_BOX = (0.5, 0.45, 0.9)  # centre x, centre y, side: used only when no face is found at all
 
 
@@ -106,15 +106,11 @@ def decode(path: Path) -> np.ndarray | None:
 
 
 def find_face(detector: Detector, image_bgr: np.ndarray) -> tuple[tuple[float, float, float, float] | None, int]:
-    """The largest face's box in a photo (after padding it like a frame), and how many were found."""
-    h, w = image_bgr.shape[:2]
-    pad = int(round(DETECT_PAD * max(h, w)))
-    framed = cv2.copyMakeBorder(image_bgr, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    faces = detector.detect(framed)
+    """The largest face's box in a photo (found as the till finds faces in photos), and how many were found."""
+    faces = detect_in_photo(detector, image_bgr, DETECT_PAD)
     if not faces:
         return None, 0
-    x, y, bw, bh = max(faces, key=lambda f: f.area).box
-    return (float(x - pad), float(y - pad), float(bw), float(bh)), len(faces)
+    return tuple(float(v) for v in faces[0].box), len(faces)  # type: ignore[return-value]
 
 
 def _parallel(fn: Callable[[Record], object], records: Sequence[Record], what: str, workers: int | None) -> list:

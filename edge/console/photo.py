@@ -31,7 +31,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from ..age_model import AgeModel, InferenceError
-from ..detectors import Detector
+from ..detectors import Detector, detect_in_photo
 
 MAX_PHOTO_BYTES = 10 * 1024 * 1024
 BODY_LIMIT = MAX_PHOTO_BYTES + 64 * 1024  # the multipart framing around the file
@@ -122,7 +122,7 @@ class PhotoEstimator:
                 self._detector = self.new_detector()
             model = self.model()
             try:
-                faces = sorted(self._detector.detect(image), key=lambda f: f.area, reverse=True)[:MAX_FACES]
+                faces = detect_in_photo(self._detector, image)[:MAX_FACES]
                 ages = []
                 for face in faces:
                     with self.model_lock:
