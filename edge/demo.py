@@ -60,10 +60,26 @@ def write_face_video(path: Path, face_bgr: np.ndarray, frames: int = 60, fps: fl
 def write_empty_video(path: Path, frames: int = 60, fps: float = 15.0) -> Path:
     """A till with nobody at it: a grey scene with faint sensor noise."""
     w = _writer(path, fps)
+    for frame in _empty_frames(frames):
+        w.write(frame)
+    w.release()
+    return path
+
+
+def _empty_frames(n: int):
     rng = np.random.default_rng(0)
-    for _ in range(frames):
+    for _ in range(n):
         frame = np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 90, np.uint8)
         frame += rng.integers(0, 8, frame.shape, dtype=np.uint8)
+        yield frame
+
+
+def write_demo_video(path: Path, face_bgr: np.ndarray, fps: float = 15.0) -> Path:
+    """8 s of a customer at the till, then 8 s of nobody; the daemon loops it."""
+    w = _writer(path, fps)
+    for i in range(int(8 * fps)):
+        w.write(face_frame(face_bgr, shift=(i % 10) - 5))
+    for frame in _empty_frames(int(8 * fps)):
         w.write(frame)
     w.release()
     return path
@@ -149,7 +165,7 @@ def main() -> int:
     from paho.mqtt.enums import CallbackAPIVersion
 
     workdir = Path(tempfile.mkdtemp(prefix="agegate-demo-"))
-    video = write_face_video(workdir / "customer.avi", astronaut_bgr(), frames=150)
+    video = write_demo_video(workdir / "customer.avi", astronaut_bgr())
     print(f"demo video with a real face: {video}")
 
     stop_broker = None
@@ -180,8 +196,12 @@ def main() -> int:
         sales = [
             ("T-1001", [("item", False, "bakery"), ("item", True, "wine"), ("id_checked", False, None)]),
             ("T-1002", [("item", True, "beer")]),
+            ("T-1003", [("item", True, "vodka")]),  # scanned while nobody is in front of the camera
         ]
         for tx, steps in sales:
+            if tx == "T-1003":
+                print("(the customer steps away from the camera)")
+                _wait_for(url, lambda s: s["customer"] is None)
             print(f"POS  transaction_start {tx}")
             httpx.post(f"{url}/v1/pos", json={"type": "transaction_start", "transaction_id": tx})
             for kind, restricted, category in steps:
@@ -220,6 +240,14 @@ def main() -> int:
             print(f"  {topic}: {p['processed_fps']} frames/s processed, detect {p['detect_ms']} ms, infer {p['infer_ms']} ms per face")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0 if daemon.returncode == 0 else 1
+
+
+def _wait_for(url: str, condition, timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not condition(httpx.get(f"{url}/v1/status", timeout=2).json()):
+        time.sleep(0.1)
 
 
 def _wait_ready(url: str, daemon: subprocess.Popen, timeout: float = 90) -> None:
