@@ -260,8 +260,9 @@ def test_try_a_photo_shows_the_age_and_refuses_what_is_not_a_photo(page: Page, t
     assert "megapixels" in refused["bomb"].json()["detail"]
     # Nothing of the photos reached the state directory.
     state = Path(till.env["AGEGATE_STATE_DIR"])
-    assert {p.name for p in state.iterdir()} <= {"outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm",
-                                                 "history.sqlite3", "history.sqlite3-wal", "history.sqlite3-shm"}
+    files = {str(p.relative_to(state)) for p in state.rglob("*") if p.is_file()}
+    assert files <= {"outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm",
+                     "history.sqlite3", "history.sqlite3-wal", "history.sqlite3-shm", "models/.lock"}, files
 
 
 def test_history_lists_pos_decisions_filters_pages_and_downloads(page: Page, till: ConsoleDaemon, tmp_path):
