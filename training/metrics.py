@@ -18,17 +18,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-# Age bands as (name, lowest age, first age of the next band). Ages are in years; a band
-# holds lo <= age < hi, so "13-17" holds 13.0 up to but not including 18.0.
-BANDS: tuple[tuple[str, float, float], ...] = (
-    ("0-12", 0.0, 13.0),
-    ("13-17", 13.0, 18.0),
-    ("18-24", 18.0, 25.0),
-    ("25-34", 25.0, 35.0),
-    ("35-49", 35.0, 50.0),
-    ("50-64", 50.0, 65.0),
-    ("65+", 65.0, float("inf")),
-)
+from agegate.edge.events import AGE_BANDS
+
+# Age bands as (name, lowest age, first age of the next band): the same bands the till
+# reports in its anonymous transaction summaries, defined once in agegate.edge.events.
+BANDS: tuple[tuple[str, float, float], ...] = AGE_BANDS
 BAND_NAMES = tuple(name for name, _, _ in BANDS)
 
 CHALLENGE_AGE = 25.0
