@@ -8,11 +8,12 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Re-install when the dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-fast schemas clean help tools
+.PHONY: demo test test-fast bench schemas clean help tools
 
 help:
 	@echo "make demo   run the till daemon on a demo video with a simulated POS and a local broker"
 	@echo "make test   install what is needed and run the test suite"
+	@echo "make bench  measure the till pipeline on this machine (BENCH_ARGS='--bundles DIR ...')"
 
 $(STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
@@ -44,6 +45,18 @@ test: $(STAMP) tools
 # Skip the tests that train or export models.
 test-fast: $(STAMP) tools
 	$(PY) -m pytest -ra -m "not slow"
+
+# The till pipeline on this machine: isolated costs, the real daemon with a real broker, the
+# peers (docs/performance.md). Writes bench-results/bench.json and bench.md. The shipped
+# bundle is measured; add exported variants with BENCH_ARGS='--bundles DIR' (repeatable).
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	rm -f $(VENV)/.bench-* && touch $@
+
+bench: $(BENCH_STAMP) tools
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 schemas: $(STAMP)
 	$(PY) -m agegate.edge.events docs/schemas

@@ -4,6 +4,9 @@ A :class:`Camera` reads its source in its own daemon thread and keeps a single s
 holding the latest frame. A consumer that is slower than the camera never sees a
 backlog: frames it did not take are simply replaced, so the lag between the customer
 and the answer cannot grow. Frames are kept in memory only; nothing is written to disk.
+With ``max_fps`` the camera still reads every frame (so a device's queue never goes stale)
+but decodes and publishes at most that many a second: frames nobody will analyse are
+dropped before the costly part, the decoding into a BGR array.
 
 Sources (the ``source`` string):
 
@@ -40,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -84,6 +88,29 @@ def backoff_delay(failures: int, min_s: float, max_s: float) -> float:
     return min(max_s, min_s * 2.0 ** max(0, failures - 1))
 
 
+class Pacer:
+    """Lets events through at most ``fps`` times a second (every one when ``fps`` is 0 or None).
+
+    Due times lie on a fixed grid, so a source whose frames arrive a little early (jitter)
+    still gives the asked rate rather than skipping to the next frame; a quarter period of
+    slack is allowed. After a hold-up the grid restarts from now instead of bursting.
+    """
+
+    SLACK = 0.25
+
+    def __init__(self, fps: float | None):
+        self.period = 1.0 / fps if fps else 0.0
+        self._next = -math.inf
+
+    def due(self, now: float) -> bool:
+        if not self.period:
+            return True
+        if now < self._next - self.SLACK * self.period:
+            return False
+        self._next = self._next + self.period if now - self._next < self.period else now + self.period
+        return True
+
+
 class _SourceLost(Exception):
     """Raised inside the capture thread when the source must be reopened; the message says why."""
 
@@ -101,6 +128,8 @@ class Camera:
         reconnect_max_s: float = 30.0,
         width: int | None = None,
         height: int | None = None,
+        on_read: Callable[[float], None] | None = None,
+        max_fps: float | None = None,
     ):
         if stall_timeout_s <= 0 or reconnect_min_s <= 0 or reconnect_max_s < reconnect_min_s:
             raise ValueError("need stall_timeout_s > 0 and 0 < reconnect_min_s <= reconnect_max_s")
@@ -111,6 +140,8 @@ class Camera:
         self.reconnect_max_s = reconnect_max_s
         self.width = width  # asked of devices and streams; a file keeps its own size
         self.height = height
+        self.on_read = on_read  # told the seconds each published frame took to read and decode (with the skipped)
+        self.max_fps = max_fps  # decode and publish at most this many frames a second; None or 0: every frame
         self._target = parse_source(source)
         self._is_device = isinstance(self._target, int) or self._target.startswith("/dev/")
         self._is_stream = not self._is_device and "://" in self._target
@@ -256,18 +287,35 @@ class Camera:
         """Open the source and publish its frames until stopping; raise _SourceLost when it fails."""
         cap = self._open()
         try:
+            jpeg = self._hand_over_jpeg(cap)
             period = 1.0 / self._file_fps(cap) if self._is_file else 0.0
             due = time.monotonic()
             read = 0
+            decode = Pacer(self.max_fps)
+            spent = 0.0  # reading (and skipping) since the last published frame
             while not self._stopping.is_set():
-                ok, image = cap.read()
+                started = time.perf_counter()
+                ok = cap.grab()
                 if not ok and self._is_file and self.loop_file and read:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                    ok, image = cap.read()
-                if not ok or image is None or image.size == 0:
+                    ok = cap.grab()
+                if not ok:
                     raise _SourceLost(self._why_no_frame(read))
                 read += 1
-                self._publish(image)
+                if decode.due(time.monotonic()):
+                    ok, image = cap.retrieve()
+                    if ok and jpeg:
+                        image = cv2.imdecode(image, cv2.IMREAD_COLOR)
+                    if not ok or image is None or image.size == 0:
+                        raise _SourceLost("a frame was read but could not be decoded")
+                    if self.on_read is not None:
+                        self.on_read(spent + time.perf_counter() - started)
+                    spent = 0.0
+                    self._publish(image)
+                else:  # not wanted this often: dropped before decoding, and counted for fps
+                    spent += time.perf_counter() - started
+                    with self._cond:
+                        self._frame_times.append(time.monotonic())
                 if period:  # pace a file like a camera
                     due += period
                     lag = due - time.monotonic()
@@ -284,6 +332,15 @@ class Camera:
         if self._is_file:
             return "end of file"
         return f"stalled or closed: no frame within {self.stall_timeout_s:g} s"
+
+    def _hand_over_jpeg(self, cap: cv2.VideoCapture) -> bool:
+        """For an MJPEG file or stream read through FFmpeg, when frames are skipped: have grab()
+        only read each frame's JPEG bytes (FFmpeg would decode every frame there, wanted or
+        not), and decode the wanted ones here. A V4L2 device already decodes in retrieve()."""
+        if not self.max_fps or self._is_device or cap.getBackendName() != "FFMPEG":
+            return False
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").upper()
+        return fourcc == b"MJPG" and bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
 
     @staticmethod
     def _file_fps(cap: cv2.VideoCapture) -> float:

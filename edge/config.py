@@ -43,11 +43,17 @@ class Settings(BaseSettings):
     detector: Literal["haar", "yunet"] = "haar"
     detector_model: Path | None = None
     min_face_px: int = Field(default=40, ge=8)
+    # Frames analysed per second at most (the camera decodes only those); 0: every frame it delivers.
+    detect_fps: float = Field(default=10.0, ge=0, le=240)
+    # OpenCV's worker threads (detection, decoding helpers); 0: OpenCV's own choice, every core.
+    opencv_threads: int = Field(default=1, ge=0, le=64)
     customer_zone: str = "0.15,0.0,0.85,1.0"
 
     # Age model
     model_dir: Path | None = None
     model_threads: int = Field(default=1, ge=1, le=16)
+    # Age estimates per second at most (the tracker follows faces in between); 0: every analysed frame.
+    estimate_fps: float = Field(default=5.0, ge=0, le=240)
     model_public_key: Path | None = None
 
     # Smoothing

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import cv2
 import uvicorn
 
 from .. import __version__
@@ -41,7 +42,7 @@ from .mqtt import MqttLink
 from .notify import SystemdNotifier
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
 from .tracker import Tracker
-from .vision import VisionLoop
+from .vision import StageTimer, VisionLoop
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,14 @@ class Daemon:
         self.last_model_rejection: str | None = None
         log.info("model %s %s (%s) loaded from %s", self.model.manifest.name, self.model.manifest.version,
                  self.model.manifest.variant, self.model.bundle.path)
+        if s.opencv_threads:  # process-wide; before the detector exists
+            cv2.setNumThreads(s.opencv_threads)
         self.detector = load_detector(s)
         self._http_socket = bind_http(s)
-        self.camera = Camera(s.camera, loop_file=s.camera_loop, stall_timeout_s=s.camera_stall_timeout_s)
+        # Stages timed outside the vision loop (whose own timers are frames, detect, crop, infer).
+        self.timers = {name: StageTimer() for name in ("capture", "decide", "publish")}
+        self.camera = Camera(s.camera, loop_file=s.camera_loop, stall_timeout_s=s.camera_stall_timeout_s,
+                             on_read=self.timers["capture"].add, max_fps=s.detect_fps)
         self.tracker = Tracker(window_s=s.smoothing_window_s, max_samples=s.smoothing_samples,
                                min_hits=s.face_min_frames)
         self.zones = ZoneStore(s.state_dir, default=s.zone)  # zone.json saved from the console wins
@@ -145,6 +151,7 @@ class Daemon:
             on_decision=self.on_decision,
             face_wait_s=s.face_wait_s,
             max_spread=s.max_spread,
+            timed=self.timers["decide"].add,
         )
         self.outbox = open_outbox(s)
         self.history = open_history(s.state_dir, s.history_days)
@@ -179,7 +186,9 @@ class Daemon:
             self._count("alerts")
             self.metrics.alerts.labels(event.type).inc()
             log.warning("alert %s for transaction %s: %s", event.type, event.transaction_id, event.reason)
+        started = time.perf_counter()
         self.mqtt.publish(event)
+        self.timers["publish"].add(time.perf_counter() - started)
 
     def on_decision(self, answer: PosAnswer) -> None:
         """Every new decision on a restricted item, clear included: metrics and the console's history."""
@@ -194,7 +203,7 @@ class Daemon:
     def _new_vision(self) -> VisionLoop:
         return VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker, self.zones.current,
                           face_stale_s=self.settings.face_stale_s, observe=self.metrics.stage_observers(),
-                          model_lock=self.model_lock)
+                          model_lock=self.model_lock, estimate_fps=self.settings.estimate_fps)
 
     def reject(self, reason: str) -> None:
         self._count("pos_rejected")
@@ -221,7 +230,15 @@ class Daemon:
             "open_transactions": self.book.open_count,
             "decisions": dict(self.book.decisions),
             "vision_errors": self.vision.errors,
+            "stages": self.stage_totals(),
         }
+
+    def stage_totals(self) -> dict[str, dict[str, float]]:
+        """Per stage, how many items and seconds since start-up (detect per frame; crop, infer per face)."""
+        v = self.vision
+        timers = {"capture": self.timers["capture"], "frames": v.frames, "detect": v.detect, "crop": v.crop,
+                  "infer": v.infer, "decide": self.timers["decide"], "publish": self.timers["publish"]}
+        return {name: t.totals() for name, t in timers.items()}
 
     # --- life cycle ----------------------------------------------------------------------------------
 

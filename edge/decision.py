@@ -96,6 +96,7 @@ class TransactionBook:
         max_open: int = 64,
         idle_timeout_s: float = 3600.0,
         poll_s: float = 0.05,
+        timed: Callable[[float], None] | None = None,
     ):
         self.store_id, self.till_id = store_id, till_id
         self.thresholds = thresholds
@@ -108,6 +109,7 @@ class TransactionBook:
         self.max_open = max_open
         self.idle_timeout_s = idle_timeout_s
         self.poll_s = poll_s
+        self.timed = timed  # told the seconds each new decision took (face wait and history included, publishing not)
         self._open: OrderedDict[str, _Transaction] = OrderedDict()
         self._lock = Lock()
         self.decisions: Counter[str] = Counter()
@@ -148,6 +150,7 @@ class TransactionBook:
     # --- restricted items ----------------------------------------------------------------
 
     def _restricted_item(self, msg: PosMessage) -> PosAnswer:
+        started = time.perf_counter()
         with self._lock:
             tx = self._get_or_start(msg.transaction_id)
             tx.items += 1
@@ -167,10 +170,15 @@ class TransactionBook:
             if estimate is not None:
                 tx.best_estimate = estimate
             self.decisions[decision] += 1
+        took = time.perf_counter() - started
         if alert is not None:
             self.publish(alert)
         if self.on_decision is not None:
+            recorded = time.perf_counter()
             self.on_decision(answer)
+            took += time.perf_counter() - recorded
+        if self.timed is not None:
+            self.timed(took)
         log.info("transaction %s: %s (%s)", msg.transaction_id, decision, _describe(estimate))
         return answer
 

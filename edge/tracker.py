@@ -86,12 +86,13 @@ class Tracker:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def update(self, now: float, observations: list[tuple[Box, float | None]]) -> None:
+    def update(self, now: float, observations: list[tuple[Box, float | None]]) -> list[float | None]:
         """Add one frame's faces: ``(box, age)``, age None where it was not estimated this frame.
 
         Each face joins the track it overlaps most (IoU at least ``iou_threshold``, each
         track taking one face); a face that matches none starts a new track. Tracks not
         seen for ``forget_after_s`` are dropped, and estimates older than ``window_s``.
+        Returns, per face, its person's latest estimate within the window (None if none).
         """
         with self._lock:
             self._tracks = [t for t in self._tracks if now - t.last_seen <= self.forget_after_s]
@@ -103,6 +104,7 @@ class Tracker:
                 ),
                 reverse=True,
             )
+            latest: list[float | None] = []
             matched: dict[int, _Track] = {}  # observation index -> track
             taken: set[int] = set()
             for overlap, ti, oi in pairs:
@@ -122,6 +124,8 @@ class Tracker:
                     track.ages.append((now, float(age)))
                 while track.ages and track.ages[0][0] < now - self.window_s:
                     track.ages.popleft()
+                latest.append(track.ages[-1][1] if track.ages else None)
+        return latest
 
     def customer(self, now: float, max_staleness_s: float = 1.0) -> AgeEstimate | None:
         """The smoothed age of the largest face seen within ``max_staleness_s``.

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .age_model import AgeModel
-from .capture import Camera, CameraState
+from .capture import Camera, CameraState, Pacer
 from .detectors import Detector, Zone, customer_faces
 from .events import Estimate
 from .tracker import Tracker
@@ -28,18 +28,23 @@ log = logging.getLogger(__name__)
 
 
 class StageTimer:
-    """Running totals for one stage, read and reset by the stats publisher."""
+    """Running totals for one stage: read and reset by the stats publisher (:meth:`take`), and
+    kept since start-up for the status and benchmarks (:meth:`totals`)."""
 
     def __init__(self, observe: Callable[[float], None] | None = None) -> None:
         self._lock = threading.Lock()
         self.count = 0
         self.total_s = 0.0
+        self._all_count = 0
+        self._all_s = 0.0
         self.observe = observe  # also told each measurement (seconds per item), e.g. a metrics histogram
 
     def add(self, seconds: float, count: int = 1) -> None:
         with self._lock:
             self.count += count
             self.total_s += seconds
+            self._all_count += count
+            self._all_s += seconds
         if self.observe is not None:
             for _ in range(count):
                 self.observe(seconds / count)
@@ -50,6 +55,11 @@ class StageTimer:
             out = (self.count, self.total_s)
             self.count, self.total_s = 0, 0.0
             return out
+
+    def totals(self) -> dict[str, float]:
+        """Count and seconds since start-up (never reset)."""
+        with self._lock:
+            return {"count": self._all_count, "total_s": round(self._all_s, 6)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class VisionLoop:
         face_stale_s: float = 1.5,
         observe: Mapping[str, Callable[[float], None]] | None = None,
         model_lock: threading.Lock | None = None,
+        estimate_fps: float = 0.0,
     ):
         self.camera = camera
         self.detector = detector
@@ -83,15 +94,20 @@ class VisionLoop:
         self.zone = zone
         self.max_faces = max_faces
         self.face_stale_s = face_stale_s
+        # Ages at most this often (0: every frame): the tracker follows faces in between, and
+        # the smoothing wants a few estimates a second, not one per frame.
+        self._estimate_gate = Pacer(estimate_fps)
         observe = observe or {}
         self.frames = StageTimer(observe.get("frames"))
         self.detect = StageTimer(observe.get("detect"))
-        self.infer = StageTimer(observe.get("infer"))
+        self.crop = StageTimer(observe.get("crop"))  # crop and resize, per face
+        self.infer = StageTimer(observe.get("infer"))  # normalise and the interpreter, per face
         self.model_lock = model_lock or threading.Lock()
         self.live: LiveView | None = None
         self.errors = 0
         self.last_error: str | None = None
         self._failing: str | None = None  # set while the latest frame failed, cleared by a good one
+        self._assessed = False  # whether the latest frame ran the model (or had no face for it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
 
@@ -127,7 +143,8 @@ class VisionLoop:
             seq = frame.seq
             try:
                 self.process(frame.image, time.monotonic())
-                self._failing = None
+                if self._assessed:  # a frame that skipped the model proves nothing about it
+                    self._failing = None
             except Exception as exc:  # a model or detector fault must not end the loop
                 self.errors += 1
                 reason = f"{type(exc).__name__}: {exc}".strip()
@@ -135,8 +152,8 @@ class VisionLoop:
                     log.error("vision step failed (%d so far): %s", self.errors, reason)
                 self.last_error = self._failing = reason
 
-    def process(self, image, now: float) -> list[tuple[tuple[int, int, int, int], float]]:
-        """One frame: detect, keep the customer zone, estimate the largest faces, track."""
+    def process(self, image, now: float) -> list[tuple[tuple[int, int, int, int], float | None]]:
+        """One frame: detect, keep the customer zone, estimate the largest faces (when due), track."""
         t0 = time.perf_counter()
         faces = self.detector.detect(image)
         t1 = time.perf_counter()
@@ -144,15 +161,22 @@ class VisionLoop:
         h, w = image.shape[:2]
         zone = self.zone
         in_zone = customer_faces(faces, zone, w, h)[: self.max_faces]
-        observations = []
-        if in_zone:
-            boxes = [f.box for f in in_zone]
+        boxes = [f.box for f in in_zone]
+        observations: list[tuple[tuple[int, int, int, int], float | None]] = [(box, None) for box in boxes]
+        self._assessed = not boxes
+        if boxes and self._estimate_gate.due(now):
             with self.model_lock:
-                ages = self.model().estimate(image, boxes)
-            self.infer.add(time.perf_counter() - t1, len(boxes))  # per face
+                model = self.model()
+                t2 = time.perf_counter()
+                crops = [model.prepare(image, box) for box in boxes]
+                t3 = time.perf_counter()
+                ages = model.predict_prepared(crops)
+            self.crop.add(t3 - t2, len(boxes))  # per face
+            self.infer.add(time.perf_counter() - t3, len(boxes))
             observations = [(box, float(age)) for box, age in zip(boxes, ages)]
-        self.tracker.update(now, observations)
+            self._assessed = True
+        latest = self.tracker.update(now, observations)  # each person's latest age, this frame's or earlier
         self.frames.add(time.perf_counter() - t0)
-        aged = dict(observations)
+        aged = dict(zip(boxes, latest))
         self.live = LiveView(image, tuple((f.box, aged.get(f.box), zone.contains(f, w, h)) for f in faces), zone, now)
         return observations

@@ -8,15 +8,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _dense_model(size: int, weight: float, bias: float) -> bytes:
-    """.tflite of a Keras model: age = weight * mean pixel (over channels summed) + bias."""
+def dense_keras(size: int, weight: float, bias: float):
+    """A Keras model: age = weight * mean pixel (over channels summed) + bias."""
     import tensorflow as tf
 
     inputs = tf.keras.Input((size, size, 3))
     x = tf.keras.layers.GlobalAveragePooling2D()(inputs)
     out = tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.Constant(weight),
                                 bias_initializer=tf.keras.initializers.Constant(bias))(x)
-    return tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, out)).convert()
+    return tf.keras.Model(inputs, out)
+
+
+def _dense_model(size: int, weight: float, bias: float) -> bytes:
+    """.tflite of :func:`dense_keras`."""
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(dense_keras(size, weight, bias)).convert()
 
 
 def _write(path: Path, tflite: bytes, name: str, version: str, data: str, size: int,

@@ -17,6 +17,7 @@ from agegate.edge.capture import (
     Camera,
     CameraError,
     CameraState,
+    Pacer,
     backoff_delay,
     describe_source,
     parse_source,
@@ -159,6 +160,37 @@ def test_a_slow_consumer_gets_the_newest_frame_not_a_backlog(face_video, camera_
     # that a slow machine only makes easier to meet.
     elapsed = later.captured_at - first.captured_at
     assert later.seq - first.seq <= 2 * 15 * elapsed + 2
+
+
+def test_pacer_keeps_the_asked_rate_from_a_jittery_30_fps_source():
+    times = [i / 30 + (0.004 if i % 3 == 0 else -0.004) for i in range(300)]  # 10 s of frames, a few ms early or late
+    gate = Pacer(10)
+    passed = [t for t in times if gate.due(t)]
+    assert 98 <= len(passed) <= 101  # 10 a second, not fewer because a frame came a little early
+    assert min(b - a for a, b in zip(passed, passed[1:])) > 0.06
+    every = Pacer(0)
+    assert all(every.due(t) for t in times)
+    held = Pacer(10)
+    assert held.due(0.0) and held.due(5.0) and not held.due(5.02)  # after a hold-up: from now, no burst
+
+
+def test_max_fps_decodes_fewer_frames_but_fps_is_the_cameras(face_video, astronaut_bgr, camera_factory):
+    cam = camera_factory(face_video, max_fps=5.0)  # a 15 fps MJPEG file: JPEG bytes read, only wanted ones decoded
+    decoded = []
+    cam.on_read = decoded.append
+    cam.start()
+    first = cam.latest(timeout=5.0)
+    assert first is not None, cam.last_error
+    assert first.image.shape == (HEIGHT, WIDTH, 3) and first.image.dtype == np.uint8
+    expected = face_frame(astronaut_bgr, shift=-5).astype(np.int16)  # decoded here, as FFmpeg would have
+    assert np.abs(first.image.astype(np.int16) - expected).mean() < 8
+    time.sleep(2.0)
+    last = cam.latest()
+    elapsed = last.captured_at - first.captured_at
+    assert last.seq - first.seq <= 5 * elapsed + 2  # published (decoded) at most 5 a second
+    assert cam.fps > 8  # the camera's own rate (15), undecoded frames included; a slow machine gives less
+    cam.stop()
+    assert abs(len(decoded) - (cam.latest().seq + 1)) <= 1 and all(s > 0 for s in decoded)  # timed, once each
 
 
 def test_a_file_loops_at_its_end(short_video, camera_factory):

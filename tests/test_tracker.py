@@ -183,3 +183,10 @@ def test_a_one_frame_false_face_does_not_become_the_customer():
     for i in range(7, 10):  # seen in three frames, it is a person: the larger face is the customer
         t.update(i * 0.1, [(customer, 30.0), (poster, 12.0)])
     assert t.customer(0.9).age == 12.0
+
+
+def test_update_answers_each_persons_latest_estimate_also_on_frames_without_one():
+    t = Tracker(min_hits=1)
+    assert t.update(0.0, [(LEFT, 30.0), (RIGHT, None)]) == [30.0, None]
+    assert t.update(0.1, [(jitter(LEFT, 1), None), (jitter(RIGHT, 1), 50.0)]) == [30.0, 50.0]
+    assert t.update(5.0, [(LEFT, None)]) == [None]  # forgotten after its window: no stale age

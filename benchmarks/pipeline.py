@@ -1,0 +1,242 @@
+"""The real daemon's pipeline, and decision latency as the POS and the backend see it.
+
+``agegate-edge run`` is started as its own process (as systemd starts it) on a 640x480
+video of a real face (edge/demo.py's ``write_face_video``, played at the camera's rate),
+against a real Mosquitto on a free loopback port. Then:
+
+1. **Throughput**: for ``duration`` seconds with no POS traffic, the frames processed and
+   ages estimated per second and the per-stage times come from the daemon's own stage
+   timers (``GET /v1/status`` → ``stages``, totals since start-up, differenced); its CPU
+   time and peak resident set (VmHWM) from ``/proc/<pid>``.
+2. **Latency**: ``transactions`` sales, one after another with a short pause, each a
+   restricted item posted with a real HTTP client (keep-alive, as a POS keeps its
+   connection) while an independent paho subscriber listens on the alerts topic.
+   (a) is from sending the request to having the answer; (b) from sending it to the
+   alert arriving at the subscriber. The face has been seen before the first sale, and
+   the challenge age is set to 99 so that every sale raises an alert (the decision path
+   is the same as for a real under-25 customer). Each sale then ends with ``id_checked``
+   and ``transaction_end``, outside the timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from agegate.edge.demo import _free_port, astronaut_bgr, start_local_broker, write_face_video
+
+from .measure import cpu_seconds, proc_status_kb, summary_ms
+
+STAGES = ("capture", "detect", "crop", "infer", "decide", "publish")
+
+
+class DaemonUnderTest:
+    def __init__(self, workdir: Path, *, video: Path, bundle: Path, broker_port: int, env: dict[str, str]):
+        self.http_port = _free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.log_path = workdir / "daemon.log"
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AGEGATE_STORE_ID": "bench", "AGEGATE_TILL_ID": "till-1",
+            "AGEGATE_CAMERA": str(video), "AGEGATE_MODEL_DIR": str(bundle),
+            "AGEGATE_MQTT_HOST": "127.0.0.1", "AGEGATE_MQTT_PORT": str(broker_port),
+            "AGEGATE_HTTP_PORT": str(self.http_port), "AGEGATE_STATE_DIR": str(workdir / "state"),
+            "AGEGATE_CHALLENGE_AGE": "99", "AGEGATE_STATS_INTERVAL_S": "30", "AGEGATE_LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status = httpx.get(f"{self.url}/v1/status", timeout=2).json()
+                if status["customer"] and status["mqtt"]["connected"]:
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the daemon did not see the face within {timeout:g} s:\n{self.log_tail()}")
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.url}/v1/status", timeout=10).json()
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class AlertListener:
+    """An independent MQTT subscriber: when each alert arrived, by transaction id (perf_counter)."""
+
+    def __init__(self, port: int, topic: str):
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.arrived: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-backend-{uuid.uuid4().hex[:8]}")
+        subscribed = threading.Event()
+        self._client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *a: subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("the benchmark's MQTT subscriber could not subscribe")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.perf_counter()
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self._cond:
+            self.arrived.setdefault(payload.get("transaction_id"), now)
+            self._cond.notify_all()
+
+    def wait(self, tx: str, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while tx not in self.arrived:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self.arrived[tx]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _stage_ms(before: dict, after: dict) -> dict[str, dict]:
+    out = {}
+    for name in ("frames", *STAGES):
+        if name not in after:
+            continue
+        n = after[name]["count"] - before.get(name, {}).get("count", 0)
+        s = after[name]["total_s"] - before.get(name, {}).get("total_s", 0.0)
+        out[name] = {"count": n, "ms": round(1000.0 * s / n, 3) if n else None}
+    return out
+
+
+def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: int, pause: float,
+                 camera_fps: float, env: dict[str, str], workdir: Path | None = None) -> dict:
+    """Start broker and daemon, measure throughput and then latency; the figures as a dict."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="agegate-bench-"))
+    video = write_face_video(workdir / "customer.avi", astronaut_bgr(), frames=int(camera_fps * 5), fps=camera_fps)
+    port, broker_described, stop_broker = start_local_broker(workdir)
+    daemon = DaemonUnderTest(workdir, video=video, bundle=bundle, broker_port=port, env=env)
+    listener = None
+    try:
+        daemon.start()
+        pid = daemon.proc.pid
+        status = daemon.status()
+        time.sleep(warmup)
+
+        # 1. throughput, no POS traffic
+        s0, c0, t0 = daemon.status()["stages"], cpu_seconds(pid), time.perf_counter()
+        time.sleep(duration)
+        status = daemon.status()
+        s1, c1, t1 = status["stages"], cpu_seconds(pid), time.perf_counter()
+        wall = t1 - t0
+        stages = _stage_ms(s0, s1)
+        frames = stages["frames"]["count"]
+        faces = stages["infer"]["count"]
+        cpu = c1 - c0
+        throughput = {
+            "seconds": round(wall, 2),
+            "camera_fps": status["camera"]["fps"],
+            "frames_per_s": round(frames / wall, 2),
+            "estimates_per_s": round(faces / wall, 2),
+            "faces_per_frame": round(faces / frames, 3) if frames else None,
+            "stages": stages,
+            "vision_ms_per_frame": stages["frames"]["ms"],
+            "cpu_percent": round(100.0 * cpu / wall, 1),
+            "cpu_ms_per_frame": round(1000.0 * cpu / frames, 3) if frames else None,
+            "peak_rss_mb": round(proc_status_kb(pid, "VmHWM") / 1024, 1),
+        }
+
+        # 2. latency of decisions, the face already seen
+        listener = AlertListener(port, "agegate/bench/till-1/alerts")
+        answer_s, alert_s, decisions, missing = [], [], {}, 0
+        s2, c2, t2 = daemon.status()["stages"], cpu_seconds(pid), time.perf_counter()
+        with httpx.Client(base_url=daemon.url, timeout=30) as pos:
+            for i in range(transactions):
+                tx = f"B-{i:05d}"
+                sent = time.perf_counter()
+                r = pos.post("/v1/pos", json={"type": "item", "transaction_id": tx, "category": "wine",
+                                              "restricted": True})
+                answered = time.perf_counter()
+                r.raise_for_status()
+                decision = r.json()["decision"]
+                decisions[decision] = decisions.get(decision, 0) + 1
+                answer_s.append(answered - sent)
+                if decision != "clear":
+                    arrived = listener.wait(tx, timeout=10)
+                    if arrived is None:
+                        missing += 1
+                    else:
+                        alert_s.append(arrived - sent)
+                pos.post("/v1/pos", json={"type": "id_checked", "transaction_id": tx})
+                pos.post("/v1/pos", json={"type": "transaction_end", "transaction_id": tx})
+                time.sleep(pause)
+        s3, c3, t3 = daemon.status()["stages"], cpu_seconds(pid), time.perf_counter()
+        latency = {
+            "transactions": transactions,
+            "pause_s": pause,
+            "decisions": decisions,
+            "alerts_missing": missing,
+            "http_answer_ms": summary_ms(answer_s),
+            "alert_ms": summary_ms(alert_s),
+            "stages": _stage_ms(s2, s3),
+            "frames_per_s": round((s3["frames"]["count"] - s2["frames"]["count"]) / (t3 - t2), 2),
+            "cpu_percent": round(100.0 * (c3 - c2) / (t3 - t2), 1),
+        }
+        model = status["model"]
+        return {
+            "bundle": str(bundle), "model": f"{model['name']} {model['version']} ({model['variant']})",
+            "detector": status["detector"], "broker": broker_described, "video": f"640x480 at {camera_fps:g} fps (MJPG)",
+            "settings": {k: v for k, v in daemon.env.items() if k.startswith("AGEGATE_") and k not in _PLUMBING},
+            "throughput": throughput, "latency": latency, "peak_rss_mb": round(proc_status_kb(pid, "VmHWM") / 1024, 1),
+        }
+    except Exception as exc:
+        raise RuntimeError(f"pipeline benchmark failed: {exc}\n--- daemon log ---\n{daemon.log_tail()}") from exc
+    finally:
+        if listener is not None:
+            listener.close()
+        daemon.stop()
+        stop_broker()
+
+
+_PLUMBING = {"AGEGATE_CAMERA", "AGEGATE_MODEL_DIR", "AGEGATE_MQTT_HOST", "AGEGATE_MQTT_PORT", "AGEGATE_HTTP_PORT",
+             "AGEGATE_STATE_DIR", "AGEGATE_STORE_ID", "AGEGATE_TILL_ID"}
