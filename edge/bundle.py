@@ -34,7 +34,9 @@ class BundleError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a NaN scale or figure would make every comparison false and slip
+    # through every check downstream.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class InputSpec(_Strict):
@@ -63,11 +65,14 @@ class CropSpec(_Strict):
     """How a detector box becomes the model's view of the face.
 
     The box is made square around its centre (side = the larger of width and height),
-    then grown by ``margin`` times that side on every edge. Parts falling outside the
-    frame are filled by replicating the border, as training did.
+    moved down by ``shift_y`` times that side, then grown by ``margin`` times that side on
+    every edge (a negative margin cuts inside the box: for a net trained on tighter face
+    chips than the detector's boxes). Parts falling outside the frame are filled by
+    replicating the border, as training did.
     """
 
-    margin: float = Field(default=0.25, ge=0.0, le=1.0)
+    margin: float = Field(default=0.25, ge=-0.4, le=1.0)
+    shift_y: float = Field(default=0.0, ge=-0.5, le=0.5)
 
 
 class OutputSpec(_Strict):
@@ -99,6 +104,70 @@ class SelfTest(_Strict):
     tolerance: float = Field(default=1.0, gt=0, le=10)
 
 
+class FlagRates(_Strict):
+    """What a till would do with the model's estimates at one threshold, on labelled faces."""
+
+    threshold: float
+    under18_flagged: float | None = Field(default=None, ge=0, le=1)  # share of under-18s estimated under the threshold
+    teen_flagged: float | None = Field(default=None, ge=0, le=1)  # the same for 13-17-year-olds
+    over30_flagged: float | None = Field(default=None, ge=0, le=1)  # people 30+ flagged: the cost
+
+
+class Calibration(FlagRates):
+    """The lowest threshold that flags ``target`` of the under-18s on the validation faces."""
+
+    target: float = Field(gt=0, le=1)
+
+
+class SourceFigures(_Strict):
+    faces: int = Field(ge=0)
+    mae: float | None = Field(default=None, ge=0)
+    at_challenge: FlagRates | None = None
+
+
+class Validation(_Strict):
+    """The model's figures on the validation faces of every source, recorded (and signed) at export.
+
+    A till shows them, uses ``calibrated.threshold`` when told to, and refuses a bundle whose
+    figures fall below its floors (:func:`quality_problems`).
+    """
+
+    split: str = "val"
+    faces: int = Field(ge=1)
+    challenge_age: float = Field(gt=0, le=100)
+    mae: float = Field(ge=0)
+    prediction_spread: float = Field(ge=0)  # standard deviation of the estimates: ~0 for a constant model
+    at_challenge: FlagRates
+    calibrated: Calibration | None = None
+    sources: dict[str, SourceFigures] = Field(default_factory=dict)
+
+
+class QualityFloors(_Strict):
+    """The least a model must have shown on its validation faces to be accepted (export) or installed (till)."""
+
+    min_under18_flagged: float = Field(default=0.95, ge=0, le=1)
+    max_mae: float = Field(default=8.0, gt=0)
+    min_prediction_spread: float = Field(default=1.0, ge=0)  # years
+
+
+def quality_problems(manifest: "Manifest", floors: QualityFloors) -> list[str]:
+    """Why the bundle's recorded validation figures fall short of ``floors``; [] when they do not."""
+    v = manifest.validation
+    if v is None:
+        return ["it records no validation figures (export it with a current agegate-export)"]
+    problems = []
+    flagged = v.at_challenge.under18_flagged
+    if flagged is None:
+        problems.append("its validation faces hold no under-18s, so its Challenge figures are unknown")
+    elif flagged < floors.min_under18_flagged:
+        problems.append(f"it flags {100 * flagged:.1f} % of under-18s at {v.at_challenge.threshold:g} on its validation faces; the floor is {100 * floors.min_under18_flagged:g} %")
+    if v.mae > floors.max_mae:
+        problems.append(f"its validation MAE is {v.mae:.2f} years; the ceiling is {floors.max_mae:g}")
+    if v.prediction_spread < floors.min_prediction_spread:
+        problems.append(f"its estimates hardly vary (spread {v.prediction_spread:.2f} years, the floor is {floors.min_prediction_spread:g}): it answers much the same age for every face")
+    return problems
+
+
 class Manifest(_Strict):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -115,6 +184,7 @@ class Manifest(_Strict):
     output: OutputSpec = OutputSpec()
     training: TrainingInfo = TrainingInfo()
     metrics: dict[str, Any] = Field(default_factory=dict)
+    validation: Validation | None = None
     self_test: SelfTest | None = None
 
     @field_validator("model_file")
@@ -263,7 +333,7 @@ def crop_box(box: tuple[float, float, float, float], crop: CropSpec) -> tuple[in
     """The square region (x, y, side, side) cut around a detector box ``(x, y, w, h)``."""
     x, y, w, h = box
     side = max(w, h) * (1.0 + 2.0 * crop.margin)
-    cx, cy = x + w / 2.0, y + h / 2.0
+    cx, cy = x + w / 2.0, y + h / 2.0 + crop.shift_y * max(w, h)
     s = max(1, int(round(side)))
     return int(round(cx - s / 2.0)), int(round(cy - s / 2.0)), s, s
 

@@ -94,6 +94,30 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 # --- check ----------------------------------------------------------------------------------------------
 
 
+def describe_quality(manifest, settings: Settings) -> str:
+    """The model's recorded validation figures, the threshold the till decides with, and any shortfall."""
+    from .bundle import quality_problems
+    from .decision import decision_thresholds
+
+    v = manifest.validation
+    if v is None:
+        return "records no validation figures (exported before agegate 0.2): a delivered copy would be refused"
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f} %"
+
+    a = v.at_challenge
+    text = (f"on {v.faces} validation faces: MAE {v.mae:.2f}, at {a.threshold:g} flags {pct(a.under18_flagged)} of under-18s "
+            f"({pct(a.teen_flagged)} of 13-17s) and {pct(a.over30_flagged)} of people 30+")
+    if v.calibrated is not None:
+        c = v.calibrated
+        text += f"; calibrated threshold {c.threshold:g} flags {pct(c.under18_flagged)} of under-18s and {pct(c.over30_flagged)} of 30+"
+    t = decision_thresholds(settings, manifest)
+    text += f"; deciding at estimates under {t.flag_below:g}" + (" (calibrated)" if t.calibrated else " (the challenge age)")
+    problems = quality_problems(manifest, settings.quality_floors)
+    return text + (f"; BELOW THE QUALITY FLOORS: {'; '.join(problems)}" if problems else "")
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from .capture import Camera
     from .daemon import load_detector, load_model
@@ -110,7 +134,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         m = load_model(settings)
         grey = np.full((240, 240, 3), 128, np.uint8)
         age = m.estimate(grey, [(60, 60, 120, 120)])[0]
-        return f"{m.manifest.name} {m.manifest.version} ({m.manifest.variant}, {m.runtime}) answers {age:.1f} on a test crop"
+        line = f"{m.manifest.name} {m.manifest.version} ({m.manifest.variant}, {m.runtime}) answers {age:.1f} on a test crop"
+        return f"{line}; {describe_quality(m.manifest, settings)}"
 
     def detector() -> str:
         d = load_detector(settings)
@@ -173,7 +198,8 @@ def _store(settings: Settings):
     from .model_store import ModelStore
 
     try:
-        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads)
+        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads,
+                          floors=settings.quality_floors)
     except StartupError as exc:
         raise SystemExit(f"agegate-edge: {exc}") from None
     except OSError as exc:

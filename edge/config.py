@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .bundle import QualityFloors
 from .detectors import Zone
 
 EX_CONFIG = 78
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
     camera: str = "0"
     camera_loop: bool = True
     camera_stall_timeout_s: float = Field(default=5.0, gt=0)
-    detector: Literal["haar", "yunet"] = "haar"
+    detector: Literal["yunet", "haar"] = "yunet"
     detector_model: Path | None = None
     min_face_px: int = Field(default=40, ge=8)
     # Frames analysed per second at most (the camera decodes only those); 0: every frame it delivers.
@@ -67,6 +68,15 @@ class Settings(BaseSettings):
     legal_age: float = Field(default=18.0, ge=1, le=100)
     face_wait_s: float = Field(default=1.5, ge=0, le=30)
     max_spread: float = Field(default=8.0, gt=0)
+    # challenge_age: flag estimates under the challenge age. calibrated: under the model's
+    # calibrated threshold (its manifest's, flagging 99 % of under-18s on its validation faces)
+    # when that is higher; never lower than the challenge age.
+    decision_threshold: Literal["challenge_age", "calibrated"] = "challenge_age"
+
+    # Quality floors a delivered model's recorded validation figures must clear to be installed
+    model_min_under18_flagged: float = Field(default=0.95, ge=0, le=1)
+    model_max_mae: float = Field(default=8.0, gt=0)
+    model_min_spread: float = Field(default=1.0, ge=0)
 
     # Till POS API
     http_host: str = "127.0.0.1"
@@ -95,6 +105,11 @@ class Settings(BaseSettings):
     history_days: int = Field(default=30, ge=1, le=3650)  # the console's decision history keeps this long
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def quality_floors(self) -> QualityFloors:
+        return QualityFloors(min_under18_flagged=self.model_min_under18_flagged, max_mae=self.model_max_mae,
+                             min_prediction_spread=self.model_min_spread)
 
     @field_validator("customer_zone")
     @classmethod
@@ -127,8 +142,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"AGEGATE_LEGAL_AGE ({self.legal_age:g}) must not exceed AGEGATE_CHALLENGE_AGE ({self.challenge_age:g})"
             )
-        if self.detector == "yunet" and self.detector_model is None:
-            raise ValueError("AGEGATE_DETECTOR=yunet needs AGEGATE_DETECTOR_MODEL (path to the YuNet .onnx file)")
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
             raise ValueError("AGEGATE_MQTT_CERT_FILE and AGEGATE_MQTT_KEY_FILE go together")
         if self.mqtt_password is not None and self.mqtt_username is None:

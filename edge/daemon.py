@@ -32,7 +32,7 @@ from .bundle import BundleError
 from .capture import Camera
 from .config import ConfigError, Settings
 from .console import BODY_LIMITS, ZoneStore, create_console_router
-from .decision import TransactionBook
+from .decision import TransactionBook, decision_thresholds
 from .detectors import DetectorError, create_detector
 from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats, Thresholds
 from .history import open_history
@@ -67,7 +67,8 @@ def load_public_key(settings: Settings):
 
 def open_model_store(settings: Settings) -> ModelStore | None:
     try:
-        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads)
+        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads,
+                          floors=settings.quality_floors)
     except OSError as exc:
         log.error("AGEGATE_STATE_DIR: cannot keep installed models in %s: %s; model delivery is off",
                   settings.state_dir, exc.strerror or exc)
@@ -140,7 +141,7 @@ class Daemon:
         self.model_lock = threading.Lock()  # the vision loop and the console's photo upload share the model
         self.metrics = Metrics(live_from(self))
         self.vision = self._new_vision()
-        self.thresholds = Thresholds(challenge_age=s.challenge_age, legal_age=s.legal_age)
+        self.thresholds = decision_thresholds(s, self.model.manifest)
         self.book = TransactionBook(
             store_id=s.store_id,
             till_id=s.till_id,
@@ -162,6 +163,7 @@ class Daemon:
             on_pos_rejected=self.reject,
             model_ref=self.model_ref,
             camera_state=lambda: self.camera.state.value,
+            model_quality=self.model_quality,
         )
         self.app = create_app(handle_pos=self.book.handle, status=self.status, on_reject=self.reject,
                               max_body=s.http_max_body, routers=[create_console_router(self)], body_limits=BODY_LIMITS,
@@ -212,6 +214,10 @@ class Daemon:
     def handle_pos(self, message: PosMessage):
         return self.book.handle(message)
 
+    def model_quality(self) -> dict[str, Any]:
+        """What the till decides with, and the model's recorded validation figures that justify it."""
+        return {"thresholds": self.thresholds, "model_validation": self.model.manifest.validation}
+
     def status(self) -> dict[str, Any]:
         return {
             "version": __version__,
@@ -221,7 +227,9 @@ class Daemon:
             "camera": {"state": self.camera.state.value, "fps": round(self.camera.fps, 1),
                        "reconnects": self.camera.reconnects, "last_error": self.camera.last_error},
             "detector": self.detector.name,
-            "model": {**self.model.identity, "variant": self.model.manifest.variant, "runtime": self.model.runtime},
+            "model": {**self.model.identity, "variant": self.model.manifest.variant, "runtime": self.model.runtime,
+                      "validation": v.model_dump() if (v := self.model.manifest.validation) else None},
+            "thresholds": self.thresholds.model_dump(),
             "mqtt": {"connected": self.mqtt.connected.is_set(), "host": self.settings.mqtt_host,
                      "port": self.settings.mqtt_port},
             "outbox": self._outbox_figures(),
@@ -323,6 +331,8 @@ class Daemon:
         with self.model_lock:  # the vision loop finishes its current face with the old model
             old, self.model = self.model, new
             self.tracker.clear()  # estimates by the old model must not be reported as the new one's
+            # A calibrated threshold belongs to its model.
+            self.thresholds = self.book.thresholds = decision_thresholds(self.settings, new.manifest)
         log.warning("model swapped: %s %s -> %s %s (sha256 %s…)", old.manifest.name, old.manifest.version,
                     new.manifest.name, new.manifest.version, new.manifest.sha256[:12])
         self.mqtt.publish_status(self.last_model_rejection)

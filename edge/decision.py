@@ -54,6 +54,28 @@ MESSAGES = {
 }
 
 
+def decision_thresholds(settings, manifest) -> Thresholds:
+    """The thresholds a till decides with, for its settings and the model in service.
+
+    With ``decision_threshold = calibrated`` the estimate threshold is the model's calibrated
+    one (recorded in its manifest from validation data: the estimate under which it flagged
+    99 % of under-18s) when that is above the challenge age; a policy's challenge age is never
+    lowered, and a model without a calibration decides at the challenge age.
+    """
+    base = Thresholds(challenge_age=settings.challenge_age, legal_age=settings.legal_age)
+    if settings.decision_threshold != "calibrated":
+        return base
+    calibration = manifest.validation.calibrated if manifest.validation is not None else None
+    if calibration is None:
+        log.warning("AGEGATE_DECISION_THRESHOLD=calibrated, but model %s records no calibrated threshold: deciding at the challenge age %g",
+                    manifest.name, settings.challenge_age)
+        return base
+    threshold = max(settings.challenge_age, calibration.threshold)
+    log.info("deciding at estimates under %g: model %s's calibrated threshold %g (flags %.1f %% of under-18s, %.1f %% of people 30+ on its validation faces)",
+             threshold, manifest.name, calibration.threshold, 100 * (calibration.under18_flagged or 0), 100 * (calibration.over30_flagged or 0))
+    return base.model_copy(update={"estimate_threshold": threshold, "calibrated": True})
+
+
 class Vision(Protocol):
     """What the decision needs from the camera side."""
 
@@ -192,7 +214,7 @@ class TransactionBook:
                 return None, "cannot_assess"
             estimate = self.vision.customer_estimate()
             if estimate is not None and estimate.spread <= self.max_spread:
-                return estimate, ("age_check_required" if estimate.age < self.thresholds.challenge_age else "clear")
+                return estimate, ("age_check_required" if estimate.age < self.thresholds.flag_below else "clear")
             if time.monotonic() >= deadline:
                 return estimate, "no_face"
             time.sleep(self.poll_s)
@@ -313,6 +335,8 @@ def _reason(decision: Decision, estimate: Estimate | None, t: Thresholds, failur
     if decision == "age_check_required":
         assert estimate is not None
         minor = " and under the legal age" if estimate.age < t.legal_age else ""
+        if t.calibrated:
+            return f"Estimated age {estimate.age:.1f} is under {t.flag_below:g}, the model's calibrated threshold for the challenge age {t.challenge_age:g}{minor}."
         return f"Estimated age {estimate.age:.1f} is under the challenge age {t.challenge_age:g}{minor}."
     if decision == "camera_unavailable":
         return "The camera is unavailable, so the customer could not be assessed."

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .bundle import Validation
+
 SCHEMA_VERSION = 1
 
 # Age bands used for the anonymous analytics and for error reporting in the model card.
@@ -72,6 +74,15 @@ class Estimate(BaseModel):
 class Thresholds(BaseModel):
     challenge_age: float
     legal_age: float
+    # The estimate under which the till asks for ID: the challenge age, or the model's calibrated
+    # threshold when the till is set to use it (AGEGATE_DECISION_THRESHOLD=calibrated). Added in
+    # agegate 0.2; older events leave it out, meaning the challenge age.
+    estimate_threshold: float | None = None
+    calibrated: bool = False
+
+    @property
+    def flag_below(self) -> float:
+        return self.estimate_threshold if self.estimate_threshold is not None else self.challenge_age
 
 
 class ModelRef(BaseModel):
@@ -160,6 +171,10 @@ class Status(Event):
     version: str = Field(description="agegate software version")
     last_model_rejection: str | None = Field(
         default=None, description="Why the last delivered model bundle was refused (null: none since start)")
+    thresholds: Thresholds | None = Field(default=None, description="What the till decides with now (added in 0.2)")
+    model_validation: Validation | None = Field(
+        default=None, description="The model's figures on its validation faces, from its signed manifest: flag rates at the "
+                                  "challenge age and at its calibrated threshold (added in 0.2; null for models exported before)")
 
 
 class Stats(Event):

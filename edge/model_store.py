@@ -37,7 +37,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .age_model import AgeModel
-from .bundle import Bundle, BundleError, load_bundle
+from .bundle import Bundle, BundleError, QualityFloors, load_bundle, quality_problems
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ SETTLE_S = 2.0  # an incoming entry must be unchanged this long: scp writes file
 
 
 class ModelStore:
-    def __init__(self, state_dir: Path, public_key: Any | None = None, num_threads: int = 1):
+    def __init__(self, state_dir: Path, public_key: Any | None = None, num_threads: int = 1, floors: QualityFloors | None = QualityFloors()):
         self.state_dir = Path(state_dir)
         self.incoming = self.state_dir / "incoming"
         self.root = self.state_dir / "models"
@@ -55,6 +55,7 @@ class ModelStore:
         self.state_file = self.root / "state.json"
         self.public_key = public_key
         self.num_threads = num_threads
+        self.floors = floors  # None: quality floors reported, not enforced
         self._seen: dict[str, tuple[float, int, float]] = {}  # incoming name -> (mtime, size, first seen)
         for d in (self.incoming, self.bundles, self.rejected):
             d.mkdir(parents=True, exist_ok=True)
@@ -65,15 +66,20 @@ class ModelStore:
         """Every check a bundle must pass before service; returns the loaded model or raises BundleError.
 
         ``require_self_test=False`` is for AGEGATE_MODEL_DIR, set by hand: golden faces are
-        then run only when the bundle has them.
+        then run only when the bundle has them, and the quality floors are logged, not enforced.
         """
         bundle = load_bundle(path)  # manifest schema, file hashes
         if self.public_key is not None:
             from .signing import verify_signature
 
-            verify_signature(bundle, self.public_key)
+            verify_signature(bundle, self.public_key)  # the validation figures below are signed with the manifest
         else:
             log.warning("no AGEGATE_MODEL_PUBLIC_KEY: bundle signatures are not checked (sha256 only)")
+        problems = quality_problems(bundle.manifest, self.floors or QualityFloors())
+        if problems and require_self_test and self.floors is not None:
+            raise BundleError(f"{bundle.manifest.name} {bundle.manifest.version}: below the quality floors: {'; '.join(problems)}")
+        for problem in problems if not require_self_test else ():
+            log.warning("model %s is below the quality floors (not enforced for AGEGATE_MODEL_DIR): %s", path, problem)
         model = AgeModel(bundle, num_threads=self.num_threads)  # input shape vs manifest, model loads
         if require_self_test or model.manifest.self_test is not None:
             self_test(model)

@@ -60,6 +60,7 @@ class MqttLink:
         model_ref: Callable[[], ModelRef | None],
         camera_state: Callable[[], str | None],
         outbox: Outbox | None = None,
+        model_quality: Callable[[], dict] = dict,
     ):
         self.settings = settings
         self.outbox = outbox
@@ -68,6 +69,7 @@ class MqttLink:
         self.on_pos_rejected = on_pos_rejected
         self.model_ref = model_ref
         self.camera_state = camera_state
+        self.model_quality = model_quality  # the status fields on the model in service: thresholds, model_validation
         self.connected = threading.Event()
         self._stopping = False
         self.published = 0
@@ -194,6 +196,7 @@ class MqttLink:
             state=state,  # type: ignore[arg-type]
             camera_state=self.camera_state(),  # type: ignore[arg-type]
             version=__version__,
+            **(self.model_quality() if state == "online" else {}),
         )
 
     # --- paho plumbing -----------------------------------------------------------------------------

@@ -25,6 +25,8 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from agegate.edge.bundle import QualityFloors
+
     p = argparse.ArgumentParser(prog="agegate-export", description="Export agegate age models as bundles for the till.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -32,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run", metavar="RUN", help="training run directory (agegate-train fit --out)")
     c.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<variant>/ bundles and DIR/export-report.md")
     c.add_argument("--variant", action="append", choices=(*VARIANTS, "all"), help="float32, float16, dynamic, int8 or all (default); repeatable")
-    c.add_argument("--data", help="data folder for the test and calibration faces (default: the run's)")
+    c.add_argument("--data", nargs="+", help="data folder(s) for the test, validation and calibration faces (default: the run's)")
     c.add_argument("--tolerance", type=float, default=0.3, metavar="YEARS", help="refuse a variant whose MAE is worse than the Keras model's by more (default 0.3)")
     c.add_argument("--name", help="bundle name (default agegate-age-<backbone>)")
     c.add_argument("--version", help="bundle version (default: the run directory's name)")
@@ -47,11 +49,17 @@ def _parser() -> argparse.ArgumentParser:
                         "repeatable. For bundles shipped where the data's licence forbids copying its faces")
     c.add_argument("--golden-tolerance", type=float, default=1.0, metavar="YEARS", help="self-test tolerance written to the manifest (default 1)")
     c.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (PEM): sign every bundle written")
+    floors = QualityFloors()
+    c.add_argument("--min-under18-flagged", type=float, default=floors.min_under18_flagged, metavar="SHARE",
+                   help=f"quality floor: refuse a variant that flags fewer under-18s on the validation faces (default {floors.min_under18_flagged:g})")
+    c.add_argument("--max-mae", type=float, default=floors.max_mae, metavar="YEARS", help=f"quality floor: refuse a validation MAE above this (default {floors.max_mae:g})")
+    c.add_argument("--min-spread", type=float, default=floors.min_prediction_spread, metavar="YEARS",
+                   help=f"quality floor: refuse a model whose estimates spread less than this (a constant model; default {floors.min_prediction_spread:g})")
 
     v = sub.add_parser("verify", help="re-check a bundle as a till would: hashes, signature, model, self-test")
     v.add_argument("bundle", metavar="BUNDLE")
     v.add_argument("--public-key", metavar="PUB", help="also check signature.ed25519 against this Ed25519 public key (PEM)")
-    v.add_argument("--data", help="also re-measure the test MAE on this data folder and compare with the manifest")
+    v.add_argument("--data", nargs="+", help="also re-measure the test figures on these data folders (one or more of the sources it was measured on) and compare with the manifest")
 
     k = sub.add_parser("keygen", help="create an Ed25519 key pair for signing bundles")
     k.add_argument("--private", required=True, metavar="KEY", help="private key to write (mode 0600; never overwritten)")
@@ -82,6 +90,7 @@ def _convert(args: argparse.Namespace) -> int:
             args.run, args.out, variants, args.data, args.tolerance, args.name, args.version, args.limit,
             args.calibration_size, args.threads, args.challenge_age, args.overwrite,
             args.golden_faces, args.golden_tolerance, args.sign_key, args.golden_image,
+            QualityFloors(min_under18_flagged=args.min_under18_flagged, max_mae=args.max_mae, min_prediction_spread=args.min_spread),
         )  # fmt: skip
     except (ExportError, DataError, BundleError, ValueError, FileNotFoundError) as exc:
         print(f"agegate-export convert: error: {exc}", file=sys.stderr)
@@ -91,8 +100,8 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"{r.variant}: {r.reason(report.keras.mae, report.tolerance)}; {state}")
     print(f"report: {os.path.join(args.out, 'export-report.md')}")
     if report.refused:
-        names = ", ".join(r.variant for r in report.refused)
-        print(f"agegate-export convert: refused {names}: MAE worse than the Keras model's by more than {report.tolerance:g} years", file=sys.stderr)
+        for r in report.refused:
+            print(f"agegate-export convert: refused {r.variant}: {r.reason(report.keras.mae, report.tolerance)}", file=sys.stderr)
         return 1
     return 0
 

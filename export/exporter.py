@@ -6,11 +6,17 @@ For every variant asked for:
 2. write it as a bundle to a staging folder, with the run's serving manifest;
 3. load that bundle with the till's own :class:`~agegate.edge.age_model.AgeModel` and
    estimate every test face, one at a time, as the till would;
-4. accept it only if its MAE is within ``tolerance`` years of the Keras model's on the
-   same faces; an accepted bundle is written to ``OUT/<variant>/`` with a manifest holding
-   its own figures and with *golden faces* (a few test crops and the ages this very file
-   gave them, which a till re-runs before taking the bundle into service), then run
-   through the till's own self-test and, given a key, signed; a refused one is not written.
+4. estimate every validation face of every source the same way: these *validation
+   figures* (MAE, the share of under-18s, 13-17s and people 30+ flagged at the challenge
+   age, the calibrated threshold that flags 99 % of under-18s, the spread of the estimates)
+   go into the manifest, signed with it, for the till to show, to use and to check;
+5. accept it only if its test MAE is within ``tolerance`` years of the Keras model's on the
+   same faces *and* its validation figures clear the quality floors (the same
+   :func:`~agegate.edge.bundle.quality_problems` a till applies before installing); an
+   accepted bundle is written to ``OUT/<variant>/`` with a manifest holding its own figures
+   and with *golden faces* (a few test crops and the ages this very file gave them, which a
+   till re-runs before taking the bundle into service), then run through the till's own
+   self-test and, given a key, signed; a refused one is not written.
 
 ``OUT/export-report.md`` and ``.json`` compare all variants with the Keras model;
 ``OUT/predictions.csv`` holds every model's estimate for every test face.
@@ -29,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from agegate.edge.age_model import AgeModel
-from agegate.edge.bundle import normalise, prepare_face, write_bundle
+from agegate.edge.bundle import Calibration, FlagRates, QualityFloors, SourceFigures, Validation, normalise, prepare_face, quality_problems, write_bundle
 from agegate.edge.model_store import self_test
 from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
@@ -37,7 +43,7 @@ from agegate.training.evaluate import split_faces
 from agegate.training.faces import DetectorSpec, FaceSet, decode, find_face
 from agegate.training.fit import read_history
 from agegate.training.model import load_inference_model
-from agegate.training.run import FitConfig, RunDir, serving_manifest, write_json
+from agegate.training.run import PRETRAINED, FitConfig, RunDir, serving_manifest, write_json
 
 from .convert import VARIANTS, convert, saved_model
 from .measure import Measurement, measure_bundle, measure_keras
@@ -62,11 +68,16 @@ class VariantResult:
     sha256: str
     accepted: bool
     path: Path | None  # the bundle, when accepted
+    validation: Validation | None = None
+    quality: list[str] | None = None  # why the validation figures fall short of the floors
 
     def reason(self, keras_mae: float, tolerance: float) -> str:
         delta = self.measurement.mae - keras_mae
-        verdict = "within" if self.accepted else "beyond"
-        return f"MAE {self.measurement.mae:.3f} is {delta:+.3f} years from the Keras model's {keras_mae:.3f}, {verdict} the tolerance of {tolerance:g}"
+        verdict = "within" if delta <= tolerance else "beyond"
+        text = f"MAE {self.measurement.mae:.3f} is {delta:+.3f} years from the Keras model's {keras_mae:.3f}, {verdict} the tolerance of {tolerance:g}"
+        if self.quality:
+            text += "; below the quality floors: " + "; ".join(self.quality)
+        return text
 
 
 @dataclass
@@ -100,6 +111,7 @@ def export_run(
     golden_tolerance: float = DEFAULT_GOLDEN_TOLERANCE,
     sign_key: str | Path | None = None,
     golden_images: Sequence[str | Path] = (),
+    floors: QualityFloors = QualityFloors(),
 ) -> ExportReport:
     run, out = RunDir(run_dir), Path(out_dir)
     config = run.load_config()
@@ -117,16 +129,17 @@ def export_run(
         shutil.rmtree(path)
 
     # The faces: the test split to measure on, training faces to calibrate int8 with.
-    test = split_faces(run, config, data, "test", limit)
+    test = split_faces(config, data, "test", limit)
+    val = split_faces(config, data, "val", limit)
     calibration = None
     if "int8" in variants:
-        train = split_faces(run, config, data, "train", limit)
+        train = split_faces(config, data, "train", limit)  # from the crop cache that fit filled
         pick = np.random.default_rng(config.seed).permutation(len(train))[:calibration_size]
         calibration = normalise(train.images[np.sort(pick)], spec.preprocessing)
         log.info("int8 calibration on %d training faces", len(calibration))
 
     model = load_inference_model(run)
-    keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size)
+    keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size, sources=test.sources)
     log.info("keras: %s", metrics.headline(keras.summary))
 
     fields = _manifest_fields(run, config, spec, name, version)
@@ -137,13 +150,13 @@ def export_run(
             golden = _golden_from_photos(golden_images, spec, config)
         else:
             golden = test.images[_golden_indices(test.ages, golden_faces)]
-        job = _Job(out, fields, test, keras, tolerance, threads, challenge_age, data or config.data, limit, golden, golden_tolerance, private_key)
+        job = _Job(out, fields, test, val, keras, tolerance, threads, challenge_age, data or config.data, limit, golden, golden_tolerance, private_key, floors)
         results = [_export_variant(job, variant, convert(saved, variant, calibration)) for variant in variants]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     report = ExportReport(run.path, out, tolerance, keras, results, len(test))
-    _write_report(report, data or config.data, limit, threads)
+    _write_report(report, data or config.data, limit, threads, floors)
     _write_predictions(out / PREDICTIONS, test.files, test.ages, [keras, *(r.measurement for r in results)])
     return report
 
@@ -155,6 +168,7 @@ class _Job:
     out: Path
     fields: dict[str, Any]  # the manifest, less variant and metrics
     test: FaceSet
+    val: FaceSet
     keras: Measurement
     tolerance: float
     threads: int
@@ -164,6 +178,7 @@ class _Job:
     golden: np.ndarray  # prepared crops packed as self-test faces (uint8)
     golden_tolerance: float
     private_key: Any  # Ed25519PrivateKey or None
+    floors: QualityFloors
 
 
 def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult:
@@ -172,16 +187,20 @@ def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult
     staging = out / f".{variant}.staging"
     staged = write_bundle(staging, flatbuffer, variant=variant, **fields)
     try:
-        measured = measure_bundle(staging, job.test.images, job.test.ages, job.challenge_age, job.threads)
-        golden_ages = AgeModel.from_dir(staging, num_threads=job.threads).predict_prepared(job.golden)
+        measured = measure_bundle(staging, job.test.images, job.test.ages, job.challenge_age, job.threads, sources=job.test.sources)
+        till = AgeModel.from_dir(staging, num_threads=job.threads)
+        golden_ages = till.predict_prepared(job.golden)
+        validation = validation_figures(job.val.ages, till.predict_prepared(job.val.images), job.val.sources, job.challenge_age)
     finally:
         shutil.rmtree(staging)
-    accepted = measured.mae - keras.mae <= tolerance
-    result = VariantResult(variant, measured, staged.sha256, accepted, out / variant if accepted else None)
+    quality = quality_problems(staged.model_copy(update={"validation": validation}), job.floors)
+    accepted = measured.mae - keras.mae <= tolerance and not quality
+    result = VariantResult(variant, measured, staged.sha256, accepted, out / variant if accepted else None, validation, quality)
     if accepted:
         figures = _bundle_metrics(measured, keras, tolerance, job.threads, job.data, job.limit)
         golden = (job.golden, golden_ages)
-        written = write_bundle(out / variant, flatbuffer, variant=variant, metrics=figures, golden=golden, golden_tolerance=job.golden_tolerance, **fields)
+        written = write_bundle(out / variant, flatbuffer, variant=variant, metrics=figures, validation=validation, golden=golden,
+                               golden_tolerance=job.golden_tolerance, **fields)
         # What a till checks before service: hashes, the interpreter, the golden faces.
         till_view = AgeModel.from_dir(out / variant, num_threads=job.threads)
         assert written.sha256 == staged.sha256 == till_view.manifest.sha256
@@ -193,6 +212,26 @@ def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult
     else:
         log.error("%s refused: %s; no bundle written", variant, result.reason(keras.mae, tolerance))
     return result
+
+
+def validation_figures(true: np.ndarray, predicted: np.ndarray, sources: np.ndarray, challenge_age: float) -> Validation:
+    """The manifest's record of how the model did on the validation faces of every source."""
+    summary = metrics.summarise_sources(true, predicted, sources, challenge_age)
+
+    def rates(flags: dict[str, Any]) -> dict[str, Any]:
+        return {k: flags[k] for k in ("threshold", "under18_flagged", "teen_flagged", "over30_flagged")}
+
+    calibrated = metrics.calibrated_threshold(true, predicted)
+    return Validation(
+        split="val",
+        faces=int(len(true)),
+        challenge_age=float(challenge_age),
+        mae=float(summary["mae"]),
+        prediction_spread=float(np.std(predicted)) if np.all(np.isfinite(predicted)) else 0.0,
+        at_challenge=FlagRates(**rates(summary["challenge"])),
+        calibrated=Calibration(target=calibrated["target"], **rates(calibrated)) if calibrated else None,
+        sources={name: SourceFigures(faces=s["n"], mae=s["mae"], at_challenge=FlagRates(**rates(s["challenge"]))) for name, s in summary["sources"].items()},
+    )
 
 
 def _golden_from_photos(paths: Sequence[str | Path], spec, config) -> np.ndarray:
@@ -232,7 +271,20 @@ def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, ver
     """Everything in a bundle's manifest except the variant, metrics and hash."""
     history = read_history(run.history)
     best = min((r for r in history if "val_age_mae" in r), key=lambda r: r["val_age_mae"], default=None)
-    weights = f"ImageNet weights from {Path(config.weights).name}" if config.weights else "none (trained from scratch)"
+    epochs = int(history[-1]["epoch"]) if history else 0
+    if config.backbone == PRETRAINED:
+        from agegate.training.pretrained import LICENCE as weights_licence
+
+        weights = f"dlib's face-age network: {weights_licence}"
+    else:
+        weights = f"ImageNet weights from {Path(config.weights).name}" if config.weights else "none (trained from scratch)"
+    if config.backbone == PRETRAINED and not epochs:
+        data, licence = "none: the published weights as they are (no training data of ours)", weights_licence
+    else:
+        data = f"{config.data_description} (labels: {_labels_identity(config.data)})"
+        licence = config.data_licence or "not stated in the data folders' READMEs: check before shipping"
+        if config.backbone == PRETRAINED:
+            licence += f"; starting weights: {weights_licence}"
     return {
         "name": name or f"agegate-age-{config.backbone}",
         "version": (version or run.name)[:50],
@@ -241,27 +293,40 @@ def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, ver
         "crop": spec.crop,
         "output": spec.output,
         "training": {
-            "data": f"{config.data_description or Path(config.data).name} ({config.data}; labels from {config.data_source})",
-            "licence": config.data_licence or "not stated in the data folder's README: check before shipping",
+            "data": data,
+            "licence": licence,
             "backbone": config.backbone,
             "pretrained": weights,
             "image_size": config.image_size,
             "crop_margin": config.margin,
+            "crop_shift_y": config.shift_y,
             "detector": config.detector_spec.key(),
-            "epochs": int(history[-1]["epoch"]) if history else 0,
+            "epochs": epochs,
             "best_epoch": int(best["epoch"]) if best else None,
             "best_val_mae": best["val_age_mae"] if best else None,
             "seed": config.seed,
-            "run": config.to_json(),
+            "run": {**config.to_json(), "data": [Path(d).name for d in config.data]},
         },
     }
+
+
+def _labels_identity(folders: Sequence[str]) -> str:
+    """Each data folder by name and the sha256 of its labels.csv: no path of the machine it was trained on."""
+    from agegate.edge.bundle import sha256_bytes
+
+    parts = []
+    for folder in folders:
+        labels = Path(folder) / "labels.csv"
+        digest = sha256_bytes(labels.read_bytes())[:16] if labels.is_file() else "file names"
+        parts.append(f"{Path(folder).name} {digest}")
+    return ", ".join(parts)
 
 
 def _bundle_metrics(m: Measurement, keras: Measurement, tolerance: float, threads: int, data: str | Path, limit: int | None) -> dict[str, Any]:
     """This file's own figures on the test split, beside the Keras model's."""
     return {
         "split": "test",
-        "data": str(data),
+        "data": [Path(d).name for d in ([data] if isinstance(data, (str, Path)) else data)],
         "limit": limit,
         **m.summary,
         "keras_mae": keras.mae,
@@ -290,7 +355,7 @@ def _row(name: str, m: Measurement, keras_mae: float, status: str) -> dict[str, 
     }
 
 
-def _write_report(report: ExportReport, data: str | Path, limit: int | None, threads: int) -> None:
+def _write_report(report: ExportReport, data, limit: int | None, threads: int, floors: QualityFloors) -> None:
     k = report.keras
     rows = [_row("keras", k, k.mae, "reference")]
     for r in report.results:
@@ -308,6 +373,9 @@ def _write_report(report: ExportReport, data: str | Path, limit: int | None, thr
             "models": rows,
             "keras": k.summary,
             "variants": {r.variant: r.measurement.summary for r in report.results},
+            "validation": {r.variant: r.validation.model_dump() if r.validation else None for r in report.results},
+            "quality_floors": floors.model_dump(),
+            "refusals": {r.variant: r.reason(k.mae, report.tolerance) for r in report.refused},
         },
     )
 
@@ -322,7 +390,9 @@ def _write_report(report: ExportReport, data: str | Path, limit: int | None, thr
         "",
         f"{report.faces} test faces from `{data}`" + (f" (limited to {limit})" if limit else "") + f"; every model sees the same crops. "
         f"Bundles are measured with the till's AgeModel ({rows[-1]['runtime'] if report.results else 'n/a'}, {threads} thread(s), one face at a time); "
-        f"Keras in batches. A variant is refused when its MAE is more than {report.tolerance:g} years worse than the Keras model's.",
+        f"Keras in batches. A variant is refused when its MAE is more than {report.tolerance:g} years worse than the Keras model's, "
+        f"or when its validation figures fall below the quality floors (under-18s flagged at least {100 * floors.min_under18_flagged:g} %, "
+        f"MAE at most {floors.max_mae:g} years, estimates spread at least {floors.min_prediction_spread:g} years).",
         "",
         "| model | file size | MAE (years) | vs Keras | MAE 15-35 | under-18s flagged | 30+ flagged | ms per face | status |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -333,6 +403,8 @@ def _write_report(report: ExportReport, data: str | Path, limit: int | None, thr
             f"| {row['model']} | {size} | {row['mae']:.3f} | {row['mae_vs_keras']:+.3f} | {opt(row['mae_15_35'], '.3f')} | "
             f"{pct(row['under18_flagged'])} | {pct(row['over30_flagged'])} | {row['ms_per_face']:.2f} | {row['status']} |"
         )
+    for r in report.refused:
+        lines += ["", f"**{r.variant} refused**: {r.reason(k.mae, report.tolerance)}"]
     (report.out / f"{REPORT}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

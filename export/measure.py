@@ -36,16 +36,24 @@ class Measurement:
         return float(self.summary["mae"])
 
 
-def measure_keras(model, faces: np.ndarray, true_ages: np.ndarray, spec: Manifest, challenge_age: float, file_bytes: int | None = None) -> Measurement:
+def _summary(true_ages: np.ndarray, ages: np.ndarray, challenge_age: float, sources: np.ndarray | None) -> dict[str, Any]:
+    if sources is None:
+        return metrics.summarise(true_ages, ages, challenge_age)
+    return metrics.summarise_sources(true_ages, ages, sources, challenge_age)
+
+
+def measure_keras(model, faces: np.ndarray, true_ages: np.ndarray, spec: Manifest, challenge_age: float, file_bytes: int | None = None,
+                  sources: np.ndarray | None = None) -> Measurement:
     from agegate.training.model import predict_ages
 
     start = time.perf_counter()
     ages = predict_ages(model, faces, spec)
     ms = 1000 * (time.perf_counter() - start) / max(1, len(faces))
-    return Measurement("keras", ages, metrics.summarise(true_ages, ages, challenge_age), ms, file_bytes, runtime="keras (batched)")
+    return Measurement("keras", ages, _summary(true_ages, ages, challenge_age, sources), ms, file_bytes, runtime="keras (batched)")
 
 
-def measure_bundle(path: Path, faces: np.ndarray, true_ages: np.ndarray, challenge_age: float, threads: int = 1, warmup: int = 5) -> Measurement:
+def measure_bundle(path: Path, faces: np.ndarray, true_ages: np.ndarray, challenge_age: float, threads: int = 1, warmup: int = 5,
+                   sources: np.ndarray | None = None) -> Measurement:
     """Load the bundle as the till does and estimate every face, one at a time."""
     model = AgeModel.from_dir(path, num_threads=threads)
     model.predict_prepared(faces[:warmup])
@@ -53,5 +61,5 @@ def measure_bundle(path: Path, faces: np.ndarray, true_ages: np.ndarray, challen
     ages = model.predict_prepared(faces)
     ms = 1000 * (time.perf_counter() - start) / max(1, len(faces))
     return Measurement(
-        model.manifest.variant, ages, metrics.summarise(true_ages, ages, challenge_age), ms, len(model.bundle.model_bytes), runtime=model.runtime
+        model.manifest.variant, ages, _summary(true_ages, ages, challenge_age, sources), ms, len(model.bundle.model_bytes), runtime=model.runtime
     )

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from agegate.edge.detectors import YUNET_MODEL as YUNET_SHIPPED
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AGEGATE_SHARED_DIR", ROOT.parent / "shared"))
 UTKFACE = SHARED / "data" / "utkface-part1"
-YUNET_MODEL = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+ALL_AGE_FACES = SHARED / "data" / "all-age-faces"
+YUNET_MODEL = YUNET_SHIPPED  # shipped inside the package (edge/detectors/models/), so never missing
 
 
 def free_port() -> int:
@@ -120,13 +123,26 @@ def empty_video(tmp_path_factory) -> Path:
     return write_empty_video(tmp_path_factory.mktemp("video") / "empty.avi")
 
 
+def require_all_age_faces() -> Path:
+    if not (ALL_AGE_FACES / "labels.csv").exists():
+        pytest.skip(f"shared All-Age-Faces data not found at {ALL_AGE_FACES} (set AGEGATE_SHARED_DIR); it is not shipped with the project")
+    return ALL_AGE_FACES
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_crop_cache(tmp_path_factory):
+    """Detections and crops go to a cache of this test session's own, not the user's ~/.cache/agegate."""
+    previous = os.environ.get("AGEGATE_CACHE_DIR")
+    os.environ["AGEGATE_CACHE_DIR"] = str(tmp_path_factory.mktemp("agegate-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("AGEGATE_CACHE_DIR", None)
+    else:
+        os.environ["AGEGATE_CACHE_DIR"] = previous
+
+
 def require_utkface() -> Path:
     if not (UTKFACE / "labels.csv").exists():
         pytest.skip(f"shared UTKFace data not found at {UTKFACE} (set AGEGATE_SHARED_DIR); it is not shipped with the project")
     return UTKFACE
 
-
-def require_yunet() -> Path:
-    if not YUNET_MODEL.exists():
-        pytest.skip(f"YuNet model not found at {YUNET_MODEL} (set AGEGATE_SHARED_DIR); it is not shipped with the project")
-    return YUNET_MODEL

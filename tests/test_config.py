@@ -49,7 +49,7 @@ def test_example_env_documents_every_setting_with_its_default():
         ({"AGEGATE_DETECTOR": "magic"}, "AGEGATE_DETECTOR"),
         ({"AGEGATE_CUSTOMER_ZONE": "0.8,0,0.2,1"}, "AGEGATE_CUSTOMER_ZONE"),
         ({"AGEGATE_CHALLENGE_AGE": "17", "AGEGATE_LEGAL_AGE": "18"}, "AGEGATE_LEGAL_AGE"),
-        ({"AGEGATE_DETECTOR": "yunet"}, "AGEGATE_DETECTOR_MODEL"),
+        ({"AGEGATE_DETECTOR_MODEL": "/nonexistent/yunet.onnx"}, "AGEGATE_DETECTOR_MODEL"),
         ({"AGEGATE_MODEL_DIR": "/nonexistent/bundle"}, "AGEGATE_MODEL_DIR"),
         ({"AGEGATE_STORE_ID": "bad/store"}, "AGEGATE_STORE_ID"),
         ({"AGEGATE_MQTT_TOPIC_PREFIX": "a/#"}, "AGEGATE_MQTT_TOPIC_PREFIX"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require_yunet
+from conftest import YUNET_MODEL
 
 from agegate.edge.detectors import Detector, DetectorError, Face, Zone, create_detector, customer_faces
 from agegate.edge.tracker import iou
@@ -21,7 +21,7 @@ def haar() -> Detector:
 
 @pytest.fixture(scope="module")
 def yunet() -> Detector:
-    return create_detector("yunet", require_yunet())
+    return create_detector("yunet", YUNET_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_a_frame_that_is_not_bgr_is_refused(detector, astronaut_bgr):
 
 def test_min_face_px_drops_smaller_faces(astronaut_bgr):
     assert create_detector("haar", min_face_px=150).detect(astronaut_bgr) == []
-    assert create_detector("yunet", require_yunet(), min_face_px=150).detect(astronaut_bgr) == []
+    assert create_detector("yunet", YUNET_MODEL, min_face_px=150).detect(astronaut_bgr) == []
 
 
 def test_the_two_backends_agree(haar, yunet, astronaut_bgr):
@@ -81,7 +81,7 @@ def test_the_two_backends_agree(haar, yunet, astronaut_bgr):
 
 
 def test_yunet_score_threshold(astronaut_bgr):
-    strict = create_detector("yunet", require_yunet(), score_threshold=0.99)
+    strict = create_detector("yunet", YUNET_MODEL, score_threshold=0.99)
     assert strict.detect(astronaut_bgr) == []
 
 
@@ -98,16 +98,46 @@ def test_yunet_boxes_are_clipped_to_the_frame(yunet, astronaut_bgr):
     assert y + h == 150 and x + w <= 512
 
 
-@pytest.mark.parametrize(
-    ("kind", "path", "message"),
-    [
-        ("dlib", None, "unknown detector 'dlib'; choose one of: haar, yunet"),
-        ("yunet", None, "needs a model path"),
-    ],
-)
-def test_create_detector_errors(kind, path, message):
-    with pytest.raises(DetectorError, match=message):
-        create_detector(kind, path)
+def test_create_detector_errors():
+    with pytest.raises(DetectorError, match="unknown detector 'dlib'; choose one of: yunet, haar"):
+        create_detector("dlib")
+
+
+def test_yunet_ships_with_the_package_and_is_the_default(astronaut_bgr):
+    """No path, no ../shared: the packaged ONNX file (with its MIT licence beside it) is used."""
+    from agegate.edge.config import Settings
+    from agegate.edge.detectors import DEFAULT_KIND, YUNET_MODEL as shipped
+
+    assert DEFAULT_KIND == "yunet" and Settings().detector == "yunet"
+    assert shipped.is_file() and 200_000 < shipped.stat().st_size < 300_000
+    assert "MIT License" in (shipped.parent / "LICENSE-YuNet.txt").read_text()
+    detector = create_detector("yunet")
+    (face,) = detector.detect(astronaut_bgr)
+    assert iou(face.box, TRUE_FACE) >= 0.6
+
+
+@pytest.mark.parametrize("size", [300, 360])
+def test_a_photo_gives_the_faces_the_daemon_finds_in_the_same_frame(detector, astronaut_bgr, size):
+    """A 640x480 till frame saved as a photo: detect_in_photo must find what detect() finds on
+    the frame. It used to pad every photo by 25 % first, and Haar then lost these faces."""
+    import cv2
+
+    from agegate.edge.detectors import detect_in_photo
+
+    scene = np.full((480, 640, 3), 90, np.uint8)
+    scene[480 - size :, 100 : 100 + size] = cv2.resize(astronaut_bgr, (size, size), interpolation=cv2.INTER_AREA)
+    live = detector.detect(scene)
+    assert len(live) == 1
+    assert [f.box for f in detect_in_photo(detector, scene)] == [f.box for f in live]
+
+
+def test_a_face_cut_by_the_photo_edge_is_searched_again_padded(yunet, astronaut_bgr):
+    from agegate.edge.detectors import detect_in_photo
+
+    tight = np.ascontiguousarray(astronaut_bgr[90:190, 180:270])  # chin and hair cut off, as in data-set crops
+    (face,) = detect_in_photo(yunet, tight)
+    x, y, w, h = face.box
+    assert x < 0 or y < 0 or x + w > tight.shape[1] or y + h > tight.shape[0]  # the whole face, beyond the cut
 
 
 def test_create_detector_names_a_missing_or_broken_model(tmp_path):

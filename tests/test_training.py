@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import UTKFACE, require_utkface
+from conftest import ALL_AGE_FACES, UTKFACE, require_all_age_faces, require_utkface
 
 from agegate.edge.bundle import prepare_face
 from agegate.edge.detectors import create_detector
@@ -174,7 +174,8 @@ def test_training_crops_are_the_tills_crops(tmp_path):
     assert (~crops.fallback).sum() >= 3
     again = prepare_faces(records, spec, DetectorSpec("haar"), cache_dir=tmp_path, name="test")  # from the cache
     assert np.array_equal(again.images, crops.images) and again.files == crops.files
-    assert len(list(tmp_path.glob("test-64px-m0.1-haar-*.npz"))) == 1
+    assert len(list(tmp_path.glob("crops/test-64px-m0.1-s0-haar-*.npz"))) == 1
+    assert len(list(tmp_path.glob("scans/*-haar-*.json"))) == 1  # the boxes, kept per source for every command
 
 
 def test_strategy_plan():
@@ -250,17 +251,45 @@ def test_pipeline_is_the_same_after_a_resume():
     assert not np.array_equal(x[0], images[int(straight[0][1][0, 0])])  # augmented
 
 
+def test_balanced_sampling_draws_the_rare_bands_more_and_is_the_same_after_a_resume():
+    from agegate.training.pipeline import band_balance_weights, training_batches
+
+    ages = np.array([15.0] * 10 + [30.0] * 90, dtype=np.float32)  # 10 teens, 90 adults
+    weights = band_balance_weights(ages, 1.0)  # each band equally likely
+    assert weights.sum() == pytest.approx(1.0) and weights[0] == pytest.approx(9 * weights[-1])
+    images = np.zeros((100, 8, 8, 3), np.uint8)
+    draw = lambda first: np.concatenate([y for _, y in training_batches(images, ages, 50, 3, first, 4, weights, 400).as_numpy_iterator()]).ravel()  # noqa: E731
+    straight, resumed = draw(0), draw(3)
+    assert len(straight) == 1600 and len(resumed) == 400
+    assert np.array_equal(straight[1200:], resumed)
+    assert 0.4 < float(np.mean(straight == 15.0)) < 0.6  # a tenth of the faces, half of the draws
+    assert 0.05 < float(np.mean(draw(0)[:400] == 15.0)) and np.mean(band_balance_weights(ages, 0.0)[:10]) == pytest.approx(0.01)
+
+
+def test_calibrated_threshold_and_constant_models():
+    true = np.array([10, 14, 16, 17, 20, 30, 40, 50], dtype=float)
+    pred = np.array([12, 20, 22.04, 26, 25, 31, 24, 45], dtype=float)
+    c = metrics.calibrated_threshold(true, pred, target=0.75)  # 3 of the 4 minors: the third-lowest estimate is 22.04
+    assert c["threshold"] == pytest.approx(22.1) and c["under18_flagged"] == 0.75 and c["over30_flagged"] == 0.0
+    c = metrics.calibrated_threshold(true, pred, target=1.0)
+    assert c["threshold"] == pytest.approx(26.1) and c["under18_flagged"] == 1.0 and c["over30_flagged"] == pytest.approx(1 / 3)
+    assert c["teen_flagged"] == 1.0 and c["teen_n"] == 3
+    assert metrics.calibrated_threshold(np.array([30.0]), np.array([31.0])) is None
+    assert metrics.constant_predictions(np.full(50, 34.4)) and metrics.constant_predictions(np.array([30, 30.2, np.nan]))
+    assert not metrics.constant_predictions(pred)
+
+
 # --- a real tiny run: fit, interrupt, resume, eval, eda ------------------------------------
 
 
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
-    """A ResNet50 fit on 48 real faces per split, stopped after 2 of 3 epochs."""
+    """A ResNet50 fit on two real sources, 24 faces per split of each, stopped after 2 of 3 epochs."""
     from agegate.training.fit import fit
 
-    data = require_utkface()
+    data = [str(require_utkface()), str(require_all_age_faces())]
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    config = FitConfig(data=str(data), backbone="resnet50", image_size=32, limit=48, epochs=3, batch_size=8)
+    config = FitConfig(data=data, backbone="resnet50", image_size=32, limit=24, epochs=3, batch_size=8)
     result = fit(config, run, max_epochs_this_run=2, verbose=0)
     return run, result
 
@@ -277,11 +306,15 @@ def test_interrupted_run_has_its_checkpoints_and_settings(interrupted_run):
     assert _history_epochs(run) == [1, 2]
     assert RunDir(run).saved_epochs() == [1, 2]
     config = json.loads((run / "config.json").read_text())
-    assert config["backbone"] == "resnet50" and config["image_size"] == 32 and config["epochs"] == 3 and config["limit"] == 48
-    assert config["data"] == str(UTKFACE.resolve()) and config["data_licence"].startswith("non-commercial")
-    assert config["target_scale"] > 1 and 10 < config["target_offset"] < 60
+    assert config["backbone"] == "resnet50" and config["image_size"] == 32 and config["epochs"] == 3 and config["limit"] == 24
+    assert config["data"] == [str(UTKFACE.resolve()), str(ALL_AGE_FACES.resolve())]
+    assert "utkface-part1: non-commercial" in config["data_licence"] and "all-age-faces: none stated" in config["data_licence"].lower()
+    assert config["target_scale"] > 1 and 10 < config["target_offset"] < 60 and config["balance"] == 0.5
     report = json.loads((run / "data-report.json").read_text())
+    assert set(report["sources"]) == {"utkface-part1", "all-age-faces"}
+    assert report["sources"]["all-age-faces"]["faces_per_split_and_band"]["train"]["13-17"] > 0
     assert report["crops"]["train"]["faces"] == 48 and 0 <= report["crops"]["train"]["fallback_share"] < 0.3
+    assert set(report["crops"]["train"]["fallback_share_by_source"]) == {"utkface-part1", "all-age-faces"}
     assert (run / "model.keras").exists()
 
 
@@ -289,8 +322,9 @@ def test_interrupted_run_has_its_checkpoints_and_settings(interrupted_run):
 def test_checkpoint_restores_model_and_optimizer_exactly(interrupted_run):
     import keras
 
+    from agegate.training.data import read_sources, records_of
+    from agegate.training.faces import default_cache_dir
     from agegate.training.faces import prepare_faces as crops_of
-    from agegate.training.data import limit_per_split as limit
 
     run, result = interrupted_run
     restored = keras.models.load_model(run / "checkpoints" / "epoch-002.keras")
@@ -301,8 +335,8 @@ def test_checkpoint_restores_model_and_optimizer_exactly(interrupted_run):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     # The loss (with its Huber delta) and metric come back too: same figures on the same batch.
     config = RunDir(run).load_config()
-    records = [r for r in limit(read_data(config.data).records, 48, config.seed) if r.split == "val"]
-    val = crops_of(records, serving_manifest(config), config.detector_spec, RunDir(run).cache, name="val")
+    records = [r for r in records_of(read_sources(config.data), 24, config.seed) if r.split == "val"]
+    val = crops_of(records, serving_manifest(config), config.detector_spec, default_cache_dir(), name="val")
     x, y = val.images[:16].astype(np.float32), ((val.ages[:16] - config.target_offset) / config.target_scale)[:, None]
     before = result.model.evaluate(x, y, verbose=0, return_dict=True)
     after = restored.evaluate(x, y, verbose=0, return_dict=True)
@@ -314,8 +348,10 @@ def test_resume_continues_where_it_stopped(interrupted_run, capsys):
     from agegate.training.cli import main
 
     run, _ = interrupted_run
-    assert main(["fit", "--out", str(run), "--resume", "--epochs", "5"]) == 1
+    assert main(["fit", "--out", str(run), "--resume", "--image-size", "48"]) == 1
     assert "--resume continues a run with its own settings" in capsys.readouterr().err
+    assert main(["fit", "--out", str(run), "--resume", "--epochs", "1"]) == 1
+    assert "the run already has 2 epochs" in capsys.readouterr().err
     assert main(["fit", str(UTKFACE), "--out", str(run)] + TINY) == 1
     assert "already holds a run" in capsys.readouterr().err
 
@@ -328,6 +364,11 @@ def test_resume_continues_where_it_stopped(interrupted_run, capsys):
     resumed = keras.models.load_model(run / "checkpoints" / "epoch-003.keras")
     assert int(resumed.optimizer.iterations.numpy()) == 18  # 12 before the interruption + 6
 
+    # A finished run is extended with --resume --epochs N.
+    assert main(["fit", "--out", str(run), "--resume", "--epochs", "4", "--verbose", "0"]) == 0
+    assert "4/4 epochs, complete" in capsys.readouterr().out
+    assert _history_epochs(run) == [1, 2, 3, 4] and RunDir(run).load_config().epochs == 4
+
     assert main(["fit", "--out", str(run), "--resume", "--verbose", "0"]) == 0  # nothing left to do
     assert _history_epochs(run) == [1, 2, 3]
 
@@ -337,7 +378,7 @@ def test_eval_writes_metrics_consistent_with_its_predictions(interrupted_run, ca
     from agegate.training.cli import main
 
     run, _ = interrupted_run
-    assert main(["eval", str(run), "--limit", "48"]) == 0
+    assert main(["eval", str(run), "--limit", "24"]) == 0
     assert "MAE" in capsys.readouterr().out
     m = json.loads((run / "metrics.json").read_text())
     with open(run / "predictions.csv") as f:
@@ -355,6 +396,14 @@ def test_eval_writes_metrics_consistent_with_its_predictions(interrupted_run, ca
     assert m["challenge"] == pytest.approx(again["challenge"])
     assert len(m["threshold_curve"]) == len(metrics.CURVE_THRESHOLDS)
     assert np.ptp(pred) > 0.1, "the model answers the same age for every face"
+    # Per source, each on its own test faces, and the pooled figure their weighted mean.
+    sources = np.array([r["source"] for r in rows])
+    assert set(m["sources"]) == {"utkface-part1", "all-age-faces"}
+    for name, figures in m["sources"].items():
+        assert figures["n"] == 24 == int((sources == name).sum())
+        assert figures["mae"] == pytest.approx(metrics.mae(true[sources == name], pred[sources == name]), abs=1e-3)
+    assert m["mae"] == pytest.approx(sum(f["mae"] * f["n"] for f in m["sources"].values()) / 48, abs=1e-3)
+    assert m["calibrated"]["under18_flagged"] >= 0.99
     for name in ("learning_curves", "predicted_vs_true", "error_by_band", "threshold_curve"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 5000
 

@@ -1,9 +1,13 @@
 """`agegate-train`: explore a data folder, train an age model, evaluate it.
 
-    agegate-train eda  DATA --out DIR
-    agegate-train fit  DATA --out RUN [--backbone resnet50] [--epochs 30] ...
-    agegate-train fit  --out RUN --resume
-    agegate-train eval RUN [--data DATA]
+    agegate-train eda  DATA [DATA ...] --out DIR
+    agegate-train fit  DATA [DATA ...] --out RUN [--backbone resnet50] [--epochs 30] ...
+    agegate-train fit  --out RUN --resume [--epochs N]
+    agegate-train eval RUN [--data DATA ...]
+
+Several data folders are several *sources*: each keeps its own split, and every figure is
+reported per source and pooled. Detections and crops are cached in ``$AGEGATE_CACHE_DIR``
+(default ``~/.cache/agegate``), shared by every command.
 
 Exit status: 0 done, 1 the data, run or settings cannot be used (the message says why),
 2 bad command line.
@@ -18,40 +22,42 @@ import sys
 from typing import Sequence
 
 FIT_OPTIONS = (
-    "backbone", "weights", "image_size", "margin", "detector", "detector_model", "epochs", "batch_size",
+    "backbone", "weights", "image_size", "margin", "shift_y", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
+    "balance", "epoch_size",
 )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
     from .run import BACKBONES, FitConfig
 
-    d = FitConfig(data="")
+    d = FitConfig(data=[])
     p = argparse.ArgumentParser(prog="agegate-train", description="Train and evaluate the age model of agegate.")
     sub = p.add_subparsers(dest="command", required=True)
 
     eda = sub.add_parser("eda", help="explore a data folder: plots and a report page")
-    eda.add_argument("data", help="folder with labels.csv (file_name,real_age) or UTKFace-named images")
+    eda.add_argument("data", nargs="+", help="folder(s) with labels.csv (file_name,real_age) or UTKFace-named images")
     eda.add_argument("--out", required=True, help="folder for report.md, eda.json and the plots")
     eda.add_argument("--image-size", type=int, default=d.image_size, help=f"crop size in pixels for the sample grid (default {d.image_size})")
     eda.add_argument("--margin", type=float, default=d.margin, help=f"crop margin (default {d.margin})")
-    eda.add_argument("--detector", default=d.detector, help="face detector: haar (default) or yunet")
-    eda.add_argument("--detector-model", help="model file for --detector yunet")
+    eda.add_argument("--detector", default=d.detector, help=f"face detector: yunet or haar (default {d.detector})")
+    eda.add_argument("--detector-model", help="another YuNet .onnx file than the shipped one")
     eda.add_argument("--limit", type=int, help="only this many faces per split")
     eda.add_argument("--seed", type=int, default=d.seed)
     eda.add_argument("--samples-per-band", type=int, default=8)
 
     fit = sub.add_parser("fit", help="train a model into a run directory (resumable)")
-    fit.add_argument("data", nargs="?", help="data folder (with --resume: taken from the run)")
+    fit.add_argument("data", nargs="*", help="data folder(s), one per source (with --resume: taken from the run)")
     fit.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    fit.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint, with its own settings")
+    fit.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint, with its own settings (--epochs N extends it)")
     fit.add_argument("--max-epochs-this-run", type=int, metavar="N", help="stop after N epochs (checkpointed); --resume continues")
-    fit.add_argument("--backbone", choices=BACKBONES, help=f"(default {d.backbone})")
+    fit.add_argument("--backbone", choices=BACKBONES, help=f"(default {d.backbone}; dlibresnet10: dlib's CC0 face-age net, 64 px, fine-tuned)")
     fit.add_argument("--weights", metavar="PATH", help="local ImageNet weights for the backbone (no top); default: train from scratch")
     fit.add_argument("--image-size", type=int, help=f"model input in pixels, square (default {d.image_size})")
     fit.add_argument("--margin", type=float, help=f"crop margin around the detector box, a fraction of its side (default {d.margin})")
+    fit.add_argument("--shift-y", type=float, metavar="F", help=f"move the crop down by F of the box side (default {d.shift_y}; dlibresnet10: see docs/training.md)")
     fit.add_argument("--detector", help=f"face detector that cuts the training crops, as at the till (default {d.detector})")
-    fit.add_argument("--detector-model", metavar="PATH", help="model file for --detector yunet")
+    fit.add_argument("--detector-model", metavar="PATH", help="another YuNet .onnx file than the shipped one")
     fit.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
     fit.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
     fit.add_argument("--learning-rate", type=float, help="peak learning rate (default 1e-3 from scratch, 1e-4 with --weights)")
@@ -60,12 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--dropout", type=float, help=f"(default {d.dropout})")
     fit.add_argument("--huber-delta", type=float, metavar="YEARS", help=f"Huber loss delta in years (default {d.huber_delta})")
     fit.add_argument("--mixed-precision", choices=("auto", "on", "off"), help="auto: on when GPUs are present (default)")
+    fit.add_argument("--balance", type=float, metavar="P", help=f"draw faces with weight 1/(faces in their age band)^P: 0 as they come, 1 equal bands (default {d.balance})")
+    fit.add_argument("--epoch-size", type=int, metavar="N", help="faces drawn per epoch (default: the training set's size)")
     fit.add_argument("--keep-checkpoints", type=int, metavar="N", help=f"epoch checkpoints to keep (default {d.keep_checkpoints})")
     fit.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras output: 1 progress bar, 2 one line per epoch (default: 1 on a terminal, else 2)")
 
     ev = sub.add_parser("eval", help="measure a run's best model on the test split")
     ev.add_argument("run", metavar="RUN")
-    ev.add_argument("--data", help="data folder (default: the one the run trained on)")
+    ev.add_argument("--data", nargs="+", help="data folder(s) (default: the ones the run trained on)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--limit", type=int, metavar="N", help="only N faces of the split")
     ev.add_argument("--challenge-age", type=float, default=25.0, help="flag customers estimated under this age (default 25)")
@@ -91,8 +99,12 @@ def _eda(args: argparse.Namespace) -> int:
     from .eda import explore
     from .faces import DetectorSpec
 
-    report = explore(args.data, args.out, args.image_size, args.margin, DetectorSpec(args.detector, args.detector_model), args.seed, args.limit, args.samples_per_band)
-    print(f"{report['faces']} faces; report: {os.path.join(args.out, 'report.md')}")
+    detector = DetectorSpec(args.detector, args.detector_model)
+    several = len(args.data) > 1
+    for folder in args.data:  # one report per source; several go to OUT/<source name>/
+        out = os.path.join(args.out, os.path.basename(os.path.normpath(folder))) if several else args.out
+        report = explore(folder, out, args.image_size, args.margin, detector, args.seed, args.limit, args.samples_per_band)
+        print(f"{folder}: {report['faces']} faces; report: {os.path.join(out, 'report.md')}")
     return 0
 
 
@@ -103,13 +115,14 @@ def _fit(args: argparse.Namespace) -> int:
     given = {k: getattr(args, k) for k in FIT_OPTIONS if getattr(args, k) is not None}
     if args.resume:
         config = RunDir(args.out).load_config()
-        given_data = os.path.realpath(args.data) if args.data else None
+        epochs = given.pop("epochs", None)  # the one setting a resume may change: it extends the run
+        given_data = [os.path.realpath(d) for d in args.data]
         clashes = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})" for k, v in given.items() if getattr(config, k) != v]
-        if given_data and given_data != os.path.realpath(config.data):
-            clashes.append(f"data {args.data} (the run has {config.data})")
+        if given_data and given_data != [os.path.realpath(d) for d in config.data]:
+            clashes.append(f"data {' '.join(args.data)} (the run has {' '.join(config.data)})")
         if clashes:
             raise RunError("--resume continues a run with its own settings; drop " + ", ".join(clashes))
-        result = fit(None, args.out, resume=True, max_epochs_this_run=args.max_epochs_this_run, verbose=args.verbose)
+        result = fit(None, args.out, resume=True, max_epochs_this_run=args.max_epochs_this_run, verbose=args.verbose, epochs=epochs)
     else:
         if not args.data:
             raise RunError("fit needs a DATA folder (or --resume to continue RUN)")

@@ -52,6 +52,7 @@ class Record:
     age: float
     group: str | None = None  # the person, when the data says
     split: str | None = None
+    source: str = ""  # the data folder's name: figures are reported per source
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class LabelledData:
     licence: str = ""
     has_splits: bool = False
 
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
     def split(self, name: str) -> list[Record]:
         return [r for r in self.records if r.split == name]
 
@@ -101,8 +106,40 @@ def read_data(folder: str | Path, seed: int = 1234) -> LabelledData:
         raise DataError(f"{folder}: no usable labelled images ({len(data.problems)} problems, e.g. {data.problems[:1]})")
     data.description, data.licence = read_readme(folder)
     data.records, data.has_splits = _apply_splits(folder, data.records, data.problems, seed)
+    data.records = [replace(r, source=folder.name) for r in data.records]
     report_problems(data.problems, f"{folder}")
     return data
+
+
+def read_sources(folders: str | Path | list[str] | list[Path], seed: int = 1234) -> list[LabelledData]:
+    """Several data folders, each read and split on its own (its own ``splits.csv``).
+
+    A source is named by its folder; two folders with the same name would mix their figures,
+    so that is refused.
+    """
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    if not folders:
+        raise DataError("no data folder given")
+    sources = [read_data(f, seed=seed) for f in folders]
+    names = Counter(s.name for s in sources)
+    clash = [n for n, c in names.items() if c > 1]
+    if clash:
+        raise DataError(f"data folders must have different names (figures are reported per folder): {', '.join(clash)} given twice")
+    return sources
+
+
+def records_of(sources: list[LabelledData], limit: int | None = None, seed: int = 1234) -> list[Record]:
+    """Every source's records, each source limited on its own (``limit`` per split and source)."""
+    return [r for s in sources for r in limit_per_split(s.records, limit, seed)]
+
+
+def read_meta(folder: str | Path) -> dict[str, dict[str, str]]:
+    """``meta.csv`` of a data folder ({file_name: {column: value}}), for figures per group; {} without one."""
+    path = Path(folder) / "meta.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return {row["file_name"]: row for row in csv.DictReader(f) if row.get("file_name")}
 
 
 def _read_labels_csv(folder: Path) -> LabelledData:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import plots
 from .data import SPLITS, limit_per_split, read_data, split_counts
-from .faces import DetectorSpec, crop_faces, scan_faces, typical_box
+from .faces import DetectorSpec, crop_faces, default_cache_dir, scan_cached, typical_box
 from .metrics import BAND_NAMES, band_of
 from .run import FitConfig, serving_manifest, write_json
 
@@ -43,7 +43,7 @@ def explore(
     records = limit_per_split(labelled.records, limit, seed)
     log.info("%s: %d labelled faces (%s), %d entries skipped", labelled.folder, len(records), labelled.source, len(labelled.problems))
 
-    scans = scan_faces(records, detector, workers)
+    scans = scan_cached(records, detector, default_cache_dir(), workers)
     readable = [s for s in scans if s.error is None]
     unreadable = [s.record.file for s in scans if s.error is not None]
     duplicates = _duplicates(records)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import metrics, plots
-from .data import limit_per_split, read_data
-from .faces import FaceSet, prepare_faces
+from .data import read_sources, records_of
+from .faces import FaceSet, default_cache_dir, prepare_faces
 from .fit import read_history
 from .model import load_inference_model, predict_ages
 from .run import FitConfig, RunDir, serving_manifest, write_json
@@ -25,18 +25,22 @@ from .run import FitConfig, RunDir, serving_manifest, write_json
 log = logging.getLogger(__name__)
 
 
-def split_faces(run: RunDir, config: FitConfig, data: str | Path | None = None, split: str = "test", limit: int | None = None) -> FaceSet:
-    """The run's faces of one split, cut as in training (and cached in the run)."""
-    labelled = read_data(data or config.data, seed=config.seed)
-    records = [r for r in limit_per_split(labelled.records, limit, config.seed) if r.split == split]
+def split_faces(config: FitConfig, data: str | Path | list | None = None, split: str = "test", limit: int | None = None) -> FaceSet:
+    """One split of every source, cut as in training (from the shared cache when it has them).
+
+    ``data``: the folders to read (default: the run's own sources); ``limit``: at most this
+    many faces per source.
+    """
+    folders = data or config.data
+    records = [r for r in records_of(read_sources(folders, seed=config.seed), limit, config.seed) if r.split == split]
     if not records:
-        raise ValueError(f"{data or config.data}: no faces in the {split!r} split")
-    return prepare_faces(records, serving_manifest(config), config.detector_spec, run.cache, name=split)
+        raise ValueError(f"{folders}: no faces in the {split!r} split")
+    return prepare_faces(records, serving_manifest(config), config.detector_spec, default_cache_dir(), name=split)
 
 
 def evaluate(
     run_dir: str | Path,
-    data: str | Path | None = None,
+    data: str | Path | list | None = None,
     split: str = "test",
     limit: int | None = None,
     challenge_age: float = metrics.CHALLENGE_AGE,
@@ -46,12 +50,12 @@ def evaluate(
     run = RunDir(run_dir)
     config = run.load_config()
     spec = serving_manifest(config)
-    faces = split_faces(run, config, data, split, limit)
+    faces = split_faces(config, data, split, limit)
     model = load_inference_model(run)
     log.info("predicting %d %s faces with %s", len(faces), split, run.model)
     predicted = predict_ages(model, faces.images, spec, batch_size)
 
-    summary = metrics.summarise(faces.ages, predicted, challenge_age)
+    summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     history = read_history(run.history)
     result = {
         "run": str(run.path),
@@ -59,21 +63,26 @@ def evaluate(
         "backbone": config.backbone,
         "image_size": config.image_size,
         "epochs_trained": int(history[-1]["epoch"]) if history else None,
-        "data": str(Path(data or config.data).resolve()),
+        "data": [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data or config.data)],
         "split": split,
         "limit": limit,
         "fallback_share": faces.fallback_share,
         "skipped": len(faces.problems),
         **summary,
         "threshold_curve": metrics.threshold_curve(faces.ages, predicted),
+        "calibrated": metrics.calibrated_threshold(faces.ages, predicted),
     }
+    if metrics.constant_predictions(predicted):
+        log.warning("the model gives (nearly) the same age to every face (spread %.2f years): it has not learnt ages", float(np.std(predicted)))
     write_json(run.metrics, result)
     _write_predictions(run.predictions, faces, predicted)
     plots.learning_curves(history, run.plots / "learning_curves.png")
     plots.predicted_vs_true(faces.ages, predicted, run.plots / "predicted_vs_true.png")
     plots.error_by_band(summary["mae_by_band"], run.plots / "error_by_band.png")
     plots.threshold_curve(result["threshold_curve"], challenge_age, run.plots / "threshold_curve.png")
-    log.info("%s: %s", split, metrics.headline(summary))
+    log.info("%s, pooled: %s", split, metrics.headline(summary))
+    for name, by_source in summary["sources"].items():
+        log.info("%s, %s: %s", split, name, metrics.headline(by_source))
     log.info("wrote %s, %s and %s/", run.metrics, run.predictions, run.plots)
     return result
 
@@ -81,6 +90,6 @@ def evaluate(
 def _write_predictions(path: Path, faces: FaceSet, predicted: np.ndarray) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file_name", "real_age", "predicted_age", "fallback_box"])
-        for name, true, pred, fb in zip(faces.files, faces.ages, predicted, faces.fallback):
-            writer.writerow([name, f"{true:g}", f"{pred:.3f}", int(fb)])
+        writer.writerow(["source", "file_name", "real_age", "predicted_age", "fallback_box"])
+        for source, name, true, pred, fb in zip(faces.sources, faces.files, faces.ages, predicted, faces.fallback):
+            writer.writerow([source, name, f"{true:g}", f"{pred:.3f}", int(fb)])

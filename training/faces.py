@@ -16,8 +16,12 @@ the face fills the photo:
   split (median centre and size relative to the photo): for aligned crops that is where the
   face is. Such faces are counted and reported as *fallbacks*.
 
-Decoding and detection run once per photo, in parallel threads (OpenCV releases the GIL);
-the crops are cached as one ``.npz`` per split, keyed by everything that changes them.
+Decoding and detection run once per photo and detector, in parallel threads (OpenCV
+releases the GIL). Both are cached in one cache folder shared by every command and run
+(``$AGEGATE_CACHE_DIR``, default ``~/.cache/agegate``): the boxes found in each data source
+(``scans/``, one JSON per source and detector, grown as more of its photos are asked for),
+and the crops of each set of records (``crops/``, one ``.npz`` keyed by everything that
+changes them). So ``eda``, ``fit``, ``eval`` and ``convert`` detect each face once.
 """
 
 from __future__ import annotations
@@ -37,22 +41,27 @@ import cv2
 import numpy as np
 
 from agegate.edge.bundle import Manifest, prepare_face
-from agegate.edge.detectors import PHOTO_PAD, Detector, create_detector, detect_in_photo
+from agegate.edge.detectors import DEFAULT_KIND, PHOTO_PAD, Detector, create_detector, detect_in_photo
 
 from .data import Problem, Record
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DETECT_PAD = PHOTO_PAD
 DEFAULT_RELATIVE_BOX = (0.5, 0.45, 0.9)  # centre x, centre y, side: used only when no face is found at all
+
+
+def default_cache_dir() -> Path:
+    """Where detections and crops are kept between commands: ``$AGEGATE_CACHE_DIR`` or ``~/.cache/agegate``."""
+    return Path(os.environ.get("AGEGATE_CACHE_DIR") or Path.home() / ".cache" / "agegate")
 
 
 @dataclass(frozen=True)
 class DetectorSpec:
     """Which detector finds the training faces: the till's own, by name."""
 
-    kind: str = "haar"
+    kind: str = DEFAULT_KIND
     model_path: str | None = None
 
     def create(self) -> Detector:
@@ -83,6 +92,20 @@ class FaceSet:
     files: list[str]
     fallback: np.ndarray  # True where no face was detected and the typical box was used
     problems: list[Problem] = field(default_factory=list)
+    sources: np.ndarray | None = None  # the data source of each face (str); see by_source
+
+    def __post_init__(self) -> None:
+        if self.sources is None:
+            self.sources = np.full(len(self.files), "", dtype=object)
+
+    def by_source(self) -> dict[str, np.ndarray]:
+        """{source: boolean mask of its faces}, in the order the sources first appear."""
+        names = list(dict.fromkeys(str(s) for s in self.sources))
+        return {n: np.asarray(self.sources == n) for n in names}
+
+    def subset(self, mask: np.ndarray) -> "FaceSet":
+        idx = np.flatnonzero(mask)
+        return FaceSet(self.images[idx], self.ages[idx], [self.files[i] for i in idx], self.fallback[idx], [], self.sources[idx])
 
     def __len__(self) -> int:
         return len(self.files)
@@ -143,6 +166,55 @@ def scan_faces(records: Sequence[Record], detector: DetectorSpec, workers: int |
     return _parallel(scan, records, what, workers)
 
 
+def scan_cached(records: Sequence[Record], detector: DetectorSpec, cache_dir: Path | None, workers: int | None = None, what: str = "detecting faces") -> list[FaceScan]:
+    """:func:`scan_faces`, remembering per data source what was found, so each photo is searched once."""
+    if cache_dir is None:
+        return scan_faces(records, detector, workers, what)
+    by_source: dict[Path, list[Record]] = {}
+    for r in records:
+        by_source.setdefault(_source_folder(r), []).append(r)
+    found: dict[tuple[Path, str], FaceScan] = {}
+    for folder, recs in by_source.items():
+        path = _scan_cache_path(folder, detector, Path(cache_dir))
+        known = _load_scans(path)
+        todo = [r for r in recs if r.file not in known]
+        if todo:
+            log.info("%s: %d of %d photos not yet searched with %s", folder.name, len(todo), len(recs), detector.key())
+            for scan in scan_faces(todo, detector, workers, what=f"{what} ({folder.name})"):
+                known[scan.record.file] = [scan.height, scan.width, scan.box, scan.faces_found, scan.error]
+            _save_scans(path, known)
+        for r in recs:
+            h, w, box, n, error = known[r.file]
+            found[(folder, r.file)] = FaceScan(r, h, w, tuple(box) if box is not None else None, n, error)
+    return [found[(_source_folder(r), r.file)] for r in records]
+
+
+def _source_folder(record: Record) -> Path:
+    """The data folder a record's photo belongs to (photos sit in it or in its images/)."""
+    parent = record.path.resolve().parent
+    return parent.parent if parent.name == "images" else parent
+
+
+def _scan_cache_path(folder: Path, detector: DetectorSpec, cache_dir: Path) -> Path:
+    identity = json.dumps({"version": CACHE_VERSION, "folder": str(folder), "detector": detector.key(), "pad": DETECT_PAD}, sort_keys=True)
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return cache_dir / "scans" / f"{folder.name}-{detector.kind}-{key}.json"
+
+
+def _load_scans(path: Path) -> dict[str, list]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_scans(path: Path, scans: dict[str, list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(scans), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def typical_box(scans: Sequence[FaceScan]) -> tuple[float, float, float]:
     """Median (centre x, centre y, side) of the detected boxes, relative to the photo size."""
     rel = [
@@ -185,15 +257,21 @@ def prepare_faces(
         log.info("%s: %d crops from cache %s (%.1f %% fallback boxes)", name, len(faces), cache.name, 100 * faces.fallback_share)
         return faces
 
-    scans = scan_faces(records, detector, workers, what=f"detecting faces ({name})")
-    faces = crop_faces(scans, spec, typical_box(scans), workers, name)
+    scans = scan_cached(records, detector, cache_dir, workers, what=f"detecting faces ({name})")
+    # The typical box stands in where no face was found; each source frames its photos its own way.
+    typical = {src: typical_box([s for s in scans if s.record.source == src]) for src in dict.fromkeys(r.source for r in records)}
+    faces = crop_faces(scans, spec, typical, workers, name)
     if cache is not None:
         _save(cache, faces)
     return faces
 
 
-def crop_faces(scans: Sequence[FaceScan], spec: Manifest, relative: tuple[float, float, float], workers: int | None = None, name: str = "faces") -> FaceSet:
-    """Cut each scanned photo's face with ``prepare_face``; photos without a face get the ``relative`` typical box."""
+def crop_faces(scans: Sequence[FaceScan], spec: Manifest, relative: tuple[float, float, float] | dict[str, tuple[float, float, float]], workers: int | None = None, name: str = "faces") -> FaceSet:
+    """Cut each scanned photo's face with ``prepare_face``; photos without a face get the typical box.
+
+    ``relative`` is the typical box, or one per source ({source: box}).
+    """
+    per_source = relative if isinstance(relative, dict) else None
 
     def crop(scan: FaceScan) -> np.ndarray | str:
         if scan.error:
@@ -201,7 +279,8 @@ def crop_faces(scans: Sequence[FaceScan], spec: Manifest, relative: tuple[float,
         image = decode(scan.record.path)
         if image is None:
             return "unreadable image"
-        box = scan.box if scan.box is not None else fallback_box(scan.height, scan.width, relative)
+        typical = per_source.get(scan.record.source, DEFAULT_RELATIVE_BOX) if per_source is not None else relative
+        box = scan.box if scan.box is not None else fallback_box(scan.height, scan.width, typical)
         try:
             return prepare_face(image, box, spec)
         except ValueError as exc:
@@ -217,13 +296,12 @@ def crop_faces(scans: Sequence[FaceScan], spec: Manifest, relative: tuple[float,
         files=[s.record.file for s, _ in good],
         fallback=np.array([s.box is None for s, _ in good], dtype=bool),
         problems=problems,
+        sources=np.array([s.record.source for s, _ in good], dtype=object),
     )
     for p in problems:
         log.warning("%s: skipped %s", name, p)
-    log.info(
-        "%s: %d crops, %d skipped, %.1f %% fallback boxes (no face detected; typical box centre %.2f,%.2f side %.2f)",
-        name, len(faces), len(problems), 100 * faces.fallback_share, *relative,
-    )
+    log.info("%s: %d crops, %d skipped, %.1f %% fallback boxes (no face detected: the source's typical box was used)",
+             name, len(faces), len(problems), 100 * faces.fallback_share)
     return faces
 
 
@@ -239,7 +317,7 @@ def _cache_path(records: Sequence[Record], spec: Manifest, detector: DetectorSpe
         "pad": DETECT_PAD,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{name}-{spec.input.height}px-m{spec.crop.margin:g}-{detector.kind}-{key}.npz"
+    return Path(cache_dir) / "crops" / f"{name}-{spec.input.height}px-m{spec.crop.margin:g}-s{spec.crop.shift_y:g}-{detector.kind}-{key}.npz"
 
 
 def _save(path: Path, faces: FaceSet) -> None:
@@ -252,6 +330,7 @@ def _save(path: Path, faces: FaceSet) -> None:
             ages=faces.ages,
             files=np.array(faces.files, dtype=str),
             fallback=faces.fallback,
+            sources=np.array([str(x) for x in faces.sources], dtype=str),
             problems=np.array(json.dumps([[p.file, p.problem] for p in faces.problems])),
         )
     os.replace(tmp, path)
@@ -264,5 +343,6 @@ def _load(path: Path) -> FaceSet:
             ages=z["ages"],
             files=[str(f) for f in z["files"]],
             fallback=z["fallback"],
+            sources=np.array([str(x) for x in z["sources"]], dtype=object),
             problems=[Problem(f, p) for f, p in json.loads(str(z["problems"]))],
         )

@@ -4,12 +4,14 @@ The story of a run:
 
 1. Settle the settings: a new run writes ``config.json``; ``--resume`` reads it back.
 2. Pick the strategy for this machine (CPU, GPUs or a cluster) and fix the seeds.
-3. Read the data folder, split it, and cut every face the way the till will
-   (cached, so this happens once per run and split).
-4. Learn the age normalisation from the training split (new runs only).
+3. Read the data folders (sources), each with its own split, and cut every face the way
+   the till will (cached, so each photo is searched once across runs and commands).
+4. Learn the age normalisation from the training split (new runs only; a pretrained
+   face-age model answers years itself).
 5. Build and compile the model, or restore the latest checkpoint with its optimizer.
-6. Fit, saving a checkpoint after every epoch, the best model by validation MAE, and a
-   row of ``history.csv``; stop early if asked to, and say how to continue.
+6. Fit, with faces drawn so that age bands are balanced, saving a checkpoint after every
+   epoch, the best model by validation MAE, and a row of ``history.csv``; stop early if
+   asked to, and say how to continue. ``--resume --epochs N`` extends a finished run.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ import keras
 import numpy as np
 
 from . import pipeline
-from .data import limit_per_split, read_data, split_counts
+from .data import read_sources, records_of, split_counts
 from .distribute import choose_strategy
-from .faces import FaceSet, prepare_faces
+from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import build_model, compile_model
-from .run import FitConfig, RunDir, serving_manifest, write_json
+from .run import PRETRAINED, FitConfig, RunDir, serving_manifest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,25 @@ class RunError(Exception):
     """A run that cannot start or continue; the message says why and what to do."""
 
 
-def fit(config: FitConfig | None, run_dir: str | Path, resume: bool = False, max_epochs_this_run: int | None = None, verbose: int | None = None) -> FitResult:
+def fit(
+    config: FitConfig | None, run_dir: str | Path, resume: bool = False, max_epochs_this_run: int | None = None,
+    verbose: int | None = None, epochs: int | None = None, cache_dir: Path | None = None,
+) -> FitResult:
+    """Train a new run, or continue one (``resume``; ``epochs`` then extends it to that many)."""
     run = RunDir(run_dir)
+    cache_dir = cache_dir or default_cache_dir()
 
     # 1. Settings.
     if resume:
         config = run.load_config()
         saved = run.saved_epochs()
         initial_epoch = saved[-1] if saved else 0
+        if epochs is not None and epochs != config.epochs:
+            if epochs < initial_epoch:
+                raise RunError(f"--epochs {epochs}: the run already has {initial_epoch} epochs")
+            log.info("extending %s from %d to %d epochs (the learning-rate schedule restarts its decay over the new epochs)", run.path, config.epochs, epochs)
+            config.epochs = epochs
+            run.save_config(config)
         log.info("resuming %s from epoch %d of %d", run.path, initial_epoch, config.epochs)
     else:
         if config is None:
@@ -74,6 +87,8 @@ def fit(config: FitConfig | None, run_dir: str | Path, resume: bool = False, max
         config.check()
         config.learning_rate = config.lr  # record the default that applies
         initial_epoch = 0
+        if config.epochs == 0:
+            return _as_published(config, run)
     if initial_epoch >= config.epochs:
         log.info("%s already finished its %d epochs; nothing to do", run.path, config.epochs)
         return FitResult(run, None, initial_epoch, config.epochs, *_best_so_far(run.history))
@@ -84,38 +99,45 @@ def fit(config: FitConfig | None, run_dir: str | Path, resume: bool = False, max
     out = run if plan.chief else RunDir(tempfile.mkdtemp(prefix="agegate-worker-"))
 
     # 3. Data and face crops.
-    data = read_data(config.data, seed=config.seed)
-    records = limit_per_split(data.records, config.limit, config.seed)
+    sources = read_sources(config.data, seed=config.seed)
+    records = records_of(sources, config.limit, config.seed)
     if not resume:
-        config.data = str(Path(config.data).resolve())
-        config.data_description, config.data_licence, config.data_source = data.description, data.licence, data.source
+        config.data = [str(s.folder) for s in sources]
+        config.data_description = "; ".join(f"{s.name}: {s.description}" for s in sources)
+        config.data_licence = "; ".join(f"{s.name}: {s.licence or 'not stated in its README'}" for s in sources)
+        config.data_source = ", ".join(sorted({s.source for s in sources}))
     train_records = [r for r in records if r.split == "train"]
     if not train_records or not any(r.split == "val" for r in records):
-        raise RunError(f"{config.data}: need faces in both the train and val splits, have {split_counts(records)}")
+        raise RunError(f"{', '.join(config.data)}: need faces in both the train and val splits, have {split_counts(records)}")
 
-    # 4. Age normalisation, from the training labels (set once per run).
+    # 4. Age normalisation, from the training labels (set once per run). The pretrained
+    # face-age network answers years already: its output is used as it is.
     if config.target_offset is None:
-        ages = np.array([r.age for r in train_records])
-        config.target_offset = round(float(ages.mean()), 3)
-        config.target_scale = round(max(float(ages.std()), 1.0), 3)
+        if config.backbone == PRETRAINED:
+            config.target_offset, config.target_scale = 0.0, 1.0
+        else:
+            ages = np.array([r.age for r in train_records])
+            config.target_offset = round(float(ages.mean()), 3)
+            config.target_scale = round(max(float(ages.std()), 1.0), 3)
     if plan.chief:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
 
     spec = serving_manifest(config)
     faces = {
-        split: prepare_faces([r for r in records if r.split == split], spec, config.detector_spec, out.cache, name=split)
+        split: prepare_faces([r for r in records if r.split == split], spec, config.detector_spec, cache_dir, name=split)
         for split in ("train", "val")
     }
     if plan.chief:
-        _write_data_report(run, data, records, faces)
+        _write_data_report(run, sources, records, faces)
     train, val = faces["train"], faces["val"]
 
     def target(fs: FaceSet) -> np.ndarray:
         return (fs.ages - config.target_offset) / config.target_scale
 
     # 5. Model: fresh, or the latest checkpoint with its optimizer state.
-    steps = pipeline.steps(len(train), config.batch_size)
+    epoch_size = config.epoch_size or len(train)
+    steps = pipeline.steps(epoch_size, config.batch_size)
     with strategy.scope():
         if initial_epoch:
             model = keras.models.load_model(run.checkpoint(initial_epoch))
@@ -123,8 +145,8 @@ def fit(config: FitConfig | None, run_dir: str | Path, resume: bool = False, max
         else:
             model = build_model(config, weights=config.weights)
             compile_model(model, config, steps)
-            log.info("built %s: %s parameters, input %dx%d, %s", model.name, f"{model.count_params():,}", config.image_size, config.image_size,
-                     f"ImageNet weights from {config.weights}" if config.weights else "trained from scratch")
+            start = "dlib's CC0 face-age weights" if config.backbone == PRETRAINED else f"ImageNet weights from {config.weights}" if config.weights else "trained from scratch"
+            log.info("built %s: %s parameters, input %dx%d, %s", model.name, f"{model.count_params():,}", config.image_size, config.image_size, start)
 
     # 6. Fit.
     _trim_history(run.history, initial_epoch)
@@ -138,9 +160,11 @@ def fit(config: FitConfig | None, run_dir: str | Path, resume: bool = False, max
     if max_epochs_this_run:
         callbacks.append(StopAfter(max_epochs_this_run))
     if initial_epoch < config.epochs:
-        log.info("fitting epochs %d-%d: %d train faces in %d batches of %d, %d val faces", initial_epoch + 1, config.epochs, len(train), steps, config.batch_size, len(val))
+        weights = pipeline.band_balance_weights(train.ages, config.balance) if config.balance else None
+        log.info("fitting epochs %d-%d: %d faces drawn from %d train faces (age bands balanced with power %g) in %d batches of %d, %d val faces",
+                 initial_epoch + 1, config.epochs, epoch_size, len(train), config.balance, steps, config.batch_size, len(val))
         model.fit(
-            pipeline.training_batches(train.images, target(train), config.batch_size, config.seed, initial_epoch, config.epochs),
+            pipeline.training_batches(train.images, target(train), config.batch_size, config.seed, initial_epoch, config.epochs, weights, epoch_size),
             validation_data=pipeline.evaluation_batches(val.images, target(val), config.batch_size),
             initial_epoch=initial_epoch,
             epochs=config.epochs,
@@ -157,6 +181,26 @@ def fit(config: FitConfig | None, run_dir: str | Path, resume: bool = False, max
     else:
         log.info("stopped after epoch %d of %d; continue with: agegate-train fit --resume --out %s", done, config.epochs, run.path)
     return result
+
+
+def _as_published(config: FitConfig, run: RunDir) -> FitResult:
+    """A run of no epochs: the pretrained face-age network exactly as published (its CC0 weights).
+
+    Nothing is learnt from the data folders; they are recorded only as the faces that
+    ``eval`` and ``agegate-export`` measure it on. This is how a bundle free of any
+    non-commercial training data is made.
+    """
+    sources = read_sources(config.data, seed=config.seed)
+    config.data = [str(s.folder) for s in sources]
+    config.data_description = "none: the published CC0 weights, not trained further (data folders used only to measure it)"
+    config.data_licence = ""
+    config.target_offset, config.target_scale = 0.0, 1.0
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(config)
+    model = build_model(config)
+    _save_atomically(model, run.model)
+    log.info("%s: dlib's CC0 age network as published, saved as %s (no epochs: nothing learnt from the data)", run.path, run.model)
+    return FitResult(run, model, 0, 0, None, None)
 
 
 # --- Callbacks -------------------------------------------------------------------------
@@ -259,18 +303,28 @@ def _best_so_far(path: Path) -> tuple[int | None, float | None]:
     return int(best["epoch"]), best[MONITOR]
 
 
-def _write_data_report(run: RunDir, data, records, faces: dict[str, FaceSet]) -> None:
+def _write_data_report(run: RunDir, sources, records, faces: dict[str, FaceSet]) -> None:
     write_json(
         run.data_report,
         {
-            "data": str(data.folder),
-            "source": data.source,
-            "splits_from": "splits.csv" if data.has_splits else "seeded split stratified by age band (and person, when given)",
-            "licence": data.licence,
-            "faces_per_split_and_band": split_counts(records),
-            "skipped_entries": [dataclasses.asdict(p) for p in data.problems],
+            "sources": {
+                s.name: {
+                    "data": str(s.folder),
+                    "labels": s.source,
+                    "splits_from": "splits.csv" if s.has_splits else "seeded split stratified by age band (and person, when given)",
+                    "licence": s.licence,
+                    "faces_per_split_and_band": split_counts([r for r in records if r.source == s.name]),
+                    "skipped_entries": [dataclasses.asdict(p) for p in s.problems],
+                }
+                for s in sources
+            },
             "crops": {
-                split: {"faces": len(fs), "fallback_share": fs.fallback_share, "skipped": [dataclasses.asdict(p) for p in fs.problems]}
+                split: {
+                    "faces": len(fs),
+                    "fallback_share": fs.fallback_share,
+                    "fallback_share_by_source": {name: float(fs.fallback[mask].mean()) for name, mask in fs.by_source().items()},
+                    "skipped": [dataclasses.asdict(p) for p in fs.problems],
+                }
                 for split, fs in faces.items()
             },
         },

@@ -27,7 +27,9 @@ BAND_NAMES = tuple(name for name, _, _ in BANDS)
 
 CHALLENGE_AGE = 25.0
 MINOR_AGE = 18.0  # under this: must be flagged
+TEEN_AGE = 13.0  # 13-17: the teenagers who actually try to buy alcohol
 FALSE_ALARM_AGE = 30.0  # this or older and flagged: a false alarm
+CALIBRATION_TARGET = 0.99  # share of under-18s a calibrated threshold flags
 DECISION_RANGE = (15.0, 36.0)  # "ages 15-35": 15 <= age < 36
 CURVE_THRESHOLDS = tuple(float(t) for t in range(14, 41))
 
@@ -57,13 +59,41 @@ def flagged_share(true: np.ndarray, pred: np.ndarray, threshold: float) -> dict[
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     flagged = pred < threshold
     minors, adults = true < MINOR_AGE, true >= FALSE_ALARM_AGE
+    teens = (true >= TEEN_AGE) & minors
     return {
         "threshold": float(threshold),
         "under18_n": int(minors.sum()),
         "under18_flagged": float(flagged[minors].mean()) if minors.any() else None,
+        "teen_n": int(teens.sum()),
+        "teen_flagged": float(flagged[teens].mean()) if teens.any() else None,
         "over30_n": int(adults.sum()),
         "over30_flagged": float(flagged[adults].mean()) if adults.any() else None,
     }
+
+
+def calibrated_threshold(true: np.ndarray, pred: np.ndarray, target: float = CALIBRATION_TARGET) -> dict[str, Any] | None:
+    """The lowest estimate threshold that flags ``target`` of the under-18s, and what it costs.
+
+    Rounded up to a tenth of a year; :func:`flagged_share` at that threshold (the adults
+    flagged are the cost). None when there are no under-18s to calibrate on.
+    """
+    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    minors = pred[true < MINOR_AGE]
+    if not minors.size:
+        return None
+    ranked = np.sort(minors)
+    k = int(np.ceil(target * minors.size)) - 1  # the k+1 lowest estimates must be under the threshold
+    threshold = float(np.floor(ranked[k] * 10) / 10 + 0.1)  # the next tenth strictly above it
+    return {"target": float(target), **flagged_share(true, pred, threshold)}
+
+
+MIN_SPREAD = 1.0  # years: predictions spread less than this are a constant model
+
+
+def constant_predictions(pred: np.ndarray) -> bool:
+    """Whether a model answers (nearly) the same age whatever the face: it has learnt nothing."""
+    pred = np.asarray(pred, dtype=np.float64)
+    return bool(pred.size > 1 and (not np.all(np.isfinite(pred)) or float(np.std(pred)) < MIN_SPREAD))
 
 
 def threshold_curve(true: np.ndarray, pred: np.ndarray, thresholds: Iterable[float] = CURVE_THRESHOLDS) -> list[dict[str, Any]]:
@@ -87,6 +117,15 @@ def summarise(true: np.ndarray, pred: np.ndarray, challenge_age: float = CHALLEN
     }
 
 
+def summarise_sources(true: np.ndarray, pred: np.ndarray, sources: np.ndarray, challenge_age: float = CHALLENGE_AGE) -> dict[str, Any]:
+    """:func:`summarise` of all faces pooled, plus ``sources``: the same for each source on its own."""
+    sources = np.asarray(sources, dtype=object)
+    result = summarise(true, pred, challenge_age)
+    names = list(dict.fromkeys(str(s) for s in sources))
+    result["sources"] = {n: summarise(np.asarray(true)[sources == n], np.asarray(pred)[sources == n], challenge_age) for n in names}
+    return result
+
+
 def headline(summary: dict[str, Any]) -> str:
     """One line for logs: MAE and the challenge figures."""
     c = summary["challenge"]
@@ -99,5 +138,6 @@ def headline(summary: dict[str, Any]) -> str:
 
     return (
         f"MAE {years(summary['mae'])} y (15-35: {years(summary['mae_15_35'])} y) on {summary['n']} faces; "
-        f"at {c['threshold']:g}: under-18s flagged {pct(c['under18_flagged'])}, 30+ flagged {pct(c['over30_flagged'])}"
+        f"at {c['threshold']:g}: under-18s flagged {pct(c['under18_flagged'])} (13-17: {pct(c.get('teen_flagged'))}), "
+        f"30+ flagged {pct(c['over30_flagged'])}"
     )

@@ -90,8 +90,19 @@ def backbone(name: str, image_size: int, weights: str | None) -> tuple[keras.Mod
     raise ValueError(f"unknown backbone {name!r}")
 
 
-def build_model(config: FitConfig, weights: str | None = None) -> keras.Model:
-    """Backbone, global average pooling, dropout and a linear output (float32 even under mixed precision)."""
+def build_model(config: FitConfig, weights: str | None = None, pretrained: bool = True) -> keras.Model:
+    """Backbone, global average pooling, dropout and a linear output (float32 even under mixed precision).
+
+    The face-age network (``dlibresnet10``) comes whole, with its own head, from its CC0
+    weights (``pretrained``; False only to rebuild the architecture for trained weights).
+    """
+    if config.backbone == "dlibresnet10":
+        from . import pretrained as dlib_net
+
+        model = dlib_net.build(config.dropout)
+        if pretrained:
+            dlib_net.load_onnx_weights(model)
+        return model
     inputs = keras.Input((config.image_size, config.image_size, 3), name="face_rgb")
     base, preprocess = backbone(config.backbone, config.image_size, weights)
     x = preprocess(inputs) if preprocess is not None else inputs
@@ -142,7 +153,7 @@ def load_inference_model(run: RunDir, path: Path | None = None) -> keras.Model:
     if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
         return model
     with float32_policy():
-        plain = build_model(run.load_config(), weights=None)
+        plain = build_model(run.load_config(), weights=None, pretrained=False)
     plain.set_weights(model.get_weights())
     return plain
 

@@ -12,7 +12,6 @@ Everything a run produces lives in one directory::
       metrics.json       `agegate-train eval`: the test figures
       predictions.csv    `agegate-train eval`: file, true age, predicted age
       plots/             learning curves, predicted vs true, error by band, threshold curve
-      cache/             the prepared face crops per split (.npz), reused by eval and export
 
 The serving half of the model bundle's manifest (input size, preprocessing, crop margin,
 output mapping) is derived from the config in one place, :func:`serving_manifest`, used
@@ -31,9 +30,12 @@ from typing import Any
 
 from agegate.edge.bundle import CropSpec, InputSpec, Manifest, OutputSpec, Preprocessing
 
+from agegate.edge.detectors import DEFAULT_KIND
+
 from .faces import DetectorSpec
 
-BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small")
+BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small", "dlibresnet10")
+PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), 64 px
 MAX_AGE = 120.0
 
 
@@ -41,12 +43,13 @@ MAX_AGE = 120.0
 class FitConfig:
     """The settings of one training run (``config.json``)."""
 
-    data: str
+    data: list[str]  # data folders (sources), each with its own split
     backbone: str = "resnet50"
     weights: str | None = None  # local ImageNet weights (.h5/.weights.h5, no top); None: from scratch
     image_size: int = 96
     margin: float = 0.1
-    detector: str = "haar"
+    shift_y: float = 0.0  # the crop's centre moved down by this fraction of the box side (see CropSpec)
+    detector: str = DEFAULT_KIND
     detector_model: str | None = None
     epochs: int = 15
     batch_size: int = 32
@@ -57,6 +60,8 @@ class FitConfig:
     huber_delta: float = 5.0  # years: errors beyond this count linearly
     mixed_precision: str = "auto"  # auto: on with GPUs; on; off
     keep_checkpoints: int = 2
+    balance: float = 0.5  # sample faces with weight 1 / (faces in the band) ** balance; 0: as they come
+    epoch_size: int | None = None  # faces drawn per epoch (default: the training set's size)
     # Filled in when the run starts:
     target_offset: float | None = None  # age = raw * target_scale + target_offset
     target_scale: float | None = None
@@ -64,11 +69,21 @@ class FitConfig:
     data_licence: str = ""
     data_source: str = ""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):  # runs written before several sources were possible
+            self.data = [str(self.data)]
+        self.data = [str(d) for d in self.data]
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the run starts from trained weights (ImageNet, or the face-age weights)."""
+        return bool(self.weights) or self.backbone == PRETRAINED
+
     @property
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 1e-4 if self.weights else 1e-3
+        return 1e-4 if self.pretrained else 1e-3
 
     @property
     def detector_spec(self) -> DetectorSpec:
@@ -80,11 +95,13 @@ class FitConfig:
             raise ValueError(f"--backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
         if not 32 <= self.image_size <= 512:
             raise ValueError(f"--image-size {self.image_size}: must be 32-512 pixels")
-        if not 0.0 <= self.margin <= 1.0:
-            raise ValueError(f"--margin {self.margin}: must be 0-1")
+        if not -0.4 <= self.margin <= 1.0:
+            raise ValueError(f"--margin {self.margin}: must be -0.4 to 1")
+        if not -0.5 <= self.shift_y <= 0.5:
+            raise ValueError(f"--shift-y {self.shift_y}: must be -0.5 to 0.5")
         for name in ("epochs", "batch_size", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+            if getattr(self, name) < 1 and not (name == "epochs" and self.epochs == 0 and self.backbone == PRETRAINED):
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1" + (f" (0 only with --backbone {PRETRAINED}: its weights as published)" if name == "epochs" else ""))
         if self.limit is not None and self.limit < 2:
             raise ValueError("--limit must be at least 2")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
@@ -93,6 +110,12 @@ class FitConfig:
             raise ValueError("--mixed-precision must be auto, on or off")
         if self.weights and not Path(self.weights).is_file():
             raise ValueError(f"--weights {self.weights}: no such file (weights are never downloaded)")
+        if self.backbone == PRETRAINED and (self.image_size != 64 or self.weights):
+            raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights at 64 px: drop --weights and use --image-size 64")
+        if not 0.0 <= self.balance <= 1.0:
+            raise ValueError(f"--balance {self.balance}: must be 0-1")
+        if self.epoch_size is not None and self.epoch_size < self.batch_size:
+            raise ValueError(f"--epoch-size {self.epoch_size}: must be at least the batch size")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,7 +142,7 @@ def serving_manifest(config: FitConfig) -> Manifest:
         sha256="0" * 64,
         input=InputSpec(height=config.image_size, width=config.image_size, color="RGB"),
         preprocessing=Preprocessing(scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
-        crop=CropSpec(margin=config.margin),
+        crop=CropSpec(margin=config.margin, shift_y=config.shift_y),
         output=OutputSpec(scale=config.target_scale, offset=config.target_offset, min_age=0.0, max_age=MAX_AGE),
     )
 

@@ -1,8 +1,8 @@
 """The YuNet face detector (OpenCV Zoo, MIT licence): a small CNN run by OpenCV's DNN module.
 
 Better than Haar on turned, small and badly lit faces, at a few milliseconds a frame on
-a till PC. The model (``face_detection_yunet_*.onnx``) is not shipped with agegate; its
-path is configured. Scores are confidences in [0, 1]; faces under ``score_threshold``
+a till PC. The model (``models/face_detection_yunet_2026may.onnx``, MIT) ships with
+agegate; another file can be configured. Scores are confidences in [0, 1]; faces under ``score_threshold``
 or with a shorter side under ``min_face_px`` are dropped, and boxes are clipped to the frame.
 
 Threading: not thread-safe (the network keeps its input size and buffers); one
