@@ -24,9 +24,25 @@ from typing import Sequence
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _floor_options(p: argparse.ArgumentParser) -> None:
+    """The quality floors, as a till applies them (its AGEGATE_MODEL_* settings), with the same defaults."""
     from agegate.edge.bundle import QualityFloors
 
+    floors = QualityFloors()
+    p.add_argument("--min-under18-flagged", type=float, default=floors.min_under18_flagged, metavar="SHARE",
+                   help=f"quality floor: the least share of under-18s flagged on the validation faces (default {floors.min_under18_flagged:g})")
+    p.add_argument("--max-mae", type=float, default=floors.max_mae, metavar="YEARS", help=f"quality floor: the largest validation MAE (default {floors.max_mae:g})")
+    p.add_argument("--min-spread", type=float, default=floors.min_prediction_spread, metavar="YEARS",
+                   help=f"quality floor: the least spread of the estimates; a constant model has none (default {floors.min_prediction_spread:g})")
+
+
+def _floors(args: argparse.Namespace):
+    from agegate.edge.bundle import QualityFloors
+
+    return QualityFloors(min_under18_flagged=args.min_under18_flagged, max_mae=args.max_mae, min_prediction_spread=args.min_spread)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agegate-export", description="Export agegate age models as bundles for the till.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -49,16 +65,12 @@ def _parser() -> argparse.ArgumentParser:
                         "repeatable. For bundles shipped where the data's licence forbids copying its faces")
     c.add_argument("--golden-tolerance", type=float, default=1.0, metavar="YEARS", help="self-test tolerance written to the manifest (default 1)")
     c.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (PEM): sign every bundle written")
-    floors = QualityFloors()
-    c.add_argument("--min-under18-flagged", type=float, default=floors.min_under18_flagged, metavar="SHARE",
-                   help=f"quality floor: refuse a variant that flags fewer under-18s on the validation faces (default {floors.min_under18_flagged:g})")
-    c.add_argument("--max-mae", type=float, default=floors.max_mae, metavar="YEARS", help=f"quality floor: refuse a validation MAE above this (default {floors.max_mae:g})")
-    c.add_argument("--min-spread", type=float, default=floors.min_prediction_spread, metavar="YEARS",
-                   help=f"quality floor: refuse a model whose estimates spread less than this (a constant model; default {floors.min_prediction_spread:g})")
+    _floor_options(c)
 
     v = sub.add_parser("verify", help="re-check a bundle as a till would: hashes, signature, model, self-test")
     v.add_argument("bundle", metavar="BUNDLE")
     v.add_argument("--public-key", metavar="PUB", help="also check signature.ed25519 against this Ed25519 public key (PEM)")
+    _floor_options(v)
     v.add_argument("--data", nargs="+", help="also re-measure the test figures on these data folders (one or more of the sources it was measured on) and compare with the manifest")
 
     k = sub.add_parser("keygen", help="create an Ed25519 key pair for signing bundles")
@@ -68,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sign", help="sign a bundle (after checking it loads)")
     s.add_argument("bundle", metavar="BUNDLE")
     s.add_argument("--key", required=True, metavar="KEY", help="Ed25519 private key (PEM)")
+    _floor_options(s)
     return p
 
 
@@ -90,7 +103,7 @@ def _convert(args: argparse.Namespace) -> int:
             args.run, args.out, variants, args.data, args.tolerance, args.name, args.version, args.limit,
             args.calibration_size, args.threads, args.challenge_age, args.overwrite,
             args.golden_faces, args.golden_tolerance, args.sign_key, args.golden_image,
-            QualityFloors(min_under18_flagged=args.min_under18_flagged, max_mae=args.max_mae, min_prediction_spread=args.min_spread),
+            _floors(args),
         )  # fmt: skip
     except (ExportError, DataError, BundleError, ValueError, FileNotFoundError) as exc:
         print(f"agegate-export convert: error: {exc}", file=sys.stderr)
@@ -110,9 +123,9 @@ def _verify(args: argparse.Namespace) -> int:
     from .verify import VerifyError, verify
 
     try:
-        for line in verify(args.bundle, args.data, args.public_key):
+        for line in verify(args.bundle, args.data, args.public_key, _floors(args)):
             print(f"ok: {line}")
-    except VerifyError as exc:
+    except (VerifyError, ValueError) as exc:
         print(f"agegate-export verify: FAILED: {exc}", file=sys.stderr)
         return 1
     print(f"{args.bundle}: verified")
@@ -142,7 +155,7 @@ def _sign(args: argparse.Namespace) -> int:
     from .verify import VerifyError, verify
 
     try:
-        verify(args.bundle)  # never sign a bundle a till would refuse
+        verify(args.bundle, floors=_floors(args))  # never sign a bundle a till would refuse
         key = load_private_key(Path(args.key))
     except (VerifyError, OSError, ValueError) as exc:
         print(f"agegate-export sign: error: {exc}", file=sys.stderr)

@@ -7,11 +7,12 @@ Checks, in order, stopping at the first failure:
 3. the model loads in the till's own :class:`~agegate.edge.age_model.AgeModel`, with the
    input shape the manifest states;
 4. the till's self-test: the golden faces come back with the ages recorded at export;
-5. it answers a finite age within the manifest's range for a few synthetic faces;
-6. with ``data``: it reproduces the MAE its manifest records, on the same test faces
+5. its recorded validation figures clear the quality floors (a till's defaults unless given);
+6. it answers a finite age within the manifest's range for a few synthetic faces;
+7. with ``data``: it reproduces the MAE its manifest records on each source's test faces
    (cut by the detector and margin the manifest names).
 
-Steps 1-4 are exactly what a till checks before it takes a bundle into service.
+Steps 1-5 are exactly what a till checks before it installs a delivered bundle.
 
 Needs no TensorFlow: the till's own dependencies are enough.
 """
@@ -45,7 +46,7 @@ def probe_faces(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.stack([grey, ramp, noise])
 
 
-def verify(path: str | Path, data: str | Path | None = None, public_key: str | Path | None = None) -> list[str]:
+def verify(path: str | Path, data=None, public_key: str | Path | None = None, floors: QualityFloors = QualityFloors()) -> list[str]:
     """The checks passed, one line each; raises VerifyError at the first that fails."""
     passed: list[str] = []
     try:
@@ -73,12 +74,12 @@ def verify(path: str | Path, data: str | Path | None = None, public_key: str | P
         raise VerifyError(str(exc)) from None
     assert m.self_test is not None
     passed.append(f"self-test: {m.self_test.faces} golden faces give their recorded ages within {m.self_test.tolerance:g} years")
-    problems = quality_problems(m, QualityFloors())
+    problems = quality_problems(m, floors)
     if problems:
-        raise VerifyError(f"{path}: below the default quality floors a till applies: {'; '.join(problems)}")
+        raise VerifyError(f"{path}: below the quality floors a till applies: {'; '.join(problems)}")
     assert m.validation is not None
     v = m.validation
-    passed.append(f"validation figures clear the default floors: MAE {v.mae:.2f} on {v.faces} faces; under-18s flagged at {v.at_challenge.threshold:g}: "
+    passed.append(f"validation figures clear the quality floors: MAE {v.mae:.2f} on {v.faces} faces; under-18s flagged at {v.at_challenge.threshold:g}: "
                   f"{100 * (v.at_challenge.under18_flagged or 0):.1f} %; 30+ flagged {100 * (v.at_challenge.over30_flagged or 0):.1f} %")
     ages = model.predict_prepared(probe_faces(m.input.height, m.input.width))
     if not np.all(np.isfinite(ages)) or np.any(ages < m.output.min_age) or np.any(ages > m.output.max_age):

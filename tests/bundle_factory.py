@@ -26,6 +26,22 @@ def _dense_model(size: int, weight: float, bias: float) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(dense_keras(size, weight, bias)).convert()
 
 
+def stand_in_validation(calibrated_threshold: float = 28.0, **changes) -> dict:
+    """Validation figures a test bundle *declares*, clearing the default quality floors.
+
+    A constant test model has no real figures; tests that are not about model quality give
+    it these so that a till installs it. Tests of the quality gate pass real or failing ones.
+    """
+    figures = {
+        "split": "val", "faces": 100, "challenge_age": 25.0, "mae": 5.0, "prediction_spread": 12.0,
+        "at_challenge": {"threshold": 25.0, "under18_flagged": 0.97, "teen_flagged": 0.95, "over30_flagged": 0.08},
+        "calibrated": {"target": 0.99, "threshold": calibrated_threshold, "under18_flagged": 0.99, "teen_flagged": 0.99,
+                       "over30_flagged": 0.15},
+    }  # fmt: skip
+    figures.update(changes)
+    return figures
+
+
 def _write(path: Path, tflite: bytes, name: str, version: str, data: str, size: int,
            golden_ages: float | None = None, **fields) -> Path:
     from agegate.edge.bundle import write_bundle
@@ -40,17 +56,20 @@ def _write(path: Path, tflite: bytes, name: str, version: str, data: str, size: 
 
 
 def make_constant_bundle(path: Path, age: float, size: int = 32, name: str | None = None, version: str = "test",
-                         golden: bool = False, golden_age: float | None = None, model_size: int | None = None) -> Path:
+                         golden: bool = False, golden_age: float | None = None, model_size: int | None = None,
+                         validation: dict | None | str = "stand-in") -> Path:
     """A bundle whose model answers ``age`` for any face (weights zero, bias ``age``).
 
     ``golden`` packs self-test faces recorded at ``golden_age`` (default: the true answer);
-    ``model_size`` builds the model for another input size than the manifest says.
+    ``model_size`` builds the model for another input size than the manifest says;
+    ``validation`` is what the manifest records (:func:`stand_in_validation` by default, None: nothing).
     """
     tflite = _dense_model(model_size or size, 0.0, age)
+    figures = stand_in_validation() if validation == "stand-in" else validation
     return _write(path, tflite, name or f"test-constant-{age:g}", version,
                   "none (test model that always answers one age)", size,
                   golden_ages=(golden_age if golden_age is not None else age) if golden else None,
-                  crop={"margin": 0.2})
+                  crop={"margin": 0.2}, **({"validation": figures} if figures is not None else {}))
 
 
 def make_brightness_bundle(path: Path, size: int = 32) -> Path:

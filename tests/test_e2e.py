@@ -69,7 +69,7 @@ def test_young_face_over_http_and_mqtt(run_daemon, broker, face_video, constant_
     first = next(a for a in alerts if a["transaction_id"] == "T1" and a["type"] == "age_check_required")
     assert first["event_id"] == answer["alert_event_id"]
     assert first["store_id"] == "store-7" and first["till_id"] == "till-3" and first["likely_minor"] is True
-    assert first["thresholds"] == {"challenge_age": 25.0, "legal_age": 18.0}
+    assert first["thresholds"] == {"challenge_age": 25.0, "legal_age": 18.0, "estimate_threshold": None, "calibrated": False}
     assert len(first["model"]["sha256"]) == 64
     summaries = {s["transaction_id"]: s for s in sub.on("transactions")}
     assert summaries["T1"]["age_band"] == "13-17" and summaries["T1"]["items"] == 2
@@ -159,3 +159,31 @@ def test_openapi_schema_describes_the_pos_api(run_daemon, face_video, constant_b
     assert body["$ref"].endswith("/PosMessage")
     assert set(spec["components"]["schemas"]["PosMessage"]["properties"]["type"]["enum"]) == {
         "transaction_start", "item", "id_checked", "transaction_end"}
+
+
+def test_the_calibrated_threshold_setting_changes_a_real_decision(run_daemon, broker, face_video, tmp_path):
+    """A model that estimates 27 for this face, whose manifest records that it flags 99 % of
+    under-18s only below 29.5: at the challenge age 25 the sale is clear; told to use the
+    model's calibrated threshold, the same till asks for ID. Its status says which is in use."""
+    from bundle_factory import make_constant_bundle, stand_in_validation
+
+    bundle = make_constant_bundle(tmp_path / "age27", 27, validation=stand_in_validation(calibrated_threshold=29.5))
+    sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
+    plain = run_daemon(face_video, bundle, wait_for_face=True)
+    assert plain.pos("item", "P1", restricted=True).json()["decision"] == "clear"
+    assert plain.status()["thresholds"] == {"challenge_age": 25.0, "legal_age": 18.0, "estimate_threshold": None, "calibrated": False}
+    plain.stop()
+
+    calibrated = run_daemon(face_video, bundle, wait_for_face=True, decision_threshold="calibrated")
+    answer = calibrated.pos("item", "C1", restricted=True).json()
+    assert answer["decision"] == "age_check_required" and answer["check_id"] is True and answer["likely_minor"] is False
+    assert answer["thresholds"]["estimate_threshold"] == 29.5 and answer["thresholds"]["calibrated"] is True
+    alert = sub.wait_for(lambda m: [p for t, p in m if p.get("event_id") == answer["alert_event_id"]])[0]
+    assert "under 29.5, the model's calibrated threshold for the challenge age 25" in alert["reason"]
+    status = calibrated.status()
+    assert status["model"]["validation"]["calibrated"]["threshold"] == 29.5
+    # The retained status on the broker carries the figures and the threshold in use, valid against its schema.
+    online = sub.wait_for(lambda m: [p for _, p in m if p.get("state") == "online" and (p.get("thresholds") or {}).get("calibrated")])
+    assert online[0]["model_validation"]["at_challenge"]["under18_flagged"] == 0.97
+    jsonschema.validate(online[0], SCHEMAS["status"])
+    sub.close()

@@ -17,13 +17,17 @@ from agegate.edge.bundle import load_bundle
 from agegate.edge.detectors import create_detector
 from agegate.export.cli import main
 from agegate.training import metrics
-from agegate.training.data import read_data
+from agegate.training.data import read_sources
 from agegate.training.faces import find_face
 from agegate.training.run import RunDir, serving_manifest
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 pytestmark = pytest.mark.slow
+
+# A 2-epoch model on 48 faces is far from the default quality floors; these let it through, to
+# test everything else. The floors themselves are tested on a constant model below.
+LOW_FLOORS = ["--min-under18-flagged", "0", "--max-mae", "100", "--min-spread", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def exported(run, keys, tmp_path_factory):
     can be years off here: the tolerance is wide for this fixture (the refusal test uses a strict one)."""
     out = tmp_path_factory.mktemp("bundles")
     code = main(["convert", str(run), "--out", str(out), "--limit", "48", "--tolerance", "100", "--calibration-size", "40",
-                 "--version", "t1", "--sign-key", str(keys / "signing.pem")])  # fmt: skip
+                 "--version", "t1", "--sign-key", str(keys / "signing.pem"), *LOW_FLOORS])  # fmt: skip
     assert code == 0
     return out
 
@@ -75,7 +79,11 @@ def test_all_four_variants_are_written_with_a_manifest_describing_them(run, expo
         assert (m.input.height, m.input.width, m.input.color) == (32, 32, "RGB")
         assert m.preprocessing == spec.preprocessing and (m.preprocessing.scale, m.preprocessing.mean) == (1.0, (0.0, 0.0, 0.0))
         assert m.crop.margin == config.margin and (m.output.scale, m.output.offset) == (config.target_scale, config.target_offset)
-        assert m.training.licence.startswith("non-commercial research purposes only")
+        assert "utkface-part1: non-commercial research purposes only" in m.training.licence
+        assert m.training.data.startswith("utkface-part1: ") and "/" not in m.training.data.split("(labels:")[1]  # no machine's path
+        # Validation figures, measured on this very file: what a till shows, uses and checks.
+        assert m.validation.faces == 48 and m.validation.split == "val" and m.validation.prediction_spread > 0
+        assert m.validation.calibrated.under18_flagged >= 0.99 and set(m.validation.sources) == {"utkface-part1"}
         extra = m.training.model_extra
         assert extra["backbone"] == "resnet50" and extra["epochs"] == 2 and extra["image_size"] == 32 and extra["run"]["seed"] == config.seed
         assert m.metrics["n"] == 48 and set(m.metrics["mae_by_band"]) == set(metrics.BAND_NAMES)
@@ -110,8 +118,8 @@ def test_the_daemon_loads_the_bundle_and_gives_the_measured_ages(run, exported):
     """From the raw photo, as the till does: detector box -> AgeModel.estimate."""
     rows = {r["file_name"]: r for r in _predictions(exported)}
     config = RunDir(run).load_config()
-    paths = {r.file: r.path for r in read_data(config.data).records if r.file in rows}
-    detector = create_detector("haar")
+    paths = {r.file: r.path for s in read_sources(config.data) for r in s.records if r.file in rows}
+    detector = config.detector_spec.create()  # the run's, as the manifest records
     checked = 0
     for variant in ("float32", "int8"):
         model = AgeModel.from_dir(exported / variant)
@@ -127,6 +135,7 @@ def test_the_daemon_loads_the_bundle_and_gives_the_measured_ages(run, exported):
 
 
 def test_bundles_carry_golden_faces_and_a_till_takes_them_into_service(exported, keys, tmp_path):
+    from agegate.edge.bundle import QualityFloors
     from agegate.edge.model_store import ModelStore
     from agegate.edge.signing import load_public_key
 
@@ -138,15 +147,19 @@ def test_bundles_carry_golden_faces_and_a_till_takes_them_into_service(exported,
         measured = np.array([float(r[variant]) for r in rows.values()])
         assert all(np.min(np.abs(measured - age)) < 1e-3 for age in ages)  # the ages measured at export
         np.testing.assert_allclose(AgeModel(bundle).predict_prepared(faces), ages, atol=1e-4)
-    store = ModelStore(tmp_path / "till", public_key=load_public_key(keys / "signing.pub"))
+    store = ModelStore(tmp_path / "till", public_key=load_public_key(keys / "signing.pub"),
+                       floors=QualityFloors(min_under18_flagged=0, max_mae=100, min_prediction_spread=0))
     record = store.install(exported / "int8")
     assert record["variant"] == "int8" and record["sha256"] == load_bundle(exported / "int8").manifest.sha256
 
 
 def test_verify_accepts_a_good_bundle_and_catches_a_one_byte_change(exported, keys, tmp_path, capsys):
-    assert main(["verify", str(exported / "int8"), "--public-key", str(keys / "signing.pub")]) == 0
+    assert main(["verify", str(exported / "int8"), "--public-key", str(keys / "signing.pub"), *LOW_FLOORS]) == 0
     out = capsys.readouterr().out
     assert "matches sha256" in out and "signed by" in out and "loads in AgeModel" in out and "self-test: 16 golden faces" in out
+    assert "validation figures clear the quality floors" in out
+    assert main(["verify", str(exported / "int8"), "--public-key", str(keys / "signing.pub")]) == 1  # the default floors
+    assert "below the quality floors" in capsys.readouterr().err
     assert main(["verify", str(exported / "int8"), "--public-key", str(keys / "other.pub")]) == 1
     assert "signature does not match" in capsys.readouterr().err
 
@@ -157,11 +170,13 @@ def test_verify_accepts_a_good_bundle_and_catches_a_one_byte_change(exported, ke
     (tampered / "manifest.json").write_text(json.dumps(manifest))
     assert main(["verify", str(tampered), "--public-key", str(keys / "signing.pub")]) == 1
     assert "signature does not match" in capsys.readouterr().err
-    assert main(["sign", str(tampered), "--key", str(keys / "other.pem")]) == 0  # re-signed by someone else
-    assert main(["verify", str(tampered), "--public-key", str(keys / "other.pub")]) == 0
+    assert main(["sign", str(tampered), "--key", str(keys / "other.pem")]) == 1  # a till's default floors would refuse it
+    assert "below the quality floors" in capsys.readouterr().err
+    assert main(["sign", str(tampered), "--key", str(keys / "other.pem"), *LOW_FLOORS]) == 0  # re-signed by someone else
+    assert main(["verify", str(tampered), "--public-key", str(keys / "other.pub"), *LOW_FLOORS]) == 0
     capsys.readouterr()
 
-    assert main(["verify", str(exported / "float16"), "--data", str(UTKFACE)]) == 0
+    assert main(["verify", str(exported / "float16"), "--data", str(UTKFACE), *LOW_FLOORS]) == 0
     assert "reproduces its recorded test MAE" in capsys.readouterr().out
 
     broken = tmp_path / "broken"
@@ -179,15 +194,35 @@ def test_verify_accepts_a_good_bundle_and_catches_a_one_byte_change(exported, ke
 
 def test_a_variant_worse_than_keras_beyond_the_tolerance_is_refused(run, tmp_path, capsys):
     out = tmp_path / "strict"
-    assert main(["convert", str(run), "--out", str(out), "--variant", "float16", "--limit", "48", "--tolerance", "-1"]) == 1
+    assert main(["convert", str(run), "--out", str(out), "--variant", "float16", "--limit", "48", "--tolerance", "-1", *LOW_FLOORS]) == 1
     err = capsys.readouterr().err
-    assert "refused float16" in err and "by more than -1 years" in err
+    assert "refused float16" in err and "beyond the tolerance of -1" in err
     assert not (out / "float16").exists() and not list(out.glob(".*staging"))
     report = json.loads((out / "export-report.json").read_text())
     assert [r["status"] for r in report["models"]] == ["reference", "REFUSED"]
 
 
+def test_a_constant_model_is_refused_by_the_quality_floors(run, tmp_path, capsys):
+    """The run's model with its last layer zeroed: it answers one age for every face. It converts
+    faithfully (within the tolerance of its Keras model), and is refused for what it is."""
+    import keras
+
+    constant = tmp_path / "constant-run"
+    shutil.copytree(run, constant)
+    model = keras.models.load_model(constant / "model.keras", compile=False)
+    dense = model.get_layer("age")
+    dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    model.save(constant / "model.keras")
+    out = tmp_path / "constant"
+    assert main(["convert", str(constant), "--out", str(out), "--variant", "float16", "--limit", "48"]) == 1
+    err = capsys.readouterr().err
+    assert "refused float16" in err and "within the tolerance" in err and "hardly vary (spread 0.00 years" in err
+    assert not (out / "float16").exists()
+    report = json.loads((out / "export-report.json").read_text())
+    assert report["validation"]["float16"]["prediction_spread"] < 0.01 and "hardly vary" in report["refusals"]["float16"]
+
+
 def test_convert_will_not_overwrite_bundles_unasked(run, exported, capsys):
-    assert main(["convert", str(run), "--out", str(exported), "--variant", "int8", "--limit", "48"]) == 1
+    assert main(["convert", str(run), "--out", str(exported), "--variant", "int8", "--limit", "48", *LOW_FLOORS]) == 1
     assert "already exist" in capsys.readouterr().err
     assert load_bundle(exported / "int8")  # untouched

@@ -17,7 +17,7 @@ import pytest
 
 from agegate.edge.bundle import MODEL_FILE
 from agegate.edge.signing import generate_keypair, load_private_key, sign_bundle
-from bundle_factory import make_constant_bundle
+from bundle_factory import make_constant_bundle, stand_in_validation
 from daemon_helpers import DaemonProcess
 from mqtt_helpers import Subscriber
 
@@ -50,6 +50,15 @@ def bundles(tmp_path_factory, keys):
     out["self-test"] = make_constant_bundle(d / "self-test", 16, name="agegate-age", version="g", golden=True,
                                             golden_age=30)
     sign_bundle(out["self-test"], keys["private"])
+    # A model that answers 34.4 for every face, exported with what it truly scores on validation
+    # faces, signed: everything about it checks out except that it is no good.
+    constant = stand_in_validation(mae=11.3, prediction_spread=0.0,
+                                   at_challenge={"threshold": 25.0, "under18_flagged": 0.0, "teen_flagged": 0.0, "over30_flagged": 0.0},
+                                   calibrated={"target": 0.99, "threshold": 34.5, "under18_flagged": 1.0, "over30_flagged": 1.0})
+    out["constant"] = make_constant_bundle(d / "constant", 34.4, name="agegate-age", version="c", golden=True, validation=constant)
+    sign_bundle(out["constant"], keys["private"])
+    out["no-figures"] = make_constant_bundle(d / "no-figures", 16, name="agegate-age", version="n", golden=True, validation=None)
+    sign_bundle(out["no-figures"], keys["private"])
     flipped = d / "flipped"
     shutil.copytree(out["v2"], flipped)
     data = bytearray((flipped / MODEL_FILE).read_bytes())
@@ -124,6 +133,8 @@ def test_delivery_swap_reject_and_rollback(tmp_path, broker, face_video, bundles
             (bundles["unsigned"], "unsigned"),
             (bundles["wrong-key"], "signature does not match"),
             (bundles["wrong-shape"], "input shape"),
+            (bundles["constant"], "below the quality floors: it flags 0.0 % of under-18s"),
+            (bundles["no-figures"], "records no validation figures"),
             (bundles["self-test"], "self-test failed"),
         ]
         for entry, reason in expectations:
@@ -176,6 +187,22 @@ def test_cli_install_refuses_a_bad_bundle_with_its_reason(tmp_path, bundles, key
     assert r.returncode == 1 and "no previous model" in r.stderr
     r = cli(env, "status")
     assert "active:    none" in r.stdout and "unsigned" in r.stdout
+
+
+def test_the_quality_floors_are_the_tills_settings(tmp_path, bundles):
+    from agegate.edge.bundle import BundleError, QualityFloors
+    from agegate.edge.model_store import ModelStore
+
+    store = ModelStore(tmp_path / "state")  # the default floors
+    with pytest.raises(BundleError, match="hardly vary") as refused:
+        store.install(bundles["constant"])
+    assert "flags 0.0 % of under-18s" in str(refused.value) and "MAE is 11.30" in str(refused.value)
+    assert store.status()["active"] is None and "hardly vary" in store.status()["last_rejected"]["reason"]
+    # A retailer who lowers every floor (settings AGEGATE_MODEL_*) takes responsibility for what gets in.
+    lowered = ModelStore(tmp_path / "state", floors=QualityFloors(min_under18_flagged=0, max_mae=12, min_prediction_spread=0))
+    assert lowered.install(bundles["constant"])["version"] == "c"
+    with pytest.raises(BundleError, match="records no validation figures"):
+        lowered.install(bundles["no-figures"])
 
 
 def test_without_a_key_signatures_are_off_but_hashes_still_count(tmp_path, bundles, caplog):
