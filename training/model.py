@@ -21,6 +21,7 @@ from keras import layers, ops
 
 from agegate.edge.bundle import Manifest, normalise, to_age
 
+from . import pretrained as pretrained_net  # its layers are registered here, so its runs load
 from .run import FitConfig, RunDir
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,10 @@ def build_model(config: FitConfig, weights: str | None = None, pretrained: bool 
     The face-age network (``dlibresnet10``) comes whole, with its own head, from its CC0
     weights (``pretrained``; False only to rebuild the architecture for trained weights).
     """
-    if config.backbone == "dlibresnet10":
-        from . import pretrained as dlib_net
-
-        model = dlib_net.build(config.dropout)
+    if config.backbone == pretrained_net.BACKBONE:
+        model = pretrained_net.build(config.dropout)
         if pretrained:
-            dlib_net.load_onnx_weights(model)
+            pretrained_net.load_onnx_weights(model)
         return model
     inputs = keras.Input((config.image_size, config.image_size, 3), name="face_rgb")
     base, preprocess = backbone(config.backbone, config.image_size, weights)
@@ -128,6 +127,26 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
         loss=HuberLoss(delta=config.huber_delta / config.target_scale),
         metrics=[AgeMAE(scale=config.target_scale)],
     )
+
+
+@keras.saving.register_keras_serializable(package="agegate")
+class MirrorImage(layers.Layer):
+    """The face mirrored left-right, as a gather (a well-supported op in every TFLite variant)."""
+
+    def call(self, x):
+        width = x.shape[2]
+        return ops.take(x, ops.convert_to_tensor(list(range(width - 1, -1, -1)), dtype="int32"), axis=2)
+
+
+def with_mirror_average(model: keras.Model) -> keras.Model:
+    """The model answering the mean of its estimates for the face and its mirror image.
+
+    Test-time flip: the same weights run twice per face inside the exported graph, so the
+    till needs nothing new (and pays twice the inference time).
+    """
+    inputs = keras.Input(model.input_shape[1:], name="face_rgb")
+    both = layers.Average(name="mirror_average", dtype="float32")([model(inputs), model(MirrorImage(name="mirror")(inputs))])
+    return keras.Model(inputs, both, name=f"{model.name}_mirror_average")
 
 
 @contextmanager

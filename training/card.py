@@ -1,0 +1,199 @@
+"""The model card's figures: bundles measured through the till's own ``agegate-edge estimate --json``.
+
+Every figure in docs/model-card.md comes from one run of this module, whose JSON is committed
+beside the page (``docs/model-card/card.json``) with its plots::
+
+    python -m agegate.training.card --data DATA [DATA ...] --out docs/model-card \\
+        --bundle default=edge/default_bundle --bundle cc0=edge/cc0_bundle --bundle before=OLD_BUNDLE \\
+        --loso RUN_HELD_OUT_SOURCE_1 ... [--limit N]
+
+For each bundle and each source's *test* split, the photos are handed, as files, to
+``agegate-edge estimate --json`` with ``AGEGATE_MODEL_DIR`` set to the bundle and the detector
+its manifest was trained with: the daemon's own code finds the face (YuNet, or Haar for old
+bundles), cuts it and estimates the age. A photo in which no face is found is a *detector
+miss*: at a till it is a ``no_face`` answer, never a silent sale, and it is counted apart.
+From those ages: MAE, bias, the share of under-18s, of 13-17s and of people 30+ flagged at
+the challenge age and at the bundle's calibrated threshold, per age band, per gender and
+ethnicity where the source labels them (``meta.csv`` or UTKFace file names).
+
+``--loso`` adds the leave-one-source-out table: each run was trained on every source but one
+(``agegate-train fit``) and is evaluated here on the test split of the source it never saw,
+with the same recipe (``agegate-train eval``'s code, the Keras model on the till's crops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .data import parse_utkface_name, read_meta, read_sources
+
+log = logging.getLogger(__name__)
+
+UTKFACE_GENDER = {"0": "male", "1": "female"}
+UTKFACE_RACE = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
+AAF_GENDER = {"M": "male", "F": "female"}
+BATCH = 500  # photos per `estimate` process: keeps each command line short
+
+
+def groups_of(folder: Path, files: list[str]) -> dict[str, list[str | None]]:
+    """{"gender": [...], "ethnicity": [...]} per file, None where the source does not say."""
+    meta = read_meta(folder)
+    gender, ethnicity = [], []
+    for f in files:
+        row = meta.get(f)
+        if row is None and parse_utkface_name(f) is not None:  # UTKFace names: AGE_GENDER_RACE_DATE
+            parts = Path(f).name.split("_")
+            row = {"gender": parts[1] if len(parts) > 1 else "", "race": parts[2] if len(parts) > 2 else ""}
+        row = row or {}
+        g = row.get("gender", "")
+        gender.append(UTKFACE_GENDER.get(g) or AAF_GENDER.get(g))
+        ethnicity.append(UTKFACE_RACE.get(row.get("race", "")))
+    return {"gender": gender, "ethnicity": ethnicity}
+
+
+def estimate_with_the_till(bundle: Path, photos: list[Path]) -> list[float | None]:
+    """Each photo's age from ``agegate-edge estimate --json`` (the largest face), None where none is found."""
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    detector = manifest.get("training", {}).get("detector", "haar").split(":")[0]
+    ages: dict[str, float | None] = {}
+    with tempfile.TemporaryDirectory(prefix="agegate-card-") as state:
+        env = {**os.environ, "AGEGATE_MODEL_DIR": str(bundle), "AGEGATE_DETECTOR": detector, "AGEGATE_STATE_DIR": state}
+        for start in range(0, len(photos), BATCH):
+            chunk = [str(p) for p in photos[start : start + BATCH]]
+            out = subprocess.run([sys.executable, "-m", "agegate.edge.cli", "estimate", "--json", *chunk],
+                                 env=env, capture_output=True, text=True, timeout=3600)
+            if out.returncode not in (0, 1):
+                raise RuntimeError(f"agegate-edge estimate failed ({out.returncode}): {out.stderr[-2000:]}")
+            for line in out.stdout.splitlines():
+                if line.startswith("{"):
+                    record = json.loads(line)
+                    faces = record.get("faces") or []
+                    ages[record["path"]] = faces[0]["age"] if faces else None
+            log.info("%s: %d/%d photos estimated", bundle.name, min(start + BATCH, len(photos)), len(photos))
+    return [ages.get(str(p)) for p in photos]
+
+
+def figures(true: np.ndarray, pred: np.ndarray, challenge_age: float, calibrated: float | None) -> dict[str, Any]:
+    summary = metrics.summarise(true, pred, challenge_age)
+    if calibrated is not None:
+        summary["at_calibrated"] = metrics.flagged_share(true, pred, calibrated)
+    return summary
+
+
+def measure_bundle(bundle: Path, sources, challenge_age: float, limit: int | None, seed: int = 1234) -> dict[str, Any]:
+    from .data import limit_per_split
+
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    calibrated = ((manifest.get("validation") or {}).get("calibrated") or {}).get("threshold")
+    result: dict[str, Any] = {"bundle": str(bundle), "name": manifest["name"], "version": manifest["version"],
+                              "variant": manifest["variant"], "calibrated_threshold": calibrated,
+                              "detector": manifest.get("training", {}).get("detector", "haar"), "sources": {}}
+    curves = {}
+    for source in sources:
+        records = [r for r in limit_per_split(source.records, limit, seed) if r.split == "test"]
+        ages = estimate_with_the_till(bundle, [r.path for r in records])
+        found = np.array([a is not None for a in ages])
+        true = np.array([r.age for r in records], dtype=float)[found]
+        pred = np.array([a for a in ages if a is not None], dtype=float)
+        by = figures(true, pred, challenge_age, calibrated)
+        by["photos"], by["detector_misses"] = len(records), int((~found).sum())
+        groups = groups_of(source.folder, [r.file for r in records])
+        by["groups"] = {}
+        for kind, labels in groups.items():
+            labels = np.array(labels, dtype=object)[found]
+            named = sorted({g for g in labels if g is not None})
+            if named:
+                by["groups"][kind] = {g: figures(true[labels == g], pred[labels == g], challenge_age, calibrated) for g in named}
+        result["sources"][source.name] = by
+        curves[source.name] = metrics.threshold_curve(true, pred)
+        log.info("%s on %s: %s; %d of %d photos without a face found", bundle.name, source.name, metrics.headline(by), by["detector_misses"], len(records))
+    result["threshold_curves"] = curves
+    return result
+
+
+def loso_row(run: Path, challenge_age: float, limit: int | None) -> dict[str, Any]:
+    """A run trained on all sources but one, measured on the test split of the one it never saw."""
+    from .evaluate import split_faces
+    from .model import load_inference_model, predict_ages
+    from .run import RunDir, serving_manifest
+
+    r = RunDir(run)
+    config = r.load_config()
+    trained_on = {Path(d).name for d in config.data}
+    held_out = [d for d in ALL_SOURCES if Path(d).name not in trained_on]
+    faces = split_faces(config, held_out, "test", limit)
+    predicted = predict_ages(load_inference_model(r), faces.images, serving_manifest(config))
+    summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
+    summary["calibrated_on_val"] = None
+    return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on),
+            "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
+
+
+ALL_SOURCES: list[str] = []
+
+
+def plot_tradeoff(result: dict[str, Any], path: Path, challenge_age: float) -> None:
+    from .plots import _save, plt
+
+    names = list(result["bundles"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        b = result["bundles"][name]
+        for source, curve in b["threshold_curves"].items():
+            t = [c["threshold"] for c in curve]
+            line, = ax.plot(t, [100 * (c["under18_flagged"] or 0) for c in curve], "-", label=f"{source}: under-18s flagged")
+            ax.plot(t, [100 * (c["over30_flagged"] or 0) for c in curve], "--", color=line.get_color(), label=f"{source}: 30+ flagged")
+        ax.axvline(challenge_age, color="grey", lw=1)
+        if b.get("calibrated_threshold"):
+            ax.axvline(b["calibrated_threshold"], color="black", lw=1, ls=":")
+            ax.text(b["calibrated_threshold"], 3, f" calibrated {b['calibrated_threshold']:g}", fontsize=8)
+        ax.set_title(f"{name}: {b['name']} {b['version']}")
+        ax.set_xlabel("flag when the estimate is under (years)")
+        ax.set_ylabel("% flagged (test photos)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="center right")
+    _save(fig, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agegate.training.card", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", nargs="+", required=True, help="the data folders (sources)")
+    p.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR", help="a bundle to measure (repeatable)")
+    p.add_argument("--loso", nargs="*", default=[], metavar="RUN", help="leave-one-source-out runs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, help="at most N test photos per source (smoke runs)")
+    p.add_argument("--challenge-age", type=float, default=metrics.CHALLENGE_AGE)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    sources = read_sources(args.data)
+    ALL_SOURCES[:] = [str(s.folder) for s in sources]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"challenge_age": args.challenge_age, "limit": args.limit, "sources": [s.name for s in sources],
+                              "bundles": {}, "loso": []}
+    for spec in args.bundle:
+        name, _, folder = spec.partition("=")
+        result["bundles"][name] = measure_bundle(Path(folder), sources, args.challenge_age, args.limit)
+    for run in args.loso:
+        result["loso"].append(loso_row(Path(run), args.challenge_age, args.limit))
+        log.info("LOSO %s on %s: %s", run, result["loso"][-1]["held_out"], metrics.headline(result["loso"][-1]))
+    (out / "card.json").write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
+    if result["bundles"]:
+        plot_tradeoff(result, out / "threshold_tradeoff.png", args.challenge_age)
+    print(f"wrote {out / 'card.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
