@@ -55,6 +55,7 @@ MODEL_SCAN_S = 2.0  # how often incoming/ and the model store are looked at
 # Descriptors kept out of the HTTP server's reach: the outbox and history (SQLite, WAL, SHM),
 # the camera, the broker, the model store's scans and installs, the journal.
 FD_RESERVE = 128
+HTTP_BACKLOG = 16
 FAULT_LOG_EVERY_S = 60.0  # a housekeeping step that keeps failing is logged once a minute
 
 
@@ -120,7 +121,9 @@ def http_connection_cap(wanted: int) -> int:
     """How many HTTP connections may be open at once: ``wanted``, within the descriptor limit.
 
     The soft RLIMIT_NOFILE is first raised to the hard one (systemd's default soft limit is
-    1,024); then FD_RESERVE descriptors are kept for everything else the till opens.
+    1,024); then FD_RESERVE descriptors are kept for everything else the till opens, and of
+    the rest the connections get half: the other half absorbs connections that asyncio has
+    accepted (up to HTTP_BACKLOG a turn) before the cap closes them.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft != hard:
@@ -131,7 +134,7 @@ def http_connection_cap(wanted: int) -> int:
             log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
     if soft == resource.RLIM_INFINITY:
         return wanted
-    cap = min(wanted, soft - FD_RESERVE)
+    cap = min(wanted, (soft - FD_RESERVE) // 2)
     if cap < 4:
         log.warning("descriptor limit %d leaves no room for HTTP connections beside a reserve of %d; "
                     "allowing 4 (raise LimitNOFILE=)", soft, FD_RESERVE)
@@ -201,8 +204,10 @@ class Daemon:
                               max_body=s.http_max_body, routers=[create_console_router(self)], body_limits=BODY_LIMITS,
                               token=s.http_token.get_secret_value() if s.http_token else None)
         protocol = guarded_protocol(http_connection_cap(s.http_max_connections), s.http_request_timeout_s)
+        # backlog is also how many connections asyncio accepts in one turn of its loop, before any
+        # protocol (and so the connection cap) sees them: a big one lets a flood use up descriptors.
         self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off", http=protocol,
-                                                     access_log=False, timeout_graceful_shutdown=2,
+                                                     access_log=False, timeout_graceful_shutdown=2, backlog=HTTP_BACKLOG,
                                                      timeout_keep_alive=min(5, int(s.http_request_timeout_s) or 1)))
         self._http_thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._http_socket]},
                                              name="http", daemon=True)
