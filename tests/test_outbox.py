@@ -98,3 +98,30 @@ def test_whole_file_garbage_is_quarantined_too(tmp_path):
     assert box.quarantined is not None and box.salvaged == 0 and len(box) == 0
     box.add("e", ALERT, "t", b"p", 1)
     assert len(box) == 1
+
+
+def test_on_a_full_state_disk_the_reserve_keeps_room_for_alerts_not_summaries(tmp_path):
+    import subprocess
+
+    state = tmp_path / "state"
+    state.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs (needs root)")
+    try:
+        box = Outbox(state)
+        box.add("before", ALERT, "alerts", b"a" * 500, 1)
+        with open(state / "filler", "wb") as f:  # the disk fills up (logs, a runaway file)
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        ids = [box.add(f"alert{i}", ALERT, "alerts", b"a" * 500, 1) for i in range(20)]  # still durable
+        assert len(set(ids)) == 20 and not (state / "outbox.reserve").exists()
+        with pytest.raises(OutboxError, match="kept for alerts"):
+            box.add("summary", SUMMARY, "transactions", b"s" * 500, 1)
+        box.close()
+        assert len(Outbox(state)) == 21  # on disk: they survive a restart
+    finally:
+        subprocess.run(["umount", str(state)], capture_output=True)
