@@ -23,6 +23,7 @@ and the daemon's main loop (pending); one connection guarded by one lock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -78,6 +79,7 @@ class Outbox:
         self.broken = False  # an error on the open file since start (SQLite said so); see the log
         self._lock = threading.Lock()
         self._reserve_tried = 0.0
+        self._reserve_released = False  # summaries wait for the reserve to be back, not for a missing one
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -137,10 +139,16 @@ class Outbox:
         try:
             fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                try:
+                    os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    os.write(fd, b"\0" * RESERVE_BYTES)  # a file system without fallocate
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self._reserve_released = False
             return True
         except OSError as exc:
             self.reserve.unlink(missing_ok=True)
@@ -154,6 +162,7 @@ class Outbox:
         except OSError:
             return False
         self._reserve_tried = time.monotonic()
+        self._reserve_released = True
         log.error("state disk full: released the %d KiB kept for alerts; transaction summaries are not "
                   "stored until there is room again", RESERVE_BYTES >> 10)
         return True
@@ -161,7 +170,7 @@ class Outbox:
     def add(self, event_id: str, priority: int, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
         """Store one event durably; returns its row id. Makes room first when full."""
         with self._lock:
-            if priority != ALERT and not self._keep_reserve():
+            if priority != ALERT and not self._keep_reserve() and self._reserve_released:
                 raise OutboxError(f"cannot store event {event_id}: the state disk is full, its space is kept for alerts")
             row = (event_id, priority, topic, payload, qos, int(retain), time.time())
             try:
