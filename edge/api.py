@@ -12,6 +12,16 @@ With AGEGATE_HTTP_TOKEN set, :class:`RequireToken` checks every request but ``/h
 (the POS sends ``Authorization: Bearer <token>``); the till console's routers
 (edge/console) are mounted on the same app.
 
+Without a token, every route answers only requests addressed to 127.0.0.1, localhost or
+[::1] (``Host``, :class:`RequireLocalHost`), so a web page the till's browser visits cannot
+reach the POS API or the console by DNS rebinding.
+
+Connections are bounded (:class:`GuardedH11Protocol`): at most ``max_connections`` at once
+(a new one closes the oldest idle one, so the POS always gets in), and a connection that has
+not delivered a whole request within ``request_timeout_s`` (slow or idle clients, a body
+shorter than its Content-Length) is closed. An idle client must never hold the file
+descriptors the till needs for its outbox, camera and models.
+
 Threading: uvicorn runs the event loop in its own thread; the POS endpoint is a plain
 ``def`` so FastAPI runs it in its worker pool, where waiting for a face does not block
 other requests.
@@ -19,10 +29,11 @@ other requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import Any, Callable, Mapping, Sequence
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,11 +41,89 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
+from .config import LOCAL_HOSTS
 from .events import PosAnswer, PosMessage
 
 log = logging.getLogger(__name__)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a cap on open connections and a deadline per request.
+
+    uvicorn itself only times out keep-alive connections after a response; a client that
+    connects and sends nothing, or drips its headers or body, holds a descriptor for ever.
+    Set the class attributes (or use :func:`guarded_protocol`) before the server starts.
+    """
+
+    max_connections = 100
+    request_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._opened = self.loop.time()
+        self._arm()
+        if len(self.connections) > self.max_connections:
+            # Close the oldest connection that is not being answered: an attacker's idle
+            # sockets give way to the POS, never the other way round.
+            idle = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol) and c._waiting()]
+            victim = min(idle, key=lambda c: c._opened) if idle else self
+            victim.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()  # the next request on this connection gets its own deadline
+
+    def _waiting(self) -> bool:
+        """True while no request is being answered: waiting for headers or a body, or idle."""
+        return self.cycle is None or self.cycle.response_complete or self.cycle.more_body
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.request_timeout_s, self._expired)
+
+    def _expired(self) -> None:
+        self._deadline = None
+        # A request whose body is complete is being answered (it may wait for a face): the
+        # answer re-arms the deadline. Anything else has had its time.
+        if not self.transport.is_closing() and self._waiting():
+            self.transport.close()
+
+
+def guarded_protocol(max_connections: int, request_timeout_s: float) -> type[GuardedH11Protocol]:
+    """A :class:`GuardedH11Protocol` subclass with these limits (for uvicorn.Config(http=...))."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,),
+                {"max_connections": max_connections, "request_timeout_s": request_timeout_s})
+
+
+class RequireLocalHost:
+    """ASGI middleware: without a token, answer only requests addressed to the loopback names (else 403)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = Headers(scope=scope).get("host", "")
+        try:
+            name = urlsplit("//" + host).hostname or ""
+        except ValueError:  # e.g. an unbalanced "[" in the Host header
+            name = ""
+        if name in LOCAL_HOSTS:
+            return await self.app(scope, receive, send)
+        detail = (f"this till's HTTP server answers only requests to {', '.join(LOCAL_HOSTS)} "
+                  "unless AGEGATE_HTTP_TOKEN is set")
+        await JSONResponse({"detail": detail}, status_code=403)(scope, _no_receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -169,4 +258,6 @@ def create_app(
     app.add_middleware(LimitBodySize, max_bytes=max_body, on_reject=on_reject, limits=body_limits)
     if token:  # added last, so it runs first: no body is read before the token is checked
         app.add_middleware(RequireToken, token=token)
+    else:  # no token: no DNS rebinding either, on every route (the POS API shows the customer's estimate)
+        app.add_middleware(RequireLocalHost)
     return app

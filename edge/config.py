@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     http_max_body: int = Field(default=16384, ge=256)
     # Checked on every request but /healthz when set; required when http_host is not local.
     http_token: SecretStr | None = None
+    # Open HTTP connections at most (a new one closes the oldest idle one), and how long a client
+    # has to deliver a whole request before its connection is closed: idle or slow clients must
+    # not use up the descriptors the till needs. Also capped by the descriptor limit (RLIMIT_NOFILE).
+    http_max_connections: int = Field(default=100, ge=4, le=10_000)
+    http_request_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     # MQTT
     mqtt_host: str = "127.0.0.1"

@@ -6,7 +6,10 @@ Threads (each documented in its module):
 - ``vision``   detect → zone → age → tracker (vision.py)
 - ``http``     uvicorn's event loop; POS requests are served in its worker pool (api.py)
 - paho's network loop and ``mqtt-pos``, the MQTT POS worker (mqtt.py)
-- the main thread: start-up, housekeeping once a second (idle transactions, stats), shutdown
+- ``models``   installs what arrives in incoming/ and follows the model store (model_store.py):
+  an install may take long (a big archive, the self-test) and must never hold up the main loop
+- the main thread: start-up, housekeeping once a second (idle transactions, stats), shutdown;
+  no exception from a housekeeping step ends it, so the till keeps answering and pinging
 
 Start-up fails fast with a clear message when the model, detector or HTTP port is unusable;
 a camera or broker that is down at start-up is retried in the background instead, because
@@ -16,6 +19,7 @@ the till must keep answering the POS (``camera_unavailable``) while they come ba
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import threading
 import time
@@ -27,7 +31,7 @@ import uvicorn
 
 from .. import __version__
 from .age_model import AgeModel
-from .api import create_app
+from .api import create_app, guarded_protocol
 from .bundle import BundleError
 from .capture import Camera
 from .config import ConfigError, Settings
@@ -48,6 +52,11 @@ log = logging.getLogger(__name__)
 
 CAMERA_READY_WAIT_S = 10.0
 MODEL_SCAN_S = 2.0  # how often incoming/ and the model store are looked at
+# Descriptors kept out of the HTTP server's reach: the outbox and history (SQLite, WAL, SHM),
+# the camera, the broker, the model store's scans and installs, the journal.
+FD_RESERVE = 128
+HTTP_BACKLOG = 16
+FAULT_LOG_EVERY_S = 60.0  # a housekeeping step that keeps failing is logged once a minute
 
 
 class StartupError(Exception):
@@ -109,6 +118,34 @@ def bind_http(settings: Settings) -> socket.socket:
         ) from None
 
 
+def http_connection_cap(wanted: int) -> int:
+    """How many HTTP connections may be open at once: ``wanted``, within the descriptor limit.
+
+    The soft RLIMIT_NOFILE is first raised to the hard one (systemd's default soft limit is
+    1,024); then FD_RESERVE descriptors are kept for everything else the till opens, and of
+    the rest the connections get half: the other half absorbs connections that asyncio has
+    accepted (up to HTTP_BACKLOG a turn) before the cap closes them.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    cap = min(wanted, (soft - FD_RESERVE) // 2)
+    if cap < 4:
+        log.warning("descriptor limit %d leaves no room for HTTP connections beside a reserve of %d; "
+                    "allowing 4 (raise LimitNOFILE=)", soft, FD_RESERVE)
+        return 4
+    if cap < wanted:
+        log.warning("AGEGATE_HTTP_MAX_CONNECTIONS=%d lowered to %d by the descriptor limit %d (LimitNOFILE=)",
+                    wanted, cap, soft)
+    return cap
+
+
 def open_outbox(settings: Settings) -> Outbox | None:
     """The durable outbox, or None (events then go out live only) when the state directory is unusable."""
     try:
@@ -165,17 +202,23 @@ class Daemon:
             camera_state=lambda: self.camera.state.value,
             model_quality=self.model_quality,
         )
-        self.app = create_app(handle_pos=self.book.handle, status=self.status, on_reject=self.reject,
+        self.app = create_app(handle_pos=self.handle_pos, status=self.status, on_reject=self.reject,
                               max_body=s.http_max_body, routers=[create_console_router(self)], body_limits=BODY_LIMITS,
                               token=s.http_token.get_secret_value() if s.http_token else None)
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off",
-                                                     access_log=False, timeout_graceful_shutdown=2))
+        protocol = guarded_protocol(http_connection_cap(s.http_max_connections), s.http_request_timeout_s)
+        # backlog is also how many connections asyncio accepts in one turn of its loop, before any
+        # protocol (and so the connection cap) sees them: a big one lets a flood use up descriptors.
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off", http=protocol,
+                                                     access_log=False, timeout_graceful_shutdown=2, backlog=HTTP_BACKLOG,
+                                                     timeout_keep_alive=min(5, int(s.http_request_timeout_s) or 1)))
         self._http_thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._http_socket]},
                                              name="http", daemon=True)
         self.notifier = SystemdNotifier.from_env()
         self._stop = threading.Event()
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        self._faults: dict[str, float] = {}  # housekeeping step -> when its failure was last logged
+        self._models_thread = self._new_models_thread()
 
     # --- what other parts call ---------------------------------------------------------------------
 
@@ -211,8 +254,12 @@ class Daemon:
         self._count("pos_rejected")
         log.warning("%s", reason)
 
-    def handle_pos(self, message: PosMessage):
-        return self.book.handle(message)
+    def handle_pos(self, message: PosMessage) -> PosAnswer:
+        """The HTTP POS answer: the book's, saying so when its alert has no durable copy."""
+        answer = self.book.handle(message)
+        if answer.alert_event_id is not None and not self.mqtt.durable(str(answer.alert_event_id)):
+            answer = answer.model_copy(update={"durable": False})
+        return answer
 
     def model_quality(self) -> dict[str, Any]:
         """What the till decides with, and the model's recorded validation figures that justify it."""
@@ -255,6 +302,7 @@ class Daemon:
         self.vision.start()
         self.mqtt.start()
         self._http_thread.start()
+        self._models_thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
             if not self._http_thread.is_alive() or time.monotonic() > deadline:
@@ -274,7 +322,10 @@ class Daemon:
         m = self.model.manifest
         broker = "connected" if self.mqtt.connected.is_set() else "disconnected"
         pending = len(self.outbox) if self.outbox is not None else "n/a"
-        return (f"camera {self.camera.state.value}, broker {broker}, outbox {pending} pending, "
+        in_memory = self.mqtt.pending_in_memory
+        memory = f" + {in_memory} in memory only" if in_memory else ""
+        durable = "" if self._outbox_durable() else " (NOT DURABLE)"
+        return (f"camera {self.camera.state.value}, broker {broker}, outbox {pending} pending{memory}{durable}, "
                 f"model {m.name} {m.version}")
 
     def run(self) -> None:
@@ -288,32 +339,58 @@ class Daemon:
         interval = self.notifier.watchdog_interval_s
         tick = min(1.0, interval / 2) if interval else 1.0
         shown = ""
-        next_models = time.monotonic()
         while not self._stop.wait(tick):
-            self.book.expire_idle()
-            self.mqtt.pump()
-            if time.monotonic() >= next_models:
-                self.follow_model_store()
-                next_models = time.monotonic() + MODEL_SCAN_S
+            self._guarded("idle transactions", self.book.expire_idle)
+            self._guarded("outbox pump", self.mqtt.pump)
             self.notifier.ping_if_due(time.monotonic())
-            if (line := self.status_line()) != shown:
+            if (line := self._guarded("status line", self.status_line)) and line != shown:
                 self.notifier.status(line)
                 shown = line
-            if not self.vision.alive:
-                log.critical("the vision thread died; restarting it")
-                self.vision = self._new_vision()
-                self.book.vision = self.vision
-                self.vision.start()
+            self._guarded("threads", self._revive_threads)
             now = time.monotonic()
             if now >= next_stats:
-                self.publish(self.stats(now - last_stats))
+                self._guarded("stats", lambda: self.publish(self.stats(now - last_stats)))
                 last_stats, next_stats = now, now + self.settings.stats_interval_s
+
+    def _guarded(self, step: str, fn):
+        """Run one housekeeping step; an exception is logged (once a minute per step) and survived:
+        the main loop is what answers systemd's watchdog and must outlive any one failure."""
+        try:
+            return fn()
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._faults.get(step, -FAULT_LOG_EVERY_S) >= FAULT_LOG_EVERY_S:
+                self._faults[step] = now
+                log.error("housekeeping step %r failed (%s: %s); the daemon carries on", step,
+                          type(exc).__name__, exc, exc_info=True)
+            return None
+
+    def _revive_threads(self) -> None:
+        if not self.vision.alive:
+            log.critical("the vision thread died; restarting it")
+            self.vision = self._new_vision()
+            self.book.vision = self.vision
+            self.vision.start()
+        if not self._models_thread.is_alive() and not self._stop.is_set():
+            log.critical("the model thread died; restarting it")
+            self._models_thread = self._new_models_thread()
+            self._models_thread.start()
+
+    def _new_models_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._follow_models, name="models", daemon=True)
+
+    def _follow_models(self) -> None:
+        """The ``models`` thread: incoming/ and the store every MODEL_SCAN_S, off the main loop."""
+        while True:
+            self._guarded("model store", self.follow_model_store)
+            if self._stop.wait(MODEL_SCAN_S):
+                return
 
     def follow_model_store(self) -> None:
         """Install what arrived in incoming/, and swap to the store's active model when it changed."""
         if self.store is None:
             return
-        for name, outcome in self.store.scan_incoming():
+        for name, outcome in self.store.scan_incoming(cancel=self._stop):
             log.info("incoming model %s: %s", name, outcome)
             if outcome.startswith("rejected"):
                 self.last_model_rejection = f"{name}: {outcome}"
@@ -346,6 +423,8 @@ class Daemon:
         self.notifier.stopping("stopping: closing transactions and flushing the outbox")
         self._server.should_exit = True
         self._http_thread.join(5)
+        if self._models_thread.is_alive():  # an install in progress stops at its next step (cancel)
+            self._models_thread.join(5)
         self.book.close_all("shutdown")
         self.mqtt.stop()
         self.vision.stop()
@@ -392,13 +471,21 @@ class Daemon:
             **{f"outbox_{k}": v for k, v in self._outbox_figures().items()},
         )
 
+    def _outbox_durable(self) -> bool:
+        """Whether an alert decided now would be stored on disk (the reserve covers alerts on a full disk)."""
+        box = self.outbox
+        return box is not None and not box.broken and (box.reserve.exists() or self.mqtt.outbox_failures == 0)
+
     def _outbox_figures(self) -> dict[str, Any]:
         box = self.outbox
         return {
-            "ok": box is not None and self.mqtt.outbox_failures == 0,
+            "ok": box is not None and self.mqtt.outbox_failures == 0 and not box.broken,
+            "durable": self._outbox_durable(),
             "pending": len(box) if box else 0,
+            "pending_in_memory": self.mqtt.pending_in_memory,
             "dropped_alerts": box.dropped[ALERT] if box else 0,
             "dropped_summaries": box.dropped[SUMMARY] if box else 0,
+            "quarantined": box is not None and box.quarantined is not None,
         }
 
 

@@ -106,6 +106,10 @@ class PosAnswer(BaseModel):
     thresholds: Thresholds
     alert_event_id: uuid.UUID | None = Field(default=None, description="event_id of the alert published for this decision")
     model: ModelRef | None = None
+    durable: bool = Field(
+        default=True,
+        description="False when the alert for this decision could not be stored on the till's disk (state disk "
+                    "full or unusable): it is held in memory until the broker has it, and a restart before that loses it")
 
 
 # --- What the daemon publishes ------------------------------------------------------------
@@ -198,6 +202,12 @@ class Stats(Event):
     outbox_pending: int = Field(description="Events stored and not yet acknowledged by the broker")
     outbox_dropped_alerts: int = Field(description="Alerts dropped because the outbox was full, since start")
     outbox_dropped_summaries: int = Field(description="Summaries dropped because the outbox was full, since start")
+    outbox_durable: bool = Field(default=True, description="False when new events cannot be stored on disk now "
+                                 "(no outbox, or the state disk is full): they are held in memory only")
+    outbox_pending_in_memory: int = Field(default=0, description="Events with no durable copy not yet acknowledged "
+                                          "by the broker (lost if the daemon stops before)")
+    outbox_quarantined: bool = Field(default=False, description="True when a damaged outbox was moved aside at "
+                                     "start-up (outbox.sqlite3.corrupt-*) and a fresh one started with what could be read")
 
 
 PUBLISHED = {"alert": Alert, "transaction_summary": TransactionSummary, "status": Status, "stats": Stats}

@@ -14,6 +14,11 @@ PUBACK arrives. paho keeps unacknowledged QoS 1 messages across reconnects and r
 rows it never got (a restart, a full in-flight window) are re-sent oldest first by
 :meth:`MqttLink.pump`, which runs on every connect and once a second.
 
+An alert or summary that the outbox cannot take (state disk full or unusable) is still sent,
+from memory: paho's queue (bounded, kept across reconnects) holds it until the broker's
+PUBACK, and :attr:`MqttLink.pending_in_memory` counts such events, so the status never says
+nothing is pending while they are only in RAM; :meth:`MqttLink.durable` tells the POS answer.
+
 Threading: paho runs its network loop in its own thread (``loop_start``); ``publish`` may be
 called from any thread. Our lock guards only the in-flight bookkeeping and is never held
 while calling into paho, whose PUBACK callback runs under paho's own lock. Incoming POS messages are handed to a bounded queue served by one
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import OrderedDict
 import ssl
 import threading
 import time
@@ -79,6 +85,8 @@ class MqttLink:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row
         self._sent_rows: set[int] = set()
         self._early_acks: dict[int, float] = {}  # PUBACKs that beat the bookkeeping, by mid
+        self._in_memory: dict[int, str] = {}  # paho mid -> event_id of an event with no durable copy
+        self._not_durable: OrderedDict[str, None] = OrderedDict()  # recent such event ids, for POS answers
         self._pos_queue: queue.Queue[PosMessage | None] = queue.Queue(maxsize=POS_QUEUE_MAX)
         self._pos_worker = threading.Thread(target=self._serve_pos, name="mqtt-pos", daemon=True)
         self._client = self._make_client()
@@ -119,7 +127,7 @@ class MqttLink:
         topic, payload = f"{self.base}/{suffix}", event.to_json()
         priority = DURABLE.get(type(event))
         if priority is None or self.outbox is None:
-            self._send(topic, payload, qos, retain)
+            self._send(topic, payload, qos, retain, in_memory=str(event.event_id) if priority is not None else None)
             return
         try:
             row = self.outbox.add(str(event.event_id), priority, topic, payload, qos, retain)
@@ -127,7 +135,7 @@ class MqttLink:
             # Cannot store it: still send it live, and say so loudly.
             self.outbox_failures += 1
             log.error("%s; publishing %s live without a durable copy", exc, event.event_id)
-            self._send(topic, payload, qos, retain)
+            self._send(topic, payload, qos, retain, in_memory=str(event.event_id))
             return
         if self.inflight < INFLIGHT_MAX:
             self._send(topic, payload, qos, retain, row)
@@ -153,14 +161,36 @@ class MqttLink:
         with self._lock:
             return len(self._sent_rows)
 
-    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, row: int | None = None) -> bool:
+    @property
+    def pending_in_memory(self) -> int:
+        """Alerts and summaries with no durable copy that the broker has not acknowledged yet."""
+        with self._lock:
+            return len(self._in_memory)
+
+    def durable(self, event_id: str) -> bool:
+        """False for a recent event that was published without a durable copy."""
+        with self._lock:
+            return event_id not in self._not_durable
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, row: int | None = None,
+              in_memory: str | None = None) -> bool:
+        if in_memory is not None:
+            with self._lock:
+                self._not_durable[in_memory] = None
+                while len(self._not_durable) > 4096:
+                    self._not_durable.popitem(last=False)
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         self.published += 1
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             self.failures += 1
             log.error("publishing to %s failed: %s%s", topic, paho.error_string(info.rc),
-                      "; kept in the outbox" if row is not None else "")
+                      "; kept in the outbox" if row is not None else
+                      f"; event {in_memory} is LOST (no durable copy, memory queue full)" if in_memory else "")
             return False
+        if in_memory is not None:
+            with self._lock:
+                if self._early_acks.pop(info.mid, None) is None:
+                    self._in_memory[info.mid] = in_memory
         if row is not None:
             with self._lock:
                 acked = self._early_acks.pop(info.mid, None) is not None
@@ -175,7 +205,8 @@ class MqttLink:
         with self._lock:
             row = self._inflight.pop(mid, None)
             if row is None:
-                self._early_acks[mid] = time.monotonic()
+                if self._in_memory.pop(mid, None) is None:
+                    self._early_acks[mid] = time.monotonic()
                 return
             self._sent_rows.discard(row)
         if self.outbox is not None:

@@ -35,11 +35,12 @@ class DaemonProcess:
         }
         self.env.update({f"AGEGATE_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
+        self.preexec_fn = None  # e.g. lower RLIMIT_NOFILE in the child, as a unit's LimitNOFILE= would
 
     def start(self, wait_for_face: bool = False, wait_streaming: bool = True) -> "DaemonProcess":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -75,6 +76,17 @@ class DaemonProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+    def open_fds(self) -> list[str]:
+        """Where each of the daemon's open descriptors points (socket:[…], a path, pipe:[…])."""
+        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
+        out = []
+        for fd in fd_dir.iterdir():
+            try:
+                out.append(os.readlink(fd))
+            except OSError:
+                pass
+        return out
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -213,8 +213,9 @@ def test_unusable_state_dir_alerts_still_go_out_live(tmp_path, broker, face_vide
         wait_until(lambda: d.status()["mqtt"]["connected"], what="connected")
         answer = young_sale(d, "S1")
         assert answer["decision"] == "age_check_required"
+        assert answer["durable"] is False  # the POS is told the alert is in memory only
         sub.wait_for(lambda m: [p for t, p in m if p.get("event_id") == answer["alert_event_id"]])
-        assert d.status()["outbox"]["ok"] is False
+        assert d.status()["outbox"]["ok"] is False and d.status()["outbox"]["durable"] is False
         assert "AGEGATE_STATE_DIR" in d.log() and "published live" in d.log()
     finally:
         d.stop()

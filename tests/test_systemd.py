@@ -100,14 +100,17 @@ def test_unit_matches_the_daemon_and_the_docs():
     assert unit_values("Type") == ["notify"] and unit_values("WatchdogSec")
     assert unit_values("RestartPreventExitStatus") == [str(EX_CONFIG)]
     # The credential's name is the setting's name: pydantic-settings reads it from $CREDENTIALS_DIRECTORY.
-    (credential,) = unit_values("LoadCredential")
-    name, _, source = credential.partition(":")
-    assert name.removeprefix("AGEGATE_").lower() in Settings.model_fields and name.startswith("AGEGATE_")
+    credentials = dict(c.partition(":")[::2] for c in unit_values("LoadCredential"))
+    assert set(credentials) == {"AGEGATE_MQTT_PASSWORD", "AGEGATE_HTTP_TOKEN"}  # the secrets, never the env file
+    for name in credentials:
+        assert name.removeprefix("AGEGATE_").lower() in Settings.model_fields and name.startswith("AGEGATE_")
+    # Idle connections must not use up descriptors (the default soft limit is 1,024), nor uploads memory.
+    assert int(unit_values("LimitNOFILE")[0]) >= 4096 and unit_values("MemoryMax")
     # StateDirectory=agegate is /var/lib/agegate, where the daemon keeps its outbox by default.
     assert unit_values("StateDirectory") == ["agegate"]
     assert Settings.model_fields["state_dir"].default == Path("/var/lib/agegate")
     doc = DEPLOY_DOC.read_text()
-    for path in ("/opt/agegate/venv", *unit_values("EnvironmentFile"), source):
+    for path in ("/opt/agegate/venv", *unit_values("EnvironmentFile"), *credentials.values()):
         assert path in doc, f"docs/deploy.md does not say where {path} comes from"
 
 

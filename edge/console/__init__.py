@@ -24,9 +24,9 @@ GET      /metrics                   Prometheus text format
 
 Privacy: a live frame is JPEG-encoded only when the installer page asks for it, sent with
 ``Cache-Control: no-store`` and never written; an uploaded photo is processed in memory
-(see photo.py); the history holds numbers only. Without a token the console answers only
-requests addressed to 127.0.0.1, localhost or [::1] (``Host``), so a web page the till's
-browser visits cannot reach it by DNS rebinding.
+(see photo.py); the history holds numbers only. Without a token the console, like every
+route, answers only requests addressed to 127.0.0.1, localhost or [::1] (``Host``;
+api.RequireLocalHost), so a web page the till's browser visits cannot reach it by DNS rebinding.
 
 Threading: routes are plain ``def`` (FastAPI's worker pool) except the uploads, which read
 the body on the event loop and run the detector and model in the pool. They read the
@@ -44,10 +44,10 @@ import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Iterator, Protocol, get_args
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import cv2
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
@@ -57,7 +57,7 @@ from ... import __version__
 from ..age_model import AgeModel
 from ..bundle import MANIFEST_FILE
 from ..capture import Camera
-from ..config import LOCAL_HOSTS, Settings
+from ..config import Settings
 from ..detectors import Detector, Zone
 from ..events import Decision
 from ..history import COLUMNS, DecisionLog, Query, Row
@@ -102,8 +102,8 @@ class ZoneIn(BaseModel):
 
 
 def create_console_router(host: ConsoleHost) -> APIRouter:
-    token_set = host.settings.http_token is not None
-    router = APIRouter(include_in_schema=False, dependencies=[] if token_set else [Depends(_addressed_locally)])
+    # Without a token, api.RequireLocalHost answers only requests addressed to the loopback names.
+    router = APIRouter(include_in_schema=False)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(version=__version__, store_id=host.settings.store_id,
                                  till_id=host.settings.till_id, decisions=DECISIONS)
@@ -279,14 +279,6 @@ def row_dict(r: Row) -> dict[str, Any]:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-
-
-def _addressed_locally(request: Request) -> None:
-    """Without a token, only requests addressed to the loopback names (no DNS rebinding)."""
-    name = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-    if name not in LOCAL_HOSTS:
-        raise HTTPException(403, f"the till console answers only requests to {', '.join(LOCAL_HOSTS)} "
-                                 "unless AGEGATE_HTTP_TOKEN is set")
 
 
 def _history_query(request: Request) -> tuple[Query, int]:

@@ -1,0 +1,255 @@
+"""Hostile deliveries to the model store, on real files: FIFOs, links, crafted tar archives,
+manifests nested 100k deep or holding NaN, models answering NaN, a full state disk (tmpfs),
+and an install interrupted by shutdown. None may hang, crash or install; each gets a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agegate.edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, BundleError
+from agegate.edge.model_store import SETTLE_S, InstallCancelled, ModelStore
+from agegate.edge.signing import generate_keypair, load_private_key, load_public_key, sign_bundle
+from bundle_factory import make_constant_bundle
+from daemon_helpers import DaemonProcess
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    generate_keypair(d / "signing.pem", d / "signing.pub")
+    generate_keypair(d / "other.pem", d / "other.pub")
+    return {"private": load_private_key(d / "signing.pem"), "public_path": d / "signing.pub",
+            "public": load_public_key(d / "signing.pub"), "other": load_private_key(d / "other.pem")}
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, keys) -> Path:
+    b = make_constant_bundle(tmp_path_factory.mktemp("good") / "good", 40, name="agegate-age", version="1", golden=True)
+    sign_bundle(b, keys["private"])
+    return b
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _tar(dest: Path, entries: list[tuple[str, bytes | None]], extra: list[tarfile.TarInfo] = ()) -> Path:
+    """A .tar.gz from (name, bytes) pairs (None: a directory), plus crafted members."""
+    with tarfile.open(dest, "w:gz") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info)
+    return dest
+
+
+def _files(bundle: Path, prefix: str = "") -> list[tuple[str, bytes]]:
+    return [(prefix + p.name, p.read_bytes()) for p in sorted(bundle.iterdir())]
+
+
+def _aged(entry: Path) -> Path:
+    """Make an incoming entry look settled (older than SETTLE_S), without following links."""
+    past = time.time() - 10 * SETTLE_S
+    os.utime(entry, (past, past), follow_symlinks=False)
+    return entry
+
+
+def _scan_settled(store: ModelStore) -> list[tuple[str, str]]:
+    """Two scans SETTLE_S apart (as the daemon does), in a thread: a hang fails the test, not the suite."""
+    result: list = []
+
+    def run():
+        store.scan_incoming(now=1000.0)
+        result.extend(store.scan_incoming(now=1000.0 + 2 * SETTLE_S))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "scanning incoming/ hung"
+    return result
+
+
+def test_non_finite_manifests_and_models_are_refused(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    nan_manifest = _copy(good, tmp_path / "nan-manifest")
+    raw = json.loads((nan_manifest / MANIFEST_FILE).read_text())
+    raw["output"]["scale"] = float("nan")  # json writes NaN; every age becomes NaN, every check passes
+    (nan_manifest / MANIFEST_FILE).write_text(json.dumps(raw))
+    sign_bundle(nan_manifest, keys["private"])
+    with pytest.raises(BundleError, match="NaN is not a number"):
+        store.install(nan_manifest)
+
+    nan_model = make_constant_bundle(tmp_path / "nan-model", float("nan"), name="agegate-age", version="n",
+                                     golden=True, golden_age=16)
+    sign_bundle(nan_model, keys["private"])
+    with pytest.raises(BundleError, match="non-finite age"):
+        store.install(nan_model)
+    assert store.active_dir() is None
+
+
+def test_a_manifest_nested_100k_deep_is_refused_with_or_without_a_key(tmp_path, keys):
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / MANIFEST_FILE).write_text("[" * 100_000)
+    (deep / SIGNATURE_FILE).write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="signature does not match"):  # checked before it is parsed
+        ModelStore(tmp_path / "signed", keys["public"]).install(deep)
+    with pytest.raises(BundleError, match="nested too deeply"):
+        ModelStore(tmp_path / "unsigned").install(deep)
+
+
+def test_fifos_and_links_in_incoming_are_rejected_once_and_removed(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    os.mkfifo(store.incoming / "bundle.tar.gz")  # a reader that opens it waits for a writer for ever
+    outside = _copy(good, tmp_path / "outside")
+    (store.incoming / "linked").symlink_to(outside, target_is_directory=True)
+    for entry in store.incoming.iterdir():
+        _aged(entry)
+    outcomes = dict(_scan_settled(store))
+    assert "FIFO" in outcomes["bundle.tar.gz"] and "symbolic link" in outcomes["linked"]
+    assert list(store.incoming.iterdir()) == []  # removed: not reprocessed every few seconds
+    assert (outside / MODEL_FILE).exists()  # the link went, never what it pointed to
+    assert store.active_dir() is None
+    assert _scan_settled(store) == []
+
+
+def test_crafted_archives_are_refused_with_their_reason(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    bundle = _files(good, "b/")
+    many = _tar(tmp_path / "many.tar.gz", bundle + [(f"b/pad/{i}", b"") for i in range(5000)])
+    absolute = _tar(tmp_path / "absolute.tar.gz", _files(good, "/"))
+    link = tarfile.TarInfo("b/extra")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    linked = _tar(tmp_path / "linked.tar.gz", bundle, [link])
+    for archive, reason in ((many, "more than 64 entries"), (absolute, "absolute path"), (linked, "links")):
+        with pytest.raises(BundleError, match=reason):
+            store.install(archive)
+    assert store.active_dir() is None
+    assert not list(store.root.glob(".staging-*"))
+
+
+def test_links_inside_a_bundle_directory_are_refused(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    linked = _copy(good, tmp_path / "linked")
+    real_model = tmp_path / "elsewhere.tflite"
+    shutil.move(linked / MODEL_FILE, real_model)
+    (linked / MODEL_FILE).symlink_to(real_model)
+    with pytest.raises(BundleError, match="links are not allowed"):
+        store.install(linked)
+
+
+def test_only_the_files_the_manifest_names_are_installed(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    padded = _copy(good, tmp_path / "padded")
+    (padded / "pad.bin").write_bytes(b"\0" * (1 << 20))  # unsigned, unnamed: must not be kept
+    record = store.install(padded)
+    assert sorted(p.name for p in Path(record["path"]).iterdir()) == sorted(p.name for p in good.iterdir())
+    archive = _tar(tmp_path / "padded.tar.gz", _files(padded, "b/"))
+    record = store.install(archive)
+    assert "pad.bin" not in {p.name for p in Path(record["path"]).iterdir()}
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+
+
+def _fill(path: Path) -> None:
+    with open(path / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_the_signature_is_checked_before_anything_is_unpacked(tmp_path, keys, good):
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "8m")
+    try:
+        store = ModelStore(state, keys["public"])
+        forged = _copy(good, tmp_path / "forged")
+        sign_bundle(forged, keys["other"])
+        # 64 MiB of zeros (64 KiB compressed) beside a wrongly signed bundle, on an 8 MiB disk.
+        archive = _tar(tmp_path / "forged.tar.gz", _files(forged, "b/") + [("b/pad.bin", b"\0" * (64 << 20))])
+        with pytest.raises(BundleError, match="signature does not match"):
+            store.install(archive)
+        assert shutil.disk_usage(state).used < (1 << 20)
+    finally:
+        subprocess.run(["umount", str(state)], capture_output=True)
+
+
+def test_a_full_state_disk_cannot_stop_a_rejection(tmp_path, keys, good):
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "4m")
+    try:
+        store = ModelStore(state, keys["public"])
+        unsigned = store.incoming / "unsigned"
+        _copy(good, unsigned)
+        (unsigned / SIGNATURE_FILE).unlink()
+        _fill(state)
+        for p in (unsigned, *unsigned.iterdir()):
+            _aged(p)
+        outcomes = dict(_scan_settled(store))
+        assert outcomes["unsigned"].startswith("rejected")
+        assert store.status()["last_rejected"]["source"] == "unsigned"  # kept in memory: the disk is full
+        assert not unsigned.exists()
+    finally:
+        subprocess.run(["umount", str(state)], capture_output=True)
+
+
+def test_shutdown_interrupts_an_install_and_leaves_the_delivery(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    archive = _tar(tmp_path / "good.tar.gz", _files(good, "b/"))
+    stopping = threading.Event()
+    stopping.set()
+    with pytest.raises(InstallCancelled):
+        store.install(archive, cancel=stopping)
+    assert archive.exists() and store.active_dir() is None and "last_rejected" not in store.status()
+
+
+def test_hostile_incoming_entries_never_stop_the_running_daemon(tmp_path, broker, face_video, good, keys):
+    d = DaemonProcess(tmp_path, broker=broker, camera=face_video, model_dir=good,
+                      model_public_key=keys["public_path"])
+    d.start()
+    try:
+        incoming = Path(d.env["AGEGATE_STATE_DIR"]) / "incoming"
+        os.mkfifo(incoming / "fifo.tar.gz")
+        deep = incoming / ".deep"
+        deep.mkdir()
+        (deep / MANIFEST_FILE).write_text("[" * 100_000)
+        os.replace(deep, incoming / "deep")
+        _tar(tmp_path / "many.tar.gz", [(f"b/{i}", b"") for i in range(20_000)])
+        shutil.copy(tmp_path / "many.tar.gz", incoming / ".many.part")
+        os.replace(incoming / ".many.part", incoming / "many.tar.gz")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and list(incoming.iterdir()):
+            assert d.proc.poll() is None, d.log()[-3000:]
+            time.sleep(0.5)
+        assert list(incoming.iterdir()) == []
+        log = d.log()
+        assert "fifo.tar.gz rejected" in log and "deep rejected" in log and "many.tar.gz rejected" in log
+        assert d.proc.poll() is None
+        assert d.pos("item", "AFTER", restricted=True).json()["decision"] == "clear"
+    finally:
+        d.stop()
