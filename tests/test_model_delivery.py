@@ -197,7 +197,7 @@ def test_the_quality_floors_are_the_tills_settings(tmp_path, bundles):
     with pytest.raises(BundleError, match="hardly vary") as refused:
         store.install(bundles["constant"])
     assert "flags 0.0 % of under-18s" in str(refused.value) and "MAE is 11.30" in str(refused.value)
-    assert store.status()["active"] is None and "hardly vary" in store.status()["last_rejected"]["reason"]
+    assert store.active_dir() is None and "hardly vary" in store.status()["last_rejected"]["reason"]
     # A retailer who lowers every floor (settings AGEGATE_MODEL_*) takes responsibility for what gets in.
     lowered = ModelStore(tmp_path / "state", floors=QualityFloors(min_under18_flagged=0, max_mae=12, min_prediction_spread=0))
     assert lowered.install(bundles["constant"])["version"] == "c"
