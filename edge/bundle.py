@@ -150,17 +150,25 @@ class QualityFloors(_Strict):
     min_prediction_spread: float = Field(default=1.0, ge=0)  # years
 
 
-def quality_problems(manifest: "Manifest", floors: QualityFloors) -> list[str]:
-    """Why the bundle's recorded validation figures fall short of ``floors``; [] when they do not."""
+def quality_problems(manifest: "Manifest", floors: QualityFloors, calibrated: bool = False) -> list[str]:
+    """Why the bundle's recorded validation figures fall short of ``floors``; [] when they do not.
+
+    The share of under-18s flagged is judged at the threshold the till will decide with: the
+    challenge age, or with ``calibrated`` the model's calibrated threshold when it has one
+    above the challenge age (AGEGATE_DECISION_THRESHOLD=calibrated).
+    """
     v = manifest.validation
     if v is None:
         return ["it records no validation figures (export it with a current agegate-export)"]
     problems = []
-    flagged = v.at_challenge.under18_flagged
+    rates: FlagRates = v.at_challenge
+    if calibrated and v.calibrated is not None and v.calibrated.threshold > v.at_challenge.threshold:
+        rates = v.calibrated
+    flagged = rates.under18_flagged
     if flagged is None:
         problems.append("its validation faces hold no under-18s, so its Challenge figures are unknown")
     elif flagged < floors.min_under18_flagged:
-        problems.append(f"it flags {100 * flagged:.1f} % of under-18s at {v.at_challenge.threshold:g} on its validation faces; the floor is {100 * floors.min_under18_flagged:g} %")
+        problems.append(f"it flags {100 * flagged:.1f} % of under-18s at {rates.threshold:g} on its validation faces; the floor is {100 * floors.min_under18_flagged:g} %")
     if v.mae > floors.max_mae:
         problems.append(f"its validation MAE is {v.mae:.2f} years; the ceiling is {floors.max_mae:g}")
     if v.prediction_spread < floors.min_prediction_spread:

@@ -70,7 +70,8 @@ class InstallCancelled(Exception):
 
 
 class ModelStore:
-    def __init__(self, state_dir: Path, public_key: Any | None = None, num_threads: int = 1, floors: QualityFloors | None = QualityFloors()):
+    def __init__(self, state_dir: Path, public_key: Any | None = None, num_threads: int = 1, floors: QualityFloors | None = QualityFloors(),
+                 calibrated: bool = False):
         self.state_dir = Path(state_dir)
         self.incoming = self.state_dir / "incoming"
         self.root = self.state_dir / "models"
@@ -80,6 +81,7 @@ class ModelStore:
         self.public_key = public_key
         self.num_threads = num_threads
         self.floors = floors  # None: quality floors reported, not enforced
+        self.calibrated = calibrated  # the till decides at models' calibrated thresholds: judge them there
         self._seen: dict[str, tuple[float, int, float]] = {}  # incoming name -> (mtime, size, first seen)
         # Entries rejected but not removable from incoming/, by fingerprint: not retried until changed.
         self._refused: dict[str, tuple[float, int]] = {}
@@ -106,7 +108,7 @@ class ModelStore:
             verify_signature(bundle, self.public_key)  # the validation figures below are signed with the manifest
         else:
             log.warning("no AGEGATE_MODEL_PUBLIC_KEY: bundle signatures are not checked (sha256 only)")
-        problems = quality_problems(bundle.manifest, self.floors or QualityFloors())
+        problems = quality_problems(bundle.manifest, self.floors or QualityFloors(), calibrated=self.calibrated)
         if problems and require_self_test and self.floors is not None:
             raise BundleError(f"{bundle.manifest.name} {bundle.manifest.version}: below the quality floors: {'; '.join(problems)}")
         for problem in problems if not require_self_test else ():

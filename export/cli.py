@@ -34,12 +34,19 @@ def _floor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-mae", type=float, default=floors.max_mae, metavar="YEARS", help=f"quality floor: the largest validation MAE (default {floors.max_mae:g})")
     p.add_argument("--min-spread", type=float, default=floors.min_prediction_spread, metavar="YEARS",
                    help=f"quality floor: the least spread of the estimates; a constant model has none (default {floors.min_prediction_spread:g})")
+    p.add_argument("--decision-threshold", choices=("challenge_age", "calibrated"), default="challenge_age",
+                   help="judge the under-18 floor at the challenge age (default) or at the model's calibrated threshold, "
+                        "for tills set to AGEGATE_DECISION_THRESHOLD=calibrated")
 
 
 def _floors(args: argparse.Namespace):
     from agegate.edge.bundle import QualityFloors
 
     return QualityFloors(min_under18_flagged=args.min_under18_flagged, max_mae=args.max_mae, min_prediction_spread=args.min_spread)
+
+
+def _calibrated(args: argparse.Namespace) -> bool:
+    return args.decision_threshold == "calibrated"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,7 +110,7 @@ def _convert(args: argparse.Namespace) -> int:
             args.run, args.out, variants, args.data, args.tolerance, args.name, args.version, args.limit,
             args.calibration_size, args.threads, args.challenge_age, args.overwrite,
             args.golden_faces, args.golden_tolerance, args.sign_key, args.golden_image,
-            _floors(args),
+            _floors(args), _calibrated(args),
         )  # fmt: skip
     except (ExportError, DataError, BundleError, ValueError, FileNotFoundError) as exc:
         print(f"agegate-export convert: error: {exc}", file=sys.stderr)
@@ -123,7 +130,7 @@ def _verify(args: argparse.Namespace) -> int:
     from .verify import VerifyError, verify
 
     try:
-        for line in verify(args.bundle, args.data, args.public_key, _floors(args)):
+        for line in verify(args.bundle, args.data, args.public_key, _floors(args), _calibrated(args)):
             print(f"ok: {line}")
     except (VerifyError, ValueError) as exc:
         print(f"agegate-export verify: FAILED: {exc}", file=sys.stderr)
@@ -155,7 +162,7 @@ def _sign(args: argparse.Namespace) -> int:
     from .verify import VerifyError, verify
 
     try:
-        verify(args.bundle, floors=_floors(args))  # never sign a bundle a till would refuse
+        verify(args.bundle, floors=_floors(args), calibrated=_calibrated(args))  # never sign a bundle a till would refuse
         key = load_private_key(Path(args.key))
     except (VerifyError, OSError, ValueError) as exc:
         print(f"agegate-export sign: error: {exc}", file=sys.stderr)

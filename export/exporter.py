@@ -112,6 +112,7 @@ def export_run(
     sign_key: str | Path | None = None,
     golden_images: Sequence[str | Path] = (),
     floors: QualityFloors = QualityFloors(),
+    calibrated: bool = False,
 ) -> ExportReport:
     run, out = RunDir(run_dir), Path(out_dir)
     config = run.load_config()
@@ -150,7 +151,7 @@ def export_run(
             golden = _golden_from_photos(golden_images, spec, config)
         else:
             golden = test.images[_golden_indices(test.ages, golden_faces)]
-        job = _Job(out, fields, test, val, keras, tolerance, threads, challenge_age, data or config.data, limit, golden, golden_tolerance, private_key, floors)
+        job = _Job(out, fields, test, val, keras, tolerance, threads, challenge_age, data or config.data, limit, golden, golden_tolerance, private_key, floors, calibrated)
         results = [_export_variant(job, variant, convert(saved, variant, calibration)) for variant in variants]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -179,6 +180,7 @@ class _Job:
     golden_tolerance: float
     private_key: Any  # Ed25519PrivateKey or None
     floors: QualityFloors
+    calibrated: bool  # the under-18 floor judged at the model's calibrated threshold
 
 
 def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult:
@@ -193,7 +195,7 @@ def _export_variant(job: _Job, variant: str, flatbuffer: bytes) -> VariantResult
         validation = validation_figures(job.val.ages, till.predict_prepared(job.val.images), job.val.sources, job.challenge_age)
     finally:
         shutil.rmtree(staging)
-    quality = quality_problems(staged.model_copy(update={"validation": validation}), job.floors)
+    quality = quality_problems(staged.model_copy(update={"validation": validation}), job.floors, job.calibrated)
     accepted = measured.mae - keras.mae <= tolerance and not quality
     result = VariantResult(variant, measured, staged.sha256, accepted, out / variant if accepted else None, validation, quality)
     if accepted:

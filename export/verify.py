@@ -46,7 +46,8 @@ def probe_faces(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.stack([grey, ramp, noise])
 
 
-def verify(path: str | Path, data=None, public_key: str | Path | None = None, floors: QualityFloors = QualityFloors()) -> list[str]:
+def verify(path: str | Path, data=None, public_key: str | Path | None = None, floors: QualityFloors = QualityFloors(),
+           calibrated: bool = False) -> list[str]:
     """The checks passed, one line each; raises VerifyError at the first that fails."""
     passed: list[str] = []
     try:
@@ -74,7 +75,7 @@ def verify(path: str | Path, data=None, public_key: str | Path | None = None, fl
         raise VerifyError(str(exc)) from None
     assert m.self_test is not None
     passed.append(f"self-test: {m.self_test.faces} golden faces give their recorded ages within {m.self_test.tolerance:g} years")
-    problems = quality_problems(m, floors)
+    problems = quality_problems(m, floors, calibrated)
     if problems:
         raise VerifyError(f"{path}: below the quality floors a till applies: {'; '.join(problems)}")
     assert m.validation is not None

@@ -75,7 +75,9 @@ def fit(
         if epochs is not None and epochs != config.epochs:
             if epochs < initial_epoch:
                 raise RunError(f"--epochs {epochs}: the run already has {initial_epoch} epochs")
-            log.info("extending %s from %d to %d epochs (the learning-rate schedule restarts its decay over the new epochs)", run.path, config.epochs, epochs)
+            # The optimizer comes back with its schedule, which has decayed to its floor: the added
+            # epochs polish at that lowest learning rate rather than train afresh.
+            log.info("extending %s from %d to %d epochs, at the schedule's final learning rate", run.path, config.epochs, epochs)
             config.epochs = epochs
             run.save_config(config)
         log.info("resuming %s from epoch %d of %d", run.path, initial_epoch, config.epochs)
