@@ -24,7 +24,7 @@ from typing import Sequence
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
-    "balance", "epoch_size",
+    "balance", "epoch_size", "overestimate_penalty",
 )  # fmt: skip
 
 
@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--dropout", type=float, help=f"(default {d.dropout})")
     fit.add_argument("--huber-delta", type=float, metavar="YEARS", help=f"Huber loss delta in years (default {d.huber_delta})")
     fit.add_argument("--mixed-precision", choices=("auto", "on", "off"), help="auto: on when GPUs are present (default)")
+    fit.add_argument("--overestimate-penalty", type=float, metavar="K",
+                     help=f"an over-estimate of someone under 25 counts 1+K times in the loss (default {d.overestimate_penalty})")
     fit.add_argument("--balance", type=float, metavar="P", help=f"draw faces with weight 1/(faces in their age band)^P: 0 as they come, 1 equal bands (default {d.balance})")
     fit.add_argument("--epoch-size", type=int, metavar="N", help="faces drawn per epoch (default: the training set's size)")
     fit.add_argument("--keep-checkpoints", type=int, metavar="N", help=f"epoch checkpoints to keep (default {d.keep_checkpoints})")

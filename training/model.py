@@ -77,6 +77,36 @@ class HuberLoss(keras.losses.Huber):
         return {**super().get_config(), "delta": self.delta}
 
 
+@keras.saving.register_keras_serializable(package="agegate")
+class ChallengeHuberLoss(HuberLoss):
+    """Huber loss that counts an over-estimate of someone under the challenge age ``1 + penalty`` times.
+
+    At a till the costly error is one direction only: a 16-year-old estimated at 27 buys
+    alcohol without being asked; a 40-year-old estimated at 33 costs nothing. Plain
+    regression pulls teenagers' estimates up towards the mean; this pulls back where it hurts.
+    Targets and predictions are normalised ages; ``offset`` and ``scale`` map them to years.
+    """
+
+    def __init__(self, delta: float = 1.0, penalty: float = 0.0, challenge_age: float = 25.0, offset: float = 0.0,
+                 scale: float = 1.0, name: str = "challenge_huber_loss", reduction: str = "sum_over_batch_size"):
+        super().__init__(delta=delta, name=name, reduction=reduction)
+        self.penalty, self.challenge_age, self.offset, self.scale = float(penalty), float(challenge_age), float(offset), float(scale)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        error = y_pred - y_true
+        abs_error = ops.abs(error)
+        huber = ops.where(abs_error <= self.delta, 0.5 * ops.square(error), self.delta * abs_error - 0.5 * self.delta**2)
+        young = ops.cast(y_true * self.scale + self.offset < self.challenge_age, "float32")
+        over = ops.cast(error > 0, "float32")
+        return ops.mean(huber * (1.0 + self.penalty * young * over), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "penalty": self.penalty, "challenge_age": self.challenge_age,
+                "offset": self.offset, "scale": self.scale}
+
+
 def backbone(name: str, image_size: int, weights: str | None) -> tuple[keras.Model, layers.Layer | None]:
     """The convolutional base (no top) and the layer, if any, that its inputs need first."""
     shape = (image_size, image_size, 3)
@@ -124,7 +154,8 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
         schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, total), alpha=0.01)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=schedule),
-        loss=HuberLoss(delta=config.huber_delta / config.target_scale),
+        loss=ChallengeHuberLoss(delta=config.huber_delta / config.target_scale, penalty=config.overestimate_penalty,
+                                offset=config.target_offset, scale=config.target_scale),
         metrics=[AgeMAE(scale=config.target_scale)],
     )
 
