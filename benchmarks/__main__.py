@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from agegate.edge.config import DEFAULT_BUNDLE_DIR
+from agegate.edge.detectors import YUNET_MODEL
 
 from . import machine
 from .measure import busy_processes
@@ -52,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=SHARED / "data" / "utkface-part1",
                    help="labelled faces with a test split (labels.csv, splits.csv)")
     p.add_argument("--faces", type=int, help="only this many test faces (evenly spread); default all")
-    p.add_argument("--yunet", type=Path, default=SHARED / "models" / "face_detection_yunet_2026may.onnx",
-                   help="YuNet .onnx for the detection costs (skipped when missing)")
+    p.add_argument("--yunet", type=Path, default=YUNET_MODEL, help="YuNet .onnx for the detection costs (default: the shipped one)")
     p.add_argument("--keras", type=Path, help="a trained .keras model for the naive model.predict peer")
     p.add_argument("--keras-bundle", type=Path, help="the bundle exported from --keras (its preprocessing; default float32)")
     p.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")

@@ -22,6 +22,9 @@ EX_CONFIG = 78
 ENV_PREFIX = "AGEGATE_"
 # Where the daemon looks for its default bundle when AGEGATE_MODEL_DIR is not set.
 DEFAULT_BUNDLE_DIR = Path(__file__).with_name("default_bundle")
+# Shipped beside the default: dlib's CC0 age net as published, trained on no data of ours, so a
+# retailer may deploy it commercially (AGEGATE_MODEL_DIR=<this folder>); docs/model-card.md compares the two.
+CC0_BUNDLE_DIR = Path(__file__).with_name("cc0_bundle")
 # The HTTP server may listen here without AGEGATE_HTTP_TOKEN; anywhere else needs one.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 

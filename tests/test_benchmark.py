@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, UTKFACE, YUNET_MODEL
+from conftest import ROOT, UTKFACE
 
 
 def positive(x) -> bool:
@@ -40,9 +40,7 @@ def test_isolated_costs(bench):
     assert result["schema"] == "agegate-bench/1"
     assert {"cpu", "cores", "memory_gib", "os", "python", "packages"} <= set(result["machine"])
     kinds = {(d["detector"], d["threads"]) for d in result["detectors"]}
-    assert {("haar", 1), ("haar", 2)} <= kinds
-    if YUNET_MODEL.exists():
-        assert ("yunet", 1) in kinds
+    assert {("haar", 1), ("haar", 2), ("yunet", 1)} <= kinds
     assert [(d["detector"], d["threads"]) for d in result["detectors"] if d["paced_fps"] == 15] == \
         [(kind, 1) for kind, _ in sorted(kinds) if _ == 1]  # each detector also paced as the daemon runs it
     for d in result["detectors"]:
@@ -57,7 +55,7 @@ def test_isolated_costs(bench):
 def test_pipeline_latency_and_overhead(bench):
     result, _, _ = bench
     p = result["pipeline"]
-    assert p["detector"] == "haar" and p["settings"]["AGEGATE_DETECT_FPS"] == "15"
+    assert p["detector"] == "yunet" and p["settings"]["AGEGATE_DETECT_FPS"] == "15"  # the default detector, shipped
     t = p["throughput"]
     for key in ("frames_per_s", "estimates_per_s", "cpu_percent", "cpu_ms_per_frame", "vision_ms_per_frame"):
         assert positive(t[key]), key

@@ -103,10 +103,6 @@ class FaceSet:
         names = list(dict.fromkeys(str(s) for s in self.sources))
         return {n: np.asarray(self.sources == n) for n in names}
 
-    def subset(self, mask: np.ndarray) -> "FaceSet":
-        idx = np.flatnonzero(mask)
-        return FaceSet(self.images[idx], self.ages[idx], [self.files[i] for i in idx], self.fallback[idx], [], self.sources[idx])
-
     def __len__(self) -> int:
         return len(self.files)
 
