@@ -57,7 +57,9 @@ class PosMessage(BaseModel):
     type: Literal["transaction_start", "item", "id_checked", "transaction_end"]
     transaction_id: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
     category: str | None = Field(default=None, max_length=64)
-    restricted: bool = False
+    # Strict: JSON true or false only, as the schema says. Lax pydantic took 0, 1, "no", "yes"
+    # and guessed; a POS that sends something else must hear so, not have its sale guessed at.
+    restricted: bool = Field(default=False, strict=True)
 
 
 Decision = Literal["clear", "age_check_required", "no_face", "camera_unavailable", "cannot_assess"]
