@@ -110,6 +110,11 @@ class AgeModel:
                 first = str(exc).split("failed to invoke.")[0].strip()
                 raise InferenceError(f"model {self.manifest.name} {self.manifest.version} failed: {first}") from None
             ages[i] = self._get_output()
+            if not np.isfinite(ages[i]):
+                # A NaN or infinite age is a broken model, not an estimate: it would compare as
+                # "not under the challenge age" nowhere and poison the median and every JSON view.
+                raise InferenceError(f"model {self.manifest.name} {self.manifest.version} failed: "
+                                     f"it answered a non-finite age ({ages[i]})")
         return ages
 
     def estimate(self, image_bgr: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:

@@ -5,8 +5,11 @@ restricted item the answer holds the decision, so the till can prompt the cashie
 ``GET /v1/status`` and ``GET /healthz`` tell how the daemon is. The OpenAPI schema is at
 ``/openapi.json`` and the interactive docs at ``/docs``.
 
-Bad input gets a 4xx with the reason: a body that is not JSON or has wrong fields → 422,
-a body over AGEGATE_HTTP_MAX_BODY → 413. Every rejection is counted for the stats.
+Bad input gets a 4xx whose ``detail`` is one sentence with the reason (:class:`ErrorAnswer`,
+as the OpenAPI schema says): a body that is not JSON (invalid UTF-8, nested too deeply, an
+integer too long for Python included) or has wrong fields → 422, a body over
+AGEGATE_HTTP_MAX_BODY → 413, whether it declares its length or comes chunked. Every POS
+rejection is counted for the stats and logged.
 
 With AGEGATE_HTTP_TOKEN set, :class:`RequireToken` checks every request but ``/healthz``
 (the POS sends ``Authorization: Bearer <token>``); the till console's routers
@@ -35,9 +38,12 @@ import secrets
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -126,8 +132,19 @@ class RequireLocalHost:
         await JSONResponse({"detail": detail}, status_code=403)(scope, _no_receive, send)
 
 
-class BodyTooLarge(Exception):
-    pass
+class ErrorAnswer(BaseModel):
+    """Every refusal: ``detail`` is one sentence saying why (FastAPI's default 422 is a list; ours is not)."""
+
+    detail: str = Field(description="Why the request was refused, for people reading the POS log",
+                        examples=["body.restricted: Input should be a valid boolean"])
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from the body stream once it passes the limit. An HTTPException, because FastAPI
+    turns any other exception met while reading a body into a 400."""
+
+    def __init__(self, reason: str):
+        super().__init__(status_code=413, detail=reason)
 
 
 class LimitBodySize:
@@ -148,27 +165,36 @@ class LimitBodySize:
         limit = self.limits.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._refuse(scope, send, int(declared), limit)
+            reason = self._rejected(scope, int(declared), limit)
+            return await JSONResponse({"detail": reason}, status_code=413)({"type": "http"}, _no_receive, send)
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge
+            if seen > limit:  # chunked, or longer than declared: stop reading here
+                raise BodyTooLarge(self._rejected(scope, seen, limit))
             return message
 
         try:
             await self.app(scope, counted, send)
-        except BodyTooLarge:
-            await self._refuse(scope, send, seen, limit)
+        except BodyTooLarge as exc:  # read outside a route (FastAPI's exception handlers answer it otherwise)
+            await JSONResponse({"detail": exc.detail}, status_code=413)({"type": "http"}, _no_receive, send)
 
-    async def _refuse(self, scope: Scope, send: Send, size: int, limit: int) -> None:
+    def _rejected(self, scope: Scope, size: int, limit: int) -> str:
         reason = f"request body of {size}+ bytes exceeds the limit of {limit}"
         if scope["path"] not in self.limits:
-            self.on_reject(reason)
-        await JSONResponse({"detail": reason}, status_code=413)({"type": "http"}, _no_receive, send)
+            self.on_reject(f"HTTP POS message rejected: {reason}")
+        return reason
+
+
+def _json_failure(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 (byte {exc.start})"
+    return str(exc).split(";")[0]  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 async def _no_receive() -> Message:
@@ -232,16 +258,32 @@ def create_app(
         description="Local API between the till's POS software and the agegate daemon.",
     )
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
-        where = ".".join(str(p) for p in first["loc"])
-        reason = f"{where}: {first['msg']}"
+    def invalid(request: Request, reason: str) -> JSONResponse:
         if request.url.path == "/v1/pos":
             on_reject(f"HTTP POS message rejected: {reason}")
         return JSONResponse({"detail": reason}, status_code=422)
 
-    @app.post("/v1/pos", response_model=PosAnswer, summary="Tell the daemon about the sale; get the decision")
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
+        where = ".".join(str(p) for p in first["loc"])
+        return invalid(request, f"{where}: {first['msg']}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI answers a bare 400 ("There was an error parsing the body") when json.loads
+        # fails other than by a syntax error; that is a body that is not JSON all the same.
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            return invalid(request, f"body: not valid JSON: {_json_failure(exc.__cause__)}")
+        return await http_exception_handler(request, exc)
+
+    refusals = {
+        413: {"model": ErrorAnswer, "description": "Body over AGEGATE_HTTP_MAX_BODY"},
+        422: {"model": ErrorAnswer, "description": "Body not JSON, or not a POS message"},
+    }
+
+    @app.post("/v1/pos", response_model=PosAnswer, responses=refusals,
+              summary="Tell the daemon about the sale; get the decision")
     def pos(message: PosMessage) -> PosAnswer:
         return handle_pos(message)
 

@@ -179,6 +179,7 @@ class Daemon:
         self.metrics = Metrics(live_from(self))
         self.vision = self._new_vision()
         self.thresholds = decision_thresholds(s, self.model.manifest)
+        self.outbox = open_outbox(s)  # before the book: it keeps the open transactions too
         self.book = TransactionBook(
             store_id=s.store_id,
             till_id=s.till_id,
@@ -190,8 +191,8 @@ class Daemon:
             face_wait_s=s.face_wait_s,
             max_spread=s.max_spread,
             timed=self.timers["decide"].add,
+            store=self.outbox,
         )
-        self.outbox = open_outbox(s)
         self.history = open_history(s.state_dir, s.history_days)
         self.mqtt = MqttLink(
             s,
@@ -300,6 +301,10 @@ class Daemon:
     def start(self) -> None:
         self.camera.start()
         self.vision.start()
+        # Sales a kill interrupted are ended (their events wait in the outbox for the broker)
+        # before either POS channel can start new ones under the same ids.
+        if ended := self.book.end_interrupted():
+            log.warning("ended %d transaction(s) left open by the last run (ended_by restart)", ended)
         self.mqtt.start()
         self._http_thread.start()
         self._models_thread.start()

@@ -13,6 +13,13 @@ The first three are also published as alerts. A transaction that ends after a ch
 required, with no ``id_checked``, raises ``unverified_sale``. Every transaction ends in one
 anonymous summary.
 
+Open transactions are also kept in a :class:`TransactionStore` (the outbox's SQLite file),
+written before the POS is answered. A daemon killed mid-sale finds them at its next start
+and ends them with ``ended_by: "restart"`` (raising the ``unverified_sale`` that is due:
+the till cannot know that the sale did not go through). A clean shutdown ends them with
+``ended_by: "shutdown"`` and no ``unverified_sale``: stopping the till is not the cashier's
+doing, and the sale may still be completed after an ID check the till never hears of.
+
 Threading: :meth:`TransactionBook.handle` is called from the HTTP server's worker threads
 and the MQTT POS worker at once; a lock guards the open transactions. Waiting for a face
 happens outside the lock, so one slow decision does not hold up other messages.
@@ -20,6 +27,7 @@ happens outside the lock, so one slow decision does not hold up other messages.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -76,6 +84,16 @@ def decision_thresholds(settings, manifest) -> Thresholds:
     return base.model_copy(update={"estimate_threshold": threshold, "calibrated": True})
 
 
+class TransactionStore(Protocol):
+    """Where open transactions outlive the process (edge/outbox.py's Outbox); errors raise OutboxError."""
+
+    def keep_transaction(self, transaction_id: str, state: str) -> None: ...
+
+    def forget_transaction(self, transaction_id: str) -> None: ...
+
+    def open_transactions(self) -> list[str]: ...
+
+
 class Vision(Protocol):
     """What the decision needs from the camera side."""
 
@@ -99,6 +117,33 @@ class _Transaction:
     id_checked: bool = False
     best_estimate: Estimate | None = None
 
+    def to_json(self) -> str:
+        """The decision state a restart needs to end this transaction honestly."""
+        return json.dumps({
+            "transaction_id": self.transaction_id,
+            "started_at": self.started_at.isoformat(),
+            "items": self.items,
+            "restricted_items": self.restricted_items,
+            "decision": self.decision,
+            "answer": self.answer.model_dump(mode="json") if self.answer else None,
+            "id_checked": self.id_checked,
+            "best_estimate": self.best_estimate.model_dump(mode="json") if self.best_estimate else None,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "_Transaction":
+        state = json.loads(text)
+        return cls(
+            transaction_id=state["transaction_id"],
+            started_at=datetime.fromisoformat(state["started_at"]),
+            items=state["items"],
+            restricted_items=state["restricted_items"],
+            decision=state["decision"],
+            answer=PosAnswer.model_validate(state["answer"]) if state["answer"] else None,
+            id_checked=state["id_checked"],
+            best_estimate=Estimate.model_validate(state["best_estimate"]) if state["best_estimate"] else None,
+        )
+
 
 class TransactionBook:
     """Open transactions and the decisions made in them."""
@@ -119,6 +164,7 @@ class TransactionBook:
         idle_timeout_s: float = 3600.0,
         poll_s: float = 0.05,
         timed: Callable[[float], None] | None = None,
+        store: TransactionStore | None = None,
     ):
         self.store_id, self.till_id = store_id, till_id
         self.thresholds = thresholds
@@ -132,6 +178,7 @@ class TransactionBook:
         self.idle_timeout_s = idle_timeout_s
         self.poll_s = poll_s
         self.timed = timed  # told the seconds each new decision took (face wait and history included, publishing not)
+        self.store = store  # None: open transactions are in memory only (no usable state directory)
         self._open: OrderedDict[str, _Transaction] = OrderedDict()
         self._lock = Lock()
         self.decisions: Counter[str] = Counter()
@@ -149,6 +196,8 @@ class TransactionBook:
                 tx.id_checked = True
             elif msg.type == "transaction_end":
                 self._end(tx, "pos")
+                return self._plain_answer(tx)
+            self._keep(tx)
             return self._plain_answer(tx)
 
     def expire_idle(self, now: float | None = None) -> int:
@@ -165,6 +214,31 @@ class TransactionBook:
             for tx in list(self._open.values()):
                 self._end(tx, reason)
 
+    def end_interrupted(self) -> int:
+        """End the transactions a killed daemon left open in the store (``ended_by: "restart"``);
+        returns how many. Called once at start, before the POS is served."""
+        if self.store is None:
+            return 0
+        try:
+            states = self.store.open_transactions()
+        except Exception as exc:  # the outbox says why; the till must start anyway
+            log.error("cannot read the transactions left open by the last run: %s", exc)
+            return 0
+        ended = 0
+        with self._lock:
+            for state in states:
+                try:
+                    tx = _Transaction.from_json(state)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("an open transaction stored by the last run cannot be read (%s); it is dropped: %.200s",
+                              exc, state)
+                    continue
+                log.warning("transaction %s was open when the daemon last stopped without a shutdown: ending it",
+                            tx.transaction_id)
+                self._end(tx, "restart")
+                ended += 1
+        return ended
+
     @property
     def open_count(self) -> int:
         return len(self._open)
@@ -180,6 +254,7 @@ class TransactionBook:
             # A transaction decides once: a customer asked for ID stays asked, one seen as
             # clear stays clear. Only "could not assess" is worth another look.
             if tx.answer is not None and tx.decision in ("clear", "age_check_required"):
+                self._keep(tx)  # the item counts
                 return self._repeat(tx)
         estimate, decision = self._assess()
         answer, alert = self._decide(msg, estimate, decision)
@@ -192,6 +267,7 @@ class TransactionBook:
             if estimate is not None:
                 tx.best_estimate = estimate
             self.decisions[decision] += 1
+            self._keep(tx)  # on disk before the POS hears the decision
         took = time.perf_counter() - started
         if alert is not None:
             self.publish(alert)
@@ -271,12 +347,30 @@ class TransactionBook:
         tx.last_activity = time.monotonic()
         return tx
 
+    def _keep(self, tx: _Transaction) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.keep_transaction(tx.transaction_id, tx.to_json())
+        except Exception as exc:  # the POS is answered anyway; only a kill before the end loses it
+            log.error("transaction %s is kept in memory only: %s", tx.transaction_id, exc)
+
+    def _forget(self, tx: _Transaction) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.forget_transaction(tx.transaction_id)
+        except Exception as exc:  # at worst the next start ends it again: one more summary, at-least-once
+            log.error("ended transaction %s is still stored as open: %s", tx.transaction_id, exc)
+
     def _end(self, tx: _Transaction, ended_by: str) -> None:
         self._open.pop(tx.transaction_id, None)
-        if tx.best_estimate is None:
+        if tx.best_estimate is None and ended_by != "restart":  # after a restart the customer is someone else
             tx.best_estimate = self.vision.customer_estimate()
         model = self.model_ref()
-        if tx.decision == "age_check_required" and not tx.id_checked:
+        # The thresholds the transaction was decided with (a model swap may have changed them since).
+        thresholds = tx.answer.thresholds if tx.answer else self.thresholds
+        if tx.decision == "age_check_required" and not tx.id_checked and ended_by != "shutdown":
             self.publish(
                 Alert(
                     type="unverified_sale",
@@ -286,8 +380,10 @@ class TransactionBook:
                     transaction_id=tx.transaction_id,
                     likely_minor=tx.answer.likely_minor if tx.answer else False,
                     estimate=tx.best_estimate,
-                    thresholds=self.thresholds,
-                    reason="The sale ended after an age check was required, but no ID check was recorded.",
+                    thresholds=thresholds,
+                    reason=("The till restarted during a sale in which an age check was required, and no ID check "
+                            "was recorded before." if ended_by == "restart" else
+                            "The sale ended after an age check was required, but no ID check was recorded."),
                 )
             )
         self.publish(
@@ -304,16 +400,17 @@ class TransactionBook:
                 restricted_items=tx.restricted_items,
                 decision=tx.decision,
                 id_checked=tx.id_checked,
-                outcome=_outcome(tx),
-                thresholds=self.thresholds,
+                outcome=_outcome(tx, ended_by),
+                thresholds=thresholds,
             )
         )
+        self._forget(tx)  # after the summary is stored: a kill in between repeats it, never loses it
 
     def _plain_answer(self, tx: _Transaction) -> PosAnswer:
         return PosAnswer(transaction_id=tx.transaction_id, thresholds=self.thresholds, model=self.model_ref())
 
 
-def _outcome(tx: _Transaction) -> str:
+def _outcome(tx: _Transaction, ended_by: str) -> str:
     if tx.restricted_items == 0:
         return "no_restricted_items"
     if tx.id_checked:
@@ -321,7 +418,8 @@ def _outcome(tx: _Transaction) -> str:
     if tx.decision == "clear":
         return "clear"
     if tx.decision == "age_check_required":
-        return "unverified_sale"
+        # A shutdown cut the sale short: whether ID was checked afterwards is unknown to the till.
+        return "interrupted" if ended_by == "shutdown" else "unverified_sale"
     return "not_assessed"
 
 

@@ -57,7 +57,9 @@ class PosMessage(BaseModel):
     type: Literal["transaction_start", "item", "id_checked", "transaction_end"]
     transaction_id: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
     category: str | None = Field(default=None, max_length=64)
-    restricted: bool = False
+    # Strict: JSON true or false only, as the schema says. Lax pydantic took 0, 1, "no", "yes"
+    # and guessed; a POS that sends something else must hear so, not have its sale guessed at.
+    restricted: bool = Field(default=False, strict=True)
 
 
 Decision = Literal["clear", "age_check_required", "no_face", "camera_unavailable", "cannot_assess"]
@@ -153,13 +155,18 @@ class TransactionSummary(Event):
     transaction_id: str
     started_at: datetime
     ended_at: datetime
-    ended_by: Literal["pos", "timeout", "evicted", "shutdown"] = "pos"
+    ended_by: Literal["pos", "timeout", "evicted", "shutdown", "restart"] = Field(
+        default="pos", description="pos: transaction_end; timeout: no POS message for an hour; evicted: more than 64 open; "
+                                  "shutdown: the daemon stopped cleanly mid-sale; restart: the daemon was killed mid-sale "
+                                  "and ended the sale at its next start (added in 0.2)")
     age_band: AgeBand
     items: int
     restricted_items: int
     decision: Decision | None = Field(description="The decision for the first restricted item (null without one)")
     id_checked: bool
-    outcome: Literal["no_restricted_items", "clear", "id_checked", "unverified_sale", "not_assessed"]
+    outcome: Literal["no_restricted_items", "clear", "id_checked", "unverified_sale", "not_assessed", "interrupted"] = Field(
+        description="interrupted (added in 0.2): a shutdown ended the sale after age_check_required and before an ID "
+                    "check was recorded; no unverified_sale is raised for it")
     thresholds: Thresholds
 
 

@@ -90,11 +90,14 @@ class Query:
 
 
 def _local_midnight(day: date) -> float:
-    return datetime.combine(day, dtime.min).astimezone().timestamp()
+    try:
+        return datetime.combine(day, dtime.min).astimezone().timestamp()
+    except (OverflowError, ValueError, OSError):  # 0001-01-01 or 9999-12-31: beyond what the clock can say
+        return float("-inf") if day.year < 1970 else float("inf")
 
 
 def _next_midnight(day: date) -> float:
-    return datetime.combine(date.fromordinal(day.toordinal() + 1), dtime.min).astimezone().timestamp()
+    return float("inf") if day == date.max else _local_midnight(date.fromordinal(day.toordinal() + 1))
 
 
 class DecisionLog:

@@ -17,6 +17,11 @@ A full state disk must not stop alerts first: ``outbox.reserve`` (RESERVE_BYTES 
 pre-allocated space) is released when an alert no longer fits, and while it is gone
 summaries are not stored (they go out live), so the space left is kept for alerts.
 
+The same file keeps the decision state of the open transactions (table ``open_transactions``,
+one JSON row each, written by the TransactionBook on every change and deleted when the
+transaction ends), so that a sale interrupted by a kill or a power cut is ended honestly at
+the next start (``ended_by: "restart"``, with its ``unverified_sale`` when one is due).
+
 Threading: called from the deciding threads (add), paho's network thread (acknowledged)
 and the daemon's main loop (pending); one connection guarded by one lock.
 """
@@ -104,6 +109,7 @@ class Outbox:
                 " created REAL NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, id)")
+            db.execute("CREATE TABLE IF NOT EXISTS open_transactions (transaction_id TEXT PRIMARY KEY, state TEXT NOT NULL)")
             # Damaged pages are found now, not by the first pending() in the main loop.
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
             if verdict != "ok":
@@ -206,6 +212,36 @@ class Outbox:
                 self.broken = True
                 return []
         return [Pending(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows if r[0] not in exclude][:limit]
+
+    # --- open transactions (edge/decision.py's TransactionStore) ------------------------------
+
+    def keep_transaction(self, transaction_id: str, state: str) -> None:
+        """Store (or replace) one open transaction's state, durably, before the POS is answered."""
+        with self._lock:
+            try:
+                self._db.execute("INSERT OR REPLACE INTO open_transactions (transaction_id, state) VALUES (?, ?)",
+                                 (transaction_id, state))
+            except sqlite3.Error as exc:
+                self.broken = self.broken or _is_corruption(exc)
+                raise OutboxError(f"cannot store open transaction {transaction_id} in {self.path}: {exc}") from None
+
+    def forget_transaction(self, transaction_id: str) -> None:
+        """The transaction has ended (its summary is in the outbox)."""
+        with self._lock:
+            try:
+                self._db.execute("DELETE FROM open_transactions WHERE transaction_id = ?", (transaction_id,))
+            except sqlite3.Error as exc:
+                self.broken = self.broken or _is_corruption(exc)
+                raise OutboxError(f"cannot forget open transaction {transaction_id} in {self.path}: {exc}") from None
+
+    def open_transactions(self) -> list[str]:
+        """The stored states of transactions that were open when the daemon last stopped."""
+        with self._lock:
+            try:
+                return [r[0] for r in self._db.execute("SELECT state FROM open_transactions ORDER BY rowid")]
+            except sqlite3.Error as exc:
+                self.broken = self.broken or _is_corruption(exc)
+                raise OutboxError(f"cannot read the open transactions in {self.path}: {exc}") from None
 
     def __len__(self) -> int:
         with self._lock:

@@ -302,6 +302,28 @@ def test_history_lists_pos_decisions_filters_pages_and_downloads(page: Page, til
     assert till.get("/console/api/history", params={"decision": "maybe"}).status_code == 422
 
 
+def test_history_queries_at_the_edges_get_answers_not_500s(till: ConsoleDaemon):
+    for page_no in ("²", "9" * 30, "1" * 5000, "0", "-1"):  # "²".isdigit() is True; int("²") is not
+        r = till.get("/console/api/history", params={"page": page_no})
+        assert r.status_code == 422 and "page" in r.json()["detail"], (page_no, r.status_code, r.text)
+    everything = till.get("/console/api/history").json()["total"]
+    # The ends of the calendar are days like any other: everything is between them.
+    for params in ({"to": "9999-12-31"}, {"from": "0001-01-01"}, {"from": "0001-01-01", "to": "9999-12-31"}):
+        r = till.get("/console/api/history", params=params)
+        assert r.status_code == 200 and r.json()["total"] == everything, (params, r.status_code, r.text)
+        csv_lines = till.get("/console/history.csv", params=params).text.splitlines()
+        assert csv_lines[0].startswith("time,transaction_id") and len(csv_lines) == everything + 1, params
+        assert till.get("/console/history", params=params).status_code == 200
+
+
+def test_the_zone_editor_refuses_a_zone_no_face_fits_in(till: ConsoleDaemon):
+    before = till.get("/console/api/status").json()["zone"]["text"]
+    for zone in ({"x0": 0, "y0": 0, "x1": 1e-320, "y1": 1}, {"x0": 0.5, "y0": 0.5, "x1": 0.51, "y1": 1}):
+        r = till.request("PUT", "/console/api/zone", json=zone)
+        assert r.status_code == 422 and "no face fits" in r.json()["detail"], (zone, r.status_code, r.text)
+    assert till.get("/console/api/status").json()["zone"]["text"] == before
+
+
 def test_metrics_in_prometheus_format(till: ConsoleDaemon):
     till.pos("item", "M-1", restricted=True)
     r = till.get("/metrics")

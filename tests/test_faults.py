@@ -243,3 +243,22 @@ def test_model_that_throws_is_reported_and_answers_cannot_assess(tmp_path, broke
     finally:
         d.stop()
         sub.close()
+
+
+def test_a_model_that_answers_nan_means_cannot_assess_and_the_live_view_still_answers(tmp_path, broker, face_video):
+    from bundle_factory import make_constant_bundle
+
+    bundle = make_constant_bundle(tmp_path / "nan", float("nan"), validation=None)
+    sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
+    d = DaemonProcess(tmp_path, broker=broker, camera=face_video, model_dir=bundle).start()
+    try:
+        wait_until(lambda: d.status()["vision_errors"] > 0, what="the model's NaN to be seen")
+        answer = d.pos("item", "NAN1", restricted=True).json()
+        assert answer["decision"] == "cannot_assess" and answer["estimate"] is None
+        alert = sub.wait_for(lambda m: [p for t, p in m if t.endswith("/alerts")])[0]
+        assert alert["type"] == "cannot_assess" and "non-finite age" in alert["reason"]
+        live = httpx.get(f"{d.url}/console/api/live", timeout=10)
+        assert live.status_code == 200 and live.json()["camera"] == "streaming"
+    finally:
+        d.stop()
+        sub.close()

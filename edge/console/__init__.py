@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000  # far past the history's own bound (1,000,000 rows); page numbers beyond are refused
 DECISIONS = get_args(Decision)
 NO_STORE = {"Cache-Control": "no-store"}
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
@@ -288,8 +289,9 @@ def _history_query(request: Request) -> tuple[Query, int]:
     if decision is not None and decision not in DECISIONS:
         raise HTTPException(422, f"decision: must be one of {', '.join(DECISIONS)}")
     page = p.get("page") or "1"
-    if not page.isdigit() or int(page) < 1:
-        raise HTTPException(422, "page: must be a whole number from 1")
+    # isascii: "²".isdigit() is True, and int("²") fails. The bound keeps the offset within SQLite's integers.
+    if not (page.isascii() and page.isdigit() and len(page) <= len(str(MAX_PAGE))) or not 1 <= int(page) <= MAX_PAGE:
+        raise HTTPException(422, f"page: must be a whole number from 1 to {MAX_PAGE}")
     return Query(since=_day(p, "from"), until=_day(p, "to"), decision=decision), int(page)
 
 

@@ -84,6 +84,9 @@ def check_bgr(image: np.ndarray) -> tuple[int, int]:
     return image.shape[1], image.shape[0]
 
 
+MIN_ZONE_SIZE = 0.05  # of the frame's width and height
+
+
 @dataclass(frozen=True)
 class Zone:
     """A rectangle of the frame in normalised coordinates, (0, 0) top left to (1, 1) bottom right."""
@@ -98,6 +101,13 @@ class Zone:
             raise ValueError(
                 f"zone {self.x0:g},{self.y0:g},{self.x1:g},{self.y1:g} "
                 "must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1"
+            )
+        # x1=1e-320 passes the test above, yet no face can ever be inside it: the till would
+        # answer no_face for every sale.
+        if self.x1 - self.x0 < MIN_ZONE_SIZE or self.y1 - self.y0 < MIN_ZONE_SIZE:
+            raise ValueError(
+                f"zone {self.x0:g},{self.y0:g},{self.x1:g},{self.y1:g} "
+                f"must be at least {MIN_ZONE_SIZE:g} of the frame wide and high, or no face fits in it"
             )
 
     @classmethod
