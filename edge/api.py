@@ -147,21 +147,42 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=reason)
 
 
+UPLOADS_AT_ONCE = 2  # bodies on the paths with a limit of their own (photos) handled at the same time
+
+
 class LimitBodySize:
     """ASGI middleware: refuse bodies over ``max_bytes`` before reading them whole (413).
 
     ``limits`` gives some paths a limit of their own (the console's photo upload); refusals
-    there are not POS rejections and are not counted.
+    there are not POS rejections and are not counted. Those paths also take at most
+    ``uploads_at_once`` requests at a time, the others answered 503 at once: each may hold
+    its whole body and a decoded image in memory, and a burst of them must not take the
+    till's memory (60 parallel 10 MiB uploads once reached 1.5 GB).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[str], None],
-                 limits: Mapping[str, int] | None = None):
+                 limits: Mapping[str, int] | None = None, uploads_at_once: int = UPLOADS_AT_ONCE):
         self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
         self.limits = dict(limits or {})
+        self.uploads_at_once = uploads_at_once
+        self._uploads = 0  # the event loop is single-threaded: a plain counter is exact
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["path"] in self.limits and scope.get("method") == "POST":
+            if self._uploads >= self.uploads_at_once:
+                busy = JSONResponse({"detail": f"{self._uploads} uploads are being processed; try again shortly"},
+                                    status_code=503, headers={"Retry-After": "2"})
+                return await busy({"type": "http"}, _no_receive, send)
+            self._uploads += 1
+            try:
+                return await self._limited(scope, receive, send)
+            finally:
+                self._uploads -= 1
+        return await self._limited(scope, receive, send)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.limits.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
