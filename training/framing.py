@@ -8,10 +8,10 @@ not guessed: every validation face of every source is cut at each margin by the 
 path (:func:`agegate.edge.bundle.prepare_face`, with the till's detector) and estimated by
 the net as it is, untrained on our data.
 
-    python -m agegate.training.framing DATA [DATA ...] --out DIR [--margins 0,0.05,...]
+    python -m agegate.training.framing DATA [DATA ...] --out DIR [--margins -0.1,-0.05,...] [--shifts 0,0.05,...]
 
-Writes ``DIR/framing.json`` (MAE and bias per margin, per source and pooled) and
-``DIR/framing.png``.
+Writes ``DIR/framing.json`` (MAE and bias per margin and vertical shift, per source and
+pooled) and ``DIR/framing.png``.
 """
 
 from __future__ import annotations
@@ -30,41 +30,44 @@ from .run import PRETRAINED, FitConfig, serving_manifest, write_json
 
 log = logging.getLogger(__name__)
 
-MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+MARGINS = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2)
+SHIFTS = (0.0, 0.04, 0.08, 0.12)
 
 
-def measure(data: list[str], margins=MARGINS, split: str = "val", limit: int | None = None, detector: DetectorSpec = DetectorSpec()) -> dict:
+def measure(data: list[str], margins=MARGINS, shifts=SHIFTS, split: str = "val", limit: int | None = None,
+            detector: DetectorSpec = DetectorSpec()) -> dict:
     from .model import predict_ages
     from .pretrained import pretrained_model
 
     model = pretrained_model()
     records = [r for r in records_of(read_sources(data), limit) if r.split == split]
     rows = []
-    for margin in margins:
-        config = FitConfig(data=data, backbone=PRETRAINED, image_size=64, margin=margin, target_offset=0.0, target_scale=1.0)
-        spec = serving_manifest(config)
-        faces = prepare_faces(records, spec, detector, default_cache_dir(), name=split)
-        predicted = predict_ages(model, faces.images, spec)
-        summary = metrics.summarise_sources(faces.ages, predicted, faces.sources)
-        rows.append({"margin": margin, "mae": summary["mae"], "bias": summary["bias"],
-                     "sources": {n: {"mae": s["mae"], "bias": s["bias"]} for n, s in summary["sources"].items()}})
-        log.info("margin %.2f: MAE %.2f, bias %+.2f; %s", margin, summary["mae"], summary["bias"],
-                 ", ".join(f"{n} {s['mae']:.2f}" for n, s in summary["sources"].items()))
+    for shift in shifts:
+        for margin in margins:
+            config = FitConfig(data=data, backbone=PRETRAINED, image_size=64, margin=margin, shift_y=shift, target_offset=0.0, target_scale=1.0)
+            spec = serving_manifest(config)
+            faces = prepare_faces(records, spec, detector, default_cache_dir(), name=split)
+            predicted = predict_ages(model, faces.images, spec)
+            summary = metrics.summarise_sources(faces.ages, predicted, faces.sources)
+            rows.append({"margin": margin, "shift_y": shift, "mae": summary["mae"], "bias": summary["bias"],
+                         "sources": {n: {"mae": s["mae"], "bias": s["bias"]} for n, s in summary["sources"].items()}})
+            log.info("margin %+.2f shift %+.2f: MAE %.2f, bias %+.2f; %s", margin, shift, summary["mae"], summary["bias"],
+                     ", ".join(f"{n} {s['mae']:.2f}" for n, s in summary["sources"].items()))
     best = min(rows, key=lambda r: r["mae"])
-    return {"split": split, "faces": len(records), "detector": detector.key(), "margins": rows, "best_margin": best["margin"]}
+    return {"split": split, "faces": len(records), "limit": limit, "detector": detector.key(), "framings": rows,
+            "best": {"margin": best["margin"], "shift_y": best["shift_y"], "mae": best["mae"]}}
 
 
 def plot(result: dict, path: Path) -> None:
     from .plots import _save, plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    margins = [r["margin"] for r in result["margins"]]
-    ax.plot(margins, [r["mae"] for r in result["margins"]], "o-", color="black", label="pooled")
-    for name in result["margins"][0]["sources"]:
-        ax.plot(margins, [r["sources"][name]["mae"] for r in result["margins"]], "o--", label=name)
+    for shift in sorted({r["shift_y"] for r in result["framings"]}):
+        rows = [r for r in result["framings"] if r["shift_y"] == shift]
+        ax.plot([r["margin"] for r in rows], [r["mae"] for r in rows], "o-", label=f"crop moved down {shift:g} of the box")
     ax.set_xlabel("crop margin (fraction of the detector box's side, each edge)")
-    ax.set_ylabel("zero-shot MAE (years)")
-    ax.set_title(f"dlib age net untrained on our data: {result['split']} faces, {result['detector']} boxes")
+    ax.set_ylabel("zero-shot MAE, all sources (years)")
+    ax.set_title(f"dlib age net as published: {result['faces']} {result['split']} faces, {result['detector']} boxes")
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
@@ -75,15 +78,17 @@ def main(argv=None) -> int:
     p.add_argument("data", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--margins", default=",".join(f"{m:g}" for m in MARGINS))
+    p.add_argument("--shifts", default=",".join(f"{m:g}" for m in SHIFTS))
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    result = measure(args.data, tuple(float(m) for m in args.margins.split(",")), args.split, args.limit)
+    result = measure(args.data, tuple(float(m) for m in args.margins.split(",")), tuple(float(m) for m in args.shifts.split(",")),
+                     args.split, args.limit)
     out = Path(args.out)
     write_json(out / "framing.json", result)
     plot(result, out / "framing.png")
-    print(f"best margin {result['best_margin']:g}; {out / 'framing.json'}")
+    print(f"best: margin {result['best']['margin']:g}, shift {result['best']['shift_y']:g} (MAE {result['best']['mae']:.2f}); {out / 'framing.json'}")
     return 0
 
 
