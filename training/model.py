@@ -160,26 +160,6 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
     )
 
 
-@keras.saving.register_keras_serializable(package="agegate")
-class MirrorImage(layers.Layer):
-    """The face mirrored left-right, as a gather (a well-supported op in every TFLite variant)."""
-
-    def call(self, x):
-        width = x.shape[2]
-        return ops.take(x, ops.convert_to_tensor(list(range(width - 1, -1, -1)), dtype="int32"), axis=2)
-
-
-def with_mirror_average(model: keras.Model) -> keras.Model:
-    """The model answering the mean of its estimates for the face and its mirror image.
-
-    Test-time flip: the same weights run twice per face inside the exported graph, so the
-    till needs nothing new (and pays twice the inference time).
-    """
-    inputs = keras.Input(model.input_shape[1:], name="face_rgb")
-    both = layers.Average(name="mirror_average", dtype="float32")([model(inputs), model(MirrorImage(name="mirror")(inputs))])
-    return keras.Model(inputs, both, name=f"{model.name}_mirror_average")
-
-
 @contextmanager
 def float32_policy() -> Iterator[None]:
     previous = keras.mixed_precision.global_policy()
