@@ -45,6 +45,12 @@ def test_check_passes_on_a_working_till(broker, face_video, constant_bundles):
     verdicts = {line.split()[1]: line.split()[0] for line in r.stdout.splitlines() if line[:4] in ("OK  ", "FAIL")}
     assert verdicts == {"config": "OK", "model": "OK", "detector": "OK", "camera": "OK", "broker": "OK"}
     assert "answers 40.0" in r.stdout
+    # The model's recorded figures, and the threshold the till decides with.
+    assert "on 100 validation faces: MAE 5.00, at 25 flags 97.0 % of under-18s" in r.stdout
+    assert "calibrated threshold 28 flags 99.0 % of under-18s" in r.stdout and "deciding at estimates under 25 (the challenge age)" in r.stdout
+    r = run_cli("check", camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host, mqtt_port=broker.port,
+                decision_threshold="calibrated")
+    assert "deciding at estimates under 28 (calibrated)" in r.stdout
 
 
 def test_check_names_what_fails(tmp_path, constant_bundles):

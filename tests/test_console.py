@@ -164,6 +164,10 @@ def test_status_page_shows_the_model_and_refreshes(page: Page, till: ConsoleDaem
     expect(page.locator("#h-model + dl")).to_contain_text(model["sha256"])
     expect(page.locator("#h-camera + dl")).to_contain_text("streaming")
     expect(page.get_by_role("heading", name="Last decisions")).to_be_visible()
+    # What the model is worth and what the till decides with, from its signed manifest.
+    expect(page.locator("[data-field=model-validation]")).to_contain_text("MAE 5.00 years on 100 faces")
+    expect(page.locator("[data-field=model-validation]")).to_contain_text("under-18s flagged 97.0 %")
+    expect(page.locator("[data-field=estimate-threshold]")).to_contain_text("estimates under 25")
 
     # A decision made now, through the POS API with the bearer token, shows on the open page.
     answer = till.pos("item", "S-1", restricted=True).json()

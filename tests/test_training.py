@@ -370,7 +370,7 @@ def test_resume_continues_where_it_stopped(interrupted_run, capsys):
     assert _history_epochs(run) == [1, 2, 3, 4] and RunDir(run).load_config().epochs == 4
 
     assert main(["fit", "--out", str(run), "--resume", "--verbose", "0"]) == 0  # nothing left to do
-    assert _history_epochs(run) == [1, 2, 3]
+    assert _history_epochs(run) == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
