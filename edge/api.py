@@ -312,6 +312,10 @@ def create_app(
     def get_status() -> dict[str, Any]:
         return status()
 
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:  # someone opening the till's address in a browser wants the console
+        return RedirectResponse("/console", status_code=303)
+
     @app.get("/healthz", summary="200 while the daemon serves")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -1,8 +1,13 @@
 """``agegate-edge``: run the till daemon, check a till's set-up, or try photos.
 
     agegate-edge run [--env-file FILE]
-    agegate-edge check [--env-file FILE]
+    agegate-edge check [--env-file FILE] [--json]
+    agegate-edge config [--env-file FILE] [--json]
     agegate-edge estimate IMAGE... [--json] [--env-file FILE]
+    agegate-edge model install BUNDLE | status [--json] | rollback [--env-file FILE]
+    agegate-edge --version
+
+``--env-file`` goes before or after the command.
 
 Exit codes: 0 fine, 1 a check or start-up failed, 2 bad command line, 78 bad setting.
 """
@@ -19,8 +24,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pydantic import SecretStr
 
-from .config import EX_CONFIG, ConfigError, Settings, load_settings
+from .. import __version__
+from .config import EX_CONFIG, ConfigError, Settings, load_settings, setting_sources
 
 log = logging.getLogger("agegate")
 
@@ -37,19 +44,33 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(settings, args)
 
 
+ENV_FILE_HELP = "read AGEGATE_* settings from this file (the environment wins)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agegate-edge", description="agegate till daemon")
-    p.add_argument("--env-file", type=Path, help="read AGEGATE_* settings from this file (the environment wins)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--env-file", type=Path, help=ENV_FILE_HELP)
+    # The same option after the command (`agegate-edge run --env-file X`, as the docs write it). SUPPRESS:
+    # left out there, it must not overwrite a value given before the command.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--env-file", type=Path, default=argparse.SUPPRESS, help=ENV_FILE_HELP)
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon")
+    run = sub.add_parser("run", help="run the daemon", parents=[after])
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="check config, camera, model and broker; non-zero exit if one fails")
+    check = sub.add_parser("check", help="check config, camera, model and broker; non-zero exit if one fails",
+                           parents=[after])
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the camera and broker")
+    check.add_argument("--json", action="store_true", help="one JSON object: each check's verdict and detail")
     check.set_defaults(func=cmd_check)
 
-    est = sub.add_parser("estimate", help="detect faces in photos and print their estimated ages")
+    conf = sub.add_parser("config", help="the settings in force and where each comes from", parents=[after])
+    conf.add_argument("--json", action="store_true", help="one JSON object: each setting's value and source")
+    conf.set_defaults(func=cmd_config)
+
+    est = sub.add_parser("estimate", help="detect faces in photos and print their estimated ages", parents=[after])
     est.add_argument("images", nargs="+", type=Path)
     est.add_argument("--json", action="store_true", help="one JSON line per image")
     est.add_argument("--zone", action="store_true", help="only faces in the customer zone, as at the till")
@@ -57,11 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="installed model bundles: install, status, rollback")
     msub = model.add_subparsers(required=True, metavar="ACTION")
-    inst = msub.add_parser("install", help="check a bundle (directory or .tar.gz) and make it the active model")
+    inst = msub.add_parser("install", help="check a bundle (directory or .tar.gz) and make it the active model",
+                           parents=[after])
     inst.add_argument("bundle", type=Path)
     inst.set_defaults(func=cmd_model_install)
-    msub.add_parser("status", help="active and previous model, last rejection").set_defaults(func=cmd_model_status)
-    msub.add_parser("rollback", help="go back to the previous model").set_defaults(func=cmd_model_rollback)
+    status = msub.add_parser("status", help="active and previous model, last rejection", parents=[after])
+    status.add_argument("--json", action="store_true", help="one JSON object: active, previous, last_rejected")
+    status.set_defaults(func=cmd_model_status)
+    msub.add_parser("rollback", help="go back to the previous model", parents=[after]).set_defaults(func=cmd_model_rollback)
     return p
 
 
@@ -151,12 +175,36 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     item("detector", detector)
     item("camera", camera)
     item("broker", lambda: _check_broker(settings, args.timeout))
+    failed = [n for n, ok, _ in results if not ok]
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [{"name": n, "ok": ok, "detail": d} for n, ok, d in results]}))
+        return 1 if failed else 0
     width = max(len(n) for n, _, _ in results)
     for name, ok, detail in results:
         print(f"{'OK  ' if ok else 'FAIL'} {name:<{width}}  {detail}")
-    failed = [n for n, ok, _ in results if not ok]
     print("all checks passed" if not failed else f"failed: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+# --- config ----------------------------------------------------------------------------------------------
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    sources = setting_sources(args.env_file)
+    rows = {}
+    for name, value in settings.model_dump(mode="json").items():
+        key = "AGEGATE_" + name.upper()
+        if isinstance(getattr(settings, name), SecretStr):
+            value = "**********"  # where a secret comes from is worth showing; the secret is not
+        rows[key] = {"value": value, "source": sources[key]}
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    width = max(map(len, rows))
+    for key, row in rows.items():
+        shown = "" if row["value"] is None else row["value"]
+        print(f"{key:<{width}}  {str(shown).lower() if isinstance(shown, bool) else shown}  ({row['source']})")
+    return 0
 
 
 def _check_broker(settings: Settings, timeout: float) -> str:
@@ -223,6 +271,11 @@ def cmd_model_install(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_model_status(settings: Settings, args: argparse.Namespace) -> int:
     state = _store(settings).status()
+    if args.json:
+        print(json.dumps({"active": state.get("active"), "previous": state.get("previous"),
+                          "last_rejected": state.get("last_rejected"),
+                          "default_bundle": None if state.get("active") else str(settings.bundle_dir)}))
+        return 0
     for role in ("active", "previous"):
         r = state.get(role)
         print(f"{role + ':':10} " + (f"{r['name']} {r['version']} ({r['variant']}) sha256 {r['sha256']} "
@@ -286,7 +339,7 @@ def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
         else:
             shown = ", ".join(f"age {f['age']:.1f} at {tuple(f['box'])}" for f in record["faces"])
             print(f"{path}: {shown}")
-    return 1 if failures == len(args.images) else 0
+    return 1 if failures else 0  # a script must learn that a photo was not read
 
 
 if __name__ == "__main__":

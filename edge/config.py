@@ -2,17 +2,21 @@
 (under systemd) a secrets directory. Every setting, with its default, is documented in
 ``config.example.env``; tests/test_config.py checks the two stay in step.
 
-A bad value stops start-up with one line naming the setting (exit code 78, EX_CONFIG).
+A bad value, or an ``AGEGATE_*`` name that is no setting (a typo would otherwise be silently
+ignored), stops start-up with one line naming every such setting (exit code 78, EX_CONFIG). An
+empty value means the setting's default, as config.example.env says.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .bundle import QualityFloors
@@ -27,6 +31,12 @@ DEFAULT_BUNDLE_DIR = Path(__file__).with_name("default_bundle")
 CC0_BUNDLE_DIR = Path(__file__).with_name("cc0_bundle")
 # The HTTP server may listen here without AGEGATE_HTTP_TOKEN; anywhere else needs one.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# AGEGATE_* variables that are not daemon settings but are read by other parts of the project, so
+# the daemon must not reject them when they are in its environment (a developer's shell, the tests).
+NOT_SETTINGS = {
+    "AGEGATE_SHARED_DIR",  # where tests/conftest.py and benchmarks/__main__.py find the shared data sets
+    "AGEGATE_CACHE_DIR",  # training/faces.py's cache of detections and crops (set by tests/conftest.py)
+}
 
 
 class ConfigError(Exception):
@@ -34,7 +44,9 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True,
+                                      # `AGEGATE_MODEL_DIR=` uncommented from config.example.env means the default
+                                      env_ignore_empty=True)
 
     # Where this till is
     store_id: str = Field(default="store-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -176,7 +188,7 @@ class Settings(BaseSettings):
 
 
 def load_settings(env_file: str | os.PathLike[str] | None = None, secrets_dir: str | None = None) -> Settings:
-    """Settings from the environment (and ``env_file``), or ConfigError naming the first bad one.
+    """Settings from the environment (and ``env_file``), or ConfigError naming every bad one.
 
     ``secrets_dir`` defaults to systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``),
     where a file named ``AGEGATE_MQTT_PASSWORD`` holds that secret.
@@ -184,14 +196,43 @@ def load_settings(env_file: str | os.PathLike[str] | None = None, secrets_dir: s
     if env_file is not None and not Path(env_file).is_file():
         raise ConfigError(f"--env-file: {env_file} does not exist")
     secrets_dir = secrets_dir or os.environ.get("CREDENTIALS_DIRECTORY")
+    problems = [f"{name}{where}: no such setting{_did_you_mean(name)}" for name, where in _unknown_names(env_file)]
     try:
-        return Settings(_env_file=env_file, _secrets_dir=secrets_dir)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file, _secrets_dir=secrets_dir)  # type: ignore[call-arg]
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        problems += _problems(exc)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+def setting_names() -> list[str]:
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def _env_file_values(env_file: str | os.PathLike[str] | None) -> dict[str, str | None]:
+    return dotenv_values(env_file) if env_file is not None else {}
+
+
+def _unknown_names(env_file: str | os.PathLike[str] | None) -> list[tuple[str, str]]:
+    """``AGEGATE_*`` names in the environment and the env file that are neither settings nor NOT_SETTINGS."""
+    known = set(setting_names()) | NOT_SETTINGS
+    found = [(k, " (environment)") for k in os.environ] + [(k, f" (in {env_file})") for k in _env_file_values(env_file)]
+    # Settings match names case-insensitively, as pydantic-settings does.
+    return [(name, where) for name, where in found
+            if name.upper().startswith(ENV_PREFIX) and name.upper() not in known]
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name.upper(), setting_names(), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    return [_describe_error(err) for err in exc.errors()]
+
+
+def _describe_error(err) -> str:
     loc = [str(p) for p in err["loc"]]
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # a cross-field check: its message names the settings itself
@@ -200,3 +241,22 @@ def _one_line(exc: ValidationError) -> str:
     value = err.get("input")
     shown = "" if value is None or ("password" in name.lower() or "token" in name.lower()) else f" (got {str(value)[:80]!r})"
     return f"{name}: {msg}{shown}"
+
+
+def setting_sources(env_file: str | os.PathLike[str] | None = None, secrets_dir: str | None = None) -> dict[str, str]:
+    """Where each setting's value comes from, in the order pydantic-settings looks: the environment,
+    the env file, the credentials directory, else the default. Empty values count as unset."""
+    secrets_dir = secrets_dir or os.environ.get("CREDENTIALS_DIRECTORY")
+    environ = {k.upper(): v for k, v in os.environ.items()}
+    in_file = {k.upper(): v for k, v in _env_file_values(env_file).items()}
+    sources = {}
+    for name in setting_names():
+        if environ.get(name):
+            sources[name] = "environment"
+        elif in_file.get(name):
+            sources[name] = f"env file {env_file}"
+        elif secrets_dir and (Path(secrets_dir) / name).is_file():
+            sources[name] = f"credential {Path(secrets_dir) / name}"
+        else:
+            sources[name] = "default"
+    return sources

@@ -189,6 +189,13 @@ class TransactionBook:
         if msg.type == "item" and msg.restricted:
             return self._restricted_item(msg)
         with self._lock:
+            if msg.type in ("id_checked", "transaction_end") and msg.transaction_id not in self._open:
+                # Ending or ID-checking a sale that is not open must not invent one: a repeated
+                # transaction_end would publish a second summary, an id_checked would open a
+                # transaction that lingers until the idle timeout. The POS learns its mistake.
+                log.warning("%s for transaction %s, which is not open: ignored", msg.type, msg.transaction_id)
+                return self._plain_answer(msg.transaction_id, unknown_transaction=True, message=(
+                    f"Transaction {msg.transaction_id} is not open (never started or already ended): nothing recorded."))
             tx = self._get_or_start(msg.transaction_id)
             if msg.type == "item":
                 tx.items += 1
@@ -196,9 +203,9 @@ class TransactionBook:
                 tx.id_checked = True
             elif msg.type == "transaction_end":
                 self._end(tx, "pos")
-                return self._plain_answer(tx)
+                return self._plain_answer(tx.transaction_id)
             self._keep(tx)
-            return self._plain_answer(tx)
+            return self._plain_answer(tx.transaction_id)
 
     def expire_idle(self, now: float | None = None) -> int:
         """End transactions the POS forgot (no message for idle_timeout_s); returns how many."""
@@ -406,8 +413,8 @@ class TransactionBook:
         )
         self._forget(tx)  # after the summary is stored: a kill in between repeats it, never loses it
 
-    def _plain_answer(self, tx: _Transaction) -> PosAnswer:
-        return PosAnswer(transaction_id=tx.transaction_id, thresholds=self.thresholds, model=self.model_ref())
+    def _plain_answer(self, transaction_id: str, **fields) -> PosAnswer:
+        return PosAnswer(transaction_id=transaction_id, thresholds=self.thresholds, model=self.model_ref(), **fields)
 
 
 def _outcome(tx: _Transaction, ended_by: str) -> str:

@@ -108,6 +108,10 @@ class PosAnswer(BaseModel):
     thresholds: Thresholds
     alert_event_id: uuid.UUID | None = Field(default=None, description="event_id of the alert published for this decision")
     model: ModelRef | None = None
+    unknown_transaction: bool = Field(
+        default=False,
+        description="True when an id_checked or transaction_end named a transaction that is not open (never started, "
+                    "already ended, or ended by a timeout or restart): nothing was recorded or published (added in 0.2)")
     durable: bool = Field(
         default=True,
         description="False when the alert for this decision could not be stored on the till's disk (state disk "

@@ -23,7 +23,7 @@ def test_estimate_json_lines(tmp_path, astronaut_bgr, constant_bundles):
     text.write_text("not an image")
     r = run_cli("estimate", "--json", photo, text, tmp_path / "missing.png", model_dir=constant_bundles[21])
     lines = [json.loads(line) for line in r.stdout.splitlines()]
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # two of the three could not be read: a script must notice
     assert [rec["path"] for rec in lines] == [str(photo), str(text), str(tmp_path / "missing.png")]
     face = lines[0]["faces"]
     assert len(face) == 1 and face[0]["age"] == 21.0 and lines[0]["error"] is None
@@ -77,3 +77,51 @@ def test_bad_bundle_stops_start_up_with_its_reason(tmp_path, constant_bundles):
     r = run_cli("run", model_dir=bad, http_port=free_port())
     assert r.returncode == 78
     assert "AGEGATE_MODEL_DIR" in r.stderr and "sha256" in r.stderr
+
+
+def test_estimate_exits_non_zero_when_one_file_fails(tmp_path, astronaut_bgr, constant_bundles):
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    r = run_cli("estimate", photo, tmp_path / "missing.png", model_dir=constant_bundles[21])
+    assert r.returncode == 1 and "age 21.0" in r.stdout and "no such file" in r.stdout
+    assert run_cli("estimate", photo, model_dir=constant_bundles[21]).returncode == 0
+
+
+def test_env_file_after_the_command_as_the_readme_writes_it(tmp_path, constant_bundles):
+    env = tmp_path / "agegate.env"
+    env.write_text(f"AGEGATE_MODEL_DIR={constant_bundles[40]}\nAGEGATE_MQTT_PORT=0\n")
+    for args in (["check", "--env-file", env], ["--env-file", env, "check"], ["run", "--env-file", env]):
+        r = run_cli(*args)
+        # The file was read: its bad port stops start-up, where an ignored file would not.
+        assert r.returncode == 78 and "AGEGATE_MQTT_PORT" in r.stderr, (args, r.stderr)
+    r = run_cli("model", "status", "--env-file", env)
+    assert r.returncode == 78 and "AGEGATE_MQTT_PORT" in r.stderr
+
+
+def test_version(tmp_path):
+    from agegate import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"agegate-edge {__version__}"
+
+
+def test_check_json(tmp_path, broker, face_video, constant_bundles):
+    r = run_cli("check", "--json", camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host,
+                mqtt_port=broker.port)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] is True
+    assert [c["name"] for c in report["checks"]] == ["config", "model", "detector", "camera", "broker"]
+    assert all(c["ok"] for c in report["checks"]) and "answers 40.0" in report["checks"][1]["detail"]
+
+
+def test_model_status_json(tmp_path, constant_bundles):
+    state = tmp_path / "state"
+    r = run_cli("model", "status", "--json", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["active"] is None and status["previous"] is None and status["default_bundle"].endswith("default_bundle")
+    # A test bundle without self-test faces is refused: the refusal is in the status.
+    assert run_cli("model", "install", constant_bundles[40], state_dir=state).returncode == 1
+    status = json.loads(run_cli("model", "status", "--json", state_dir=state).stdout)
+    assert status["active"] is None and "self-test" in status["last_rejected"]["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -90,3 +91,65 @@ def test_cli_exits_78_with_one_line(tmp_path):
     assert r.returncode == EX_CONFIG
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "AGEGATE_HTTP_PORT" in lines[0], r.stderr
+
+
+def _cli(*args, **env):
+    full = {"PATH": "/usr/bin:/bin", **env}
+    return subprocess.run([sys.executable, "-m", "agegate.edge.cli", *map(str, args)], env=full,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_uncommenting_the_whole_example_file_is_a_valid_configuration(tmp_path):
+    # Every `# AGEGATE_X=default` line uncommented, empty ones included: empty means the default.
+    lines = re.findall(r"^# (AGEGATE_[A-Z0-9_]+=.*)$", (ROOT / "config.example.env").read_text(), re.M)
+    env = tmp_path / "agegate.env"
+    env.write_text("\n".join(lines) + "\n")
+    assert "AGEGATE_MODEL_DIR=" in lines and "AGEGATE_MQTT_CA_FILE=" in lines
+    s = load_settings(env)
+    assert s == Settings()
+    r = _cli("check", "--timeout", "0.2", "--env-file", env, AGEGATE_MQTT_PORT="1")
+    assert "OK   config" in r.stdout and r.returncode != EX_CONFIG, r.stdout + r.stderr
+
+
+def test_misspelled_setting_stops_start_up_naming_the_closest(tmp_path):
+    env = tmp_path / "agegate.env"
+    env.write_text("AGEGATE_CHALENGE_AGE=30\n")
+    r = _cli("run", "--env-file", env)
+    assert r.returncode == EX_CONFIG
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "AGEGATE_CHALENGE_AGE" in lines[0] and "did you mean AGEGATE_CHALLENGE_AGE" in lines[0]
+    r = _cli("check", AGEGATE_MQTT_PROT="1884")
+    assert r.returncode == EX_CONFIG and "AGEGATE_MQTT_PROT (environment)" in r.stderr and "AGEGATE_MQTT_PORT" in r.stderr
+
+
+def test_names_read_outside_settings_are_not_rejected(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGEGATE_SHARED_DIR", str(tmp_path))
+    monkeypatch.setenv("AGEGATE_CACHE_DIR", str(tmp_path))
+    assert load_settings().challenge_age == 25
+
+
+def test_every_bad_value_is_reported_at_once(monkeypatch):
+    monkeypatch.setenv("AGEGATE_MQTT_PORT", "70000")
+    monkeypatch.setenv("AGEGATE_DETECTOR", "magic")
+    monkeypatch.setenv("AGEGATE_TIL_ID", "t")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    text = str(err.value)
+    assert "\n" not in text
+    assert "AGEGATE_MQTT_PORT" in text and "AGEGATE_DETECTOR:" in text and "AGEGATE_TIL_ID" in text
+
+
+def test_config_command_shows_each_value_and_its_source(tmp_path):
+    env = tmp_path / "agegate.env"
+    env.write_text("AGEGATE_TILL_ID=till-7\nAGEGATE_CHALLENGE_AGE=21\nAGEGATE_HTTP_TOKEN=0123456789abcdef0123\n")
+    r = _cli("config", "--json", "--env-file", env, AGEGATE_CHALLENGE_AGE="30")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert set(rows) == {"AGEGATE_" + n.upper() for n in Settings.model_fields}
+    assert rows["AGEGATE_TILL_ID"] == {"value": "till-7", "source": f"env file {env}"}
+    assert rows["AGEGATE_CHALLENGE_AGE"] == {"value": 30.0, "source": "environment"}
+    assert rows["AGEGATE_STORE_ID"] == {"value": "store-1", "source": "default"}
+    assert rows["AGEGATE_HTTP_TOKEN"]["value"] != "0123456789abcdef0123" and "0123456789abcdef" not in r.stdout
+    r = _cli("config", "--env-file", env)
+    line = next(line for line in r.stdout.splitlines() if line.startswith("AGEGATE_TILL_ID "))
+    assert "till-7" in line and str(env) in line

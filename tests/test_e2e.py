@@ -187,3 +187,34 @@ def test_the_calibrated_threshold_setting_changes_a_real_decision(run_daemon, br
     assert online[0]["model_validation"]["at_challenge"]["under18_flagged"] == 0.97
     jsonschema.validate(online[0], SCHEMAS["status"])
     sub.close()
+
+
+def test_ending_or_id_checking_a_transaction_that_is_not_open_changes_nothing(run_daemon, broker, face_video,
+                                                                              constant_bundles):
+    import time
+
+    sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
+    d = run_daemon(face_video, constant_bundles[40])
+    d.pos("item", "E1")
+    first = d.pos("transaction_end", "E1").json()
+    again = d.pos("transaction_end", "E1").json()  # the POS repeats itself
+    never = d.pos("transaction_end", "NEVER-STARTED").json()
+    checked = d.pos("id_checked", "NOT-OPEN").json()
+    # id_checked for an unknown id opens nothing that would linger until the idle timeout.
+    assert d.status()["open_transactions"] == 0
+    sub.wait_for(lambda m: [p for t, p in m if t.endswith("/transactions")])
+    time.sleep(1.5)  # a second summary, were one published, arrives within this
+    summaries = [p for t, p, _ in sub.messages if t.endswith("/transactions")]
+    assert [(s["transaction_id"], s["items"]) for s in summaries] == [("E1", 1)]
+    for answer in (again, never, checked):
+        assert answer["unknown_transaction"] is True and "not open" in answer["message"], answer
+    assert first["unknown_transaction"] is False
+    jsonschema.validate(again, SCHEMAS["pos_answer"])
+    sub.close()
+
+
+def test_the_root_redirects_to_the_console(run_daemon, face_video, constant_bundles):
+    d = run_daemon(face_video, constant_bundles[40])
+    r = httpx.get(f"{d.url}/", timeout=10)
+    assert r.status_code in (302, 303, 307) and r.headers["location"].endswith("/console")
+    assert httpx.get(f"{d.url}/", timeout=10, follow_redirects=True).status_code == 200

@@ -68,6 +68,7 @@ def test_shutdown_ends_open_sales_without_an_integrity_alert(tmp_path, broker, f
     # Nothing is ended a second time at the next start.
     d2 = DaemonProcess(tmp_path, broker=broker, camera=face_video, model_dir=constant_bundles[40]).start()
     try:
+        d2.pos("transaction_start", "PROBE")  # ending only an open transaction publishes a summary
         assert d2.pos("transaction_end", "PROBE").status_code == 200
         sub.wait_for(lambda m: _summaries(sub, "PROBE"))
         assert len(_summaries(sub, "S1")) == 1 and not [a for a in sub.on("alerts") if a["type"] == "unverified_sale"]
