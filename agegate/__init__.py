@@ -5,4 +5,4 @@ The code lives in three parts, each its own folder at the top of the repository:
 and ``export/`` (``agegate.export``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

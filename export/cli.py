@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Sequence
 
+from agegate import __version__
+
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 
@@ -51,6 +53,7 @@ def _calibrated(args: argparse.Namespace) -> bool:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agegate-export", description="Export agegate age models as bundles for the till.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert a run's best model to TFLite bundles, measured like the till runs them")

@@ -103,6 +103,9 @@ def test_version(tmp_path):
 
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"agegate-edge {__version__}"
+    for module, prog in (("agegate.training.cli", "agegate-train"), ("agegate.export.cli", "agegate-export")):
+        r = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == f"{prog} {__version__}", r.stderr
 
 
 def test_check_json(tmp_path, broker, face_video, constant_bundles):

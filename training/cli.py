@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Sequence
 
+from agegate import __version__
+
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = FitConfig(data=[])
     p = argparse.ArgumentParser(prog="agegate-train", description="Train and evaluate the age model of agegate.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     eda = sub.add_parser("eda", help="explore a data folder: plots and a report page")
