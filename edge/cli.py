@@ -19,7 +19,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 import cv2

@@ -38,7 +38,7 @@ from .config import ConfigError, Settings
 from .console import BODY_LIMITS, ZoneStore, create_console_router
 from .decision import TransactionBook, decision_thresholds
 from .detectors import DetectorError, create_detector
-from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats, Thresholds
+from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats
 from .history import open_history
 from .metrics import Metrics, live_from
 from .model_store import ModelStore

@@ -52,7 +52,7 @@ from typing import IO, Any, Iterator
 import numpy as np
 
 from .age_model import AgeModel
-from .bundle import MANIFEST_FILE, SIGNATURE_FILE, Bundle, BundleError, Manifest, QualityFloors, load_bundle, quality_problems
+from .bundle import MANIFEST_FILE, SIGNATURE_FILE, BundleError, Manifest, QualityFloors, load_bundle, quality_problems
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from agegate.edge.model_store import self_test
 from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces
-from agegate.training.faces import DetectorSpec, FaceSet, decode, find_face
+from agegate.training.faces import FaceSet, decode, find_face
 from agegate.training.fit import read_history
 from agegate.training.model import load_inference_model
 from agegate.training.run import PRETRAINED, FitConfig, RunDir, serving_manifest, write_json

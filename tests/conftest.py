@@ -123,6 +123,29 @@ def empty_video(tmp_path_factory) -> Path:
     return write_empty_video(tmp_path_factory.mktemp("video") / "empty.avi")
 
 
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two real Ed25519 key pairs: the chain's ("private", "public" key, "public_path") and another's ("other")."""
+    from agegate.edge.signing import generate_keypair, load_private_key, load_public_key
+
+    d = tmp_path_factory.mktemp("keys")
+    generate_keypair(d / "signing.pem", d / "signing.pub")
+    generate_keypair(d / "other.pem", d / "other.pub")
+    return {"private": load_private_key(d / "signing.pem"), "public_path": d / "signing.pub",
+            "public": load_public_key(d / "signing.pub"), "other": load_private_key(d / "other.pem")}
+
+
+def fill_disk(path: Path) -> None:
+    """Write zeros into ``path/filler`` until the file system is full (a real tmpfs in the tests)."""
+    with open(path / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
 def require_all_age_faces() -> Path:
     if not (ALL_AGE_FACES / "labels.csv").exists():
         pytest.skip(f"shared All-Age-Faces data not found at {ALL_AGE_FACES} (set AGEGATE_SHARED_DIR); it is not shipped with the project")

@@ -14,7 +14,6 @@ from conftest import UTKFACE, require_utkface
 
 from agegate.edge.age_model import AgeModel
 from agegate.edge.bundle import load_bundle
-from agegate.edge.detectors import create_detector
 from agegate.export.cli import main
 from agegate.training import metrics
 from agegate.training.data import read_sources

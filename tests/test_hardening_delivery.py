@@ -18,18 +18,10 @@ import pytest
 
 from agegate.edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, BundleError
 from agegate.edge.model_store import SETTLE_S, InstallCancelled, ModelStore
-from agegate.edge.signing import generate_keypair, load_private_key, load_public_key, sign_bundle
+from agegate.edge.signing import sign_bundle
 from bundle_factory import make_constant_bundle
+from conftest import fill_disk
 from daemon_helpers import DaemonProcess
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("keys")
-    generate_keypair(d / "signing.pem", d / "signing.pub")
-    generate_keypair(d / "other.pem", d / "other.pub")
-    return {"private": load_private_key(d / "signing.pem"), "public_path": d / "signing.pub",
-            "public": load_public_key(d / "signing.pub"), "other": load_private_key(d / "other.pem")}
 
 
 @pytest.fixture(scope="module")
@@ -173,16 +165,6 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
 
 
-def _fill(path: Path) -> None:
-    with open(path / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-
-
 def test_the_signature_is_checked_before_anything_is_unpacked(tmp_path, keys, good):
     state = tmp_path / "state"
     _mount_tmpfs(state, "8m")
@@ -207,7 +189,7 @@ def test_a_full_state_disk_cannot_stop_a_rejection(tmp_path, keys, good):
         unsigned = store.incoming / "unsigned"
         _copy(good, unsigned)
         (unsigned / SIGNATURE_FILE).unlink()
-        _fill(state)
+        fill_disk(state)
         for p in (unsigned, *unsigned.iterdir()):
             _aged(p)
         outcomes = dict(_scan_settled(store))

@@ -16,21 +16,12 @@ import httpx
 import pytest
 
 from agegate.edge.bundle import MODEL_FILE
-from agegate.edge.signing import generate_keypair, load_private_key, sign_bundle
+from agegate.edge.signing import sign_bundle
 from bundle_factory import make_constant_bundle, stand_in_validation
 from daemon_helpers import DaemonProcess
 from mqtt_helpers import Subscriber
 
 BASE = "agegate/store-7/till-3"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("keys")
-    generate_keypair(d / "signing.pem", d / "signing.pub")
-    generate_keypair(d / "other.pem", d / "other.pub")
-    return {"private": load_private_key(d / "signing.pem"), "public": d / "signing.pub",
-            "other": load_private_key(d / "other.pem")}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +93,7 @@ def drop(d: DaemonProcess, entry: Path) -> None:
 def test_delivery_swap_reject_and_rollback(tmp_path, broker, face_video, bundles, keys):
     sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
     d = DaemonProcess(tmp_path, broker=broker, camera=face_video, model_dir=bundles["v1"],
-                      model_public_key=keys["public"])
+                      model_public_key=keys["public_path"])
     d.start(wait_for_face=True)
     try:
         assert d.status()["model"]["version"] == "1"
@@ -180,7 +171,7 @@ def test_delivery_swap_reject_and_rollback(tmp_path, broker, face_video, bundles
 
 def test_cli_install_refuses_a_bad_bundle_with_its_reason(tmp_path, bundles, keys):
     env = {"PATH": os.environ.get("PATH", ""), "AGEGATE_STATE_DIR": str(tmp_path / "state"),
-           "AGEGATE_MODEL_PUBLIC_KEY": str(keys["public"])}
+           "AGEGATE_MODEL_PUBLIC_KEY": str(keys["public_path"])}
     r = cli(env, "install", str(bundles["unsigned"]))
     assert r.returncode == 1 and "unsigned" in r.stderr
     r = cli(env, "rollback")

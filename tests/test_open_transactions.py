@@ -10,7 +10,7 @@ import sqlite3
 
 from daemon_helpers import DaemonProcess
 from mqtt_helpers import Subscriber
-from test_faults import BASE, backend, wait_until
+from test_faults import backend
 
 
 def _alerts(sub: Subscriber, tx: str, kind: str) -> list[dict]:

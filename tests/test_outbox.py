@@ -6,6 +6,7 @@ import os
 import sqlite3
 
 import pytest
+from conftest import fill_disk
 
 from agegate.edge.outbox import ALERT, SUMMARY, Outbox, OutboxError
 
@@ -110,13 +111,7 @@ def test_on_a_full_state_disk_the_reserve_keeps_room_for_alerts_not_summaries(tm
     try:
         box = Outbox(state)
         box.add("before", ALERT, "alerts", b"a" * 500, 1)
-        with open(state / "filler", "wb") as f:  # the disk fills up (logs, a runaway file)
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        fill_disk(state)  # the disk fills up (logs, a runaway file)
         ids = [box.add(f"alert{i}", ALERT, "alerts", b"a" * 500, 1) for i in range(20)]  # still durable
         assert len(set(ids)) == 20 and not (state / "outbox.reserve").exists()
         with pytest.raises(OutboxError, match="kept for alerts"):

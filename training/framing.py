@@ -21,8 +21,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from . import metrics
 from .data import read_sources, records_of
 from .faces import DetectorSpec, default_cache_dir, prepare_faces
