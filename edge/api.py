@@ -72,10 +72,14 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._opened = self.loop.time()
         self._arm()
-        if len(self.connections) > self.max_connections:
+        # Connections already closing still sit in the set until their transport lets go (a turn
+        # of the loop later): neither count them nor pick them again, or a burst of accepts all
+        # "close" the same victim while the descriptors pile up to the process limit.
+        live = [c for c in self.connections if not (c.transport is None or c.transport.is_closing())]
+        if len(live) > self.max_connections:
             # Close the oldest connection that is not being answered: an attacker's idle
             # sockets give way to the POS, never the other way round.
-            idle = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol) and c._waiting()]
+            idle = [c for c in live if c is not self and isinstance(c, GuardedH11Protocol) and c._waiting()]
             victim = min(idle, key=lambda c: c._opened) if idle else self
             victim.transport.close()
 

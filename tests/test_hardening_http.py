@@ -70,9 +70,7 @@ def test_a_flood_of_idle_connections_neither_stops_the_till_nor_locks_the_pos_ou
         for s in flood:
             s.close()
     assert till.proc.poll() is None
-    # On a loaded machine asyncio can still meet EMFILE in accept() during the burst: it pauses
-    # accepting for a second and logs it once. The till must carry on, not exit or flood its log.
-    assert till.log().count("Too many open files") <= 3
+    assert "Too many open files" not in till.log()
     assert till.log().count("\n") < 200, "the log was flooded"
     # Idle clients are disconnected once their time to send a request (3 s here) has passed.
     idle = [socket.create_connection(("127.0.0.1", till.http_port), timeout=10) for _ in range(10)]
