@@ -137,7 +137,7 @@ def describe_quality(manifest, settings: Settings) -> str:
         text += f"; calibrated threshold {c.threshold:g} flags {pct(c.under18_flagged)} of under-18s and {pct(c.over30_flagged)} of 30+"
     t = decision_thresholds(settings, manifest)
     text += f"; deciding at estimates under {t.flag_below:g}" + (" (calibrated)" if t.calibrated else " (the challenge age)")
-    problems = quality_problems(manifest, settings.quality_floors, calibrated=settings.decision_threshold == "calibrated")
+    problems = quality_problems(manifest, settings.quality_floors, calibrated=settings.uses_calibrated_threshold)
     return text + (f"; BELOW THE QUALITY FLOORS: {'; '.join(problems)}" if problems else "")
 
 
@@ -246,7 +246,7 @@ def _store(settings: Settings):
 
     try:
         return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads,
-                          floors=settings.quality_floors, calibrated=settings.decision_threshold == "calibrated")
+                          floors=settings.quality_floors, calibrated=settings.uses_calibrated_threshold)
     except StartupError as exc:
         raise SystemExit(f"agegate-edge: {exc}") from None
     except OSError as exc:

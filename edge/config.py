@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
+    def uses_calibrated_threshold(self) -> bool:
+        """Decisions (and the quality floors) at the model's calibrated threshold, not the challenge age."""
+        return self.decision_threshold == "calibrated"
+
+    @property
     def quality_floors(self) -> QualityFloors:
         return QualityFloors(min_under18_flagged=self.model_min_under18_flagged, max_mae=self.model_max_mae,
                              min_prediction_spread=self.model_min_spread)

@@ -77,7 +77,7 @@ def load_public_key(settings: Settings):
 def open_model_store(settings: Settings) -> ModelStore | None:
     try:
         return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads,
-                          floors=settings.quality_floors, calibrated=settings.decision_threshold == "calibrated")
+                          floors=settings.quality_floors, calibrated=settings.uses_calibrated_threshold)
     except OSError as exc:
         log.error("AGEGATE_STATE_DIR: cannot keep installed models in %s: %s; model delivery is off",
                   settings.state_dir, exc.strerror or exc)

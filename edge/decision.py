@@ -71,7 +71,7 @@ def decision_thresholds(settings, manifest) -> Thresholds:
     lowered, and a model without a calibration decides at the challenge age.
     """
     base = Thresholds(challenge_age=settings.challenge_age, legal_age=settings.legal_age)
-    if settings.decision_threshold != "calibrated":
+    if not settings.uses_calibrated_threshold:
         return base
     calibration = manifest.validation.calibrated if manifest.validation is not None else None
     if calibration is None:

@@ -109,10 +109,11 @@ class ModelStore:
         else:
             log.warning("no AGEGATE_MODEL_PUBLIC_KEY: bundle signatures are not checked (sha256 only)")
         problems = quality_problems(bundle.manifest, self.floors or QualityFloors(), calibrated=self.calibrated)
-        if problems and require_self_test and self.floors is not None:
+        if problems and not require_self_test:  # AGEGATE_MODEL_DIR, set by hand: said, not enforced
+            for problem in problems:
+                log.warning("model %s is below the quality floors (not enforced for AGEGATE_MODEL_DIR): %s", path, problem)
+        elif problems and self.floors is not None:
             raise BundleError(f"{bundle.manifest.name} {bundle.manifest.version}: below the quality floors: {'; '.join(problems)}")
-        for problem in problems if not require_self_test else ():
-            log.warning("model %s is below the quality floors (not enforced for AGEGATE_MODEL_DIR): %s", path, problem)
         model = AgeModel(bundle, num_threads=self.num_threads)  # input shape vs manifest, model loads
         if require_self_test or model.manifest.self_test is not None:
             self_test(model)

@@ -56,7 +56,7 @@ def explore(
     for s in readable:
         by_band[band_of([s.record.age])[0]].append(s)
     picked = [by_band[b][i] for b in BAND_NAMES for i in rng.permutation(len(by_band[b]))[:samples_per_band]]
-    crops = crop_faces(picked, spec, relative, workers, name="samples")
+    crops = crop_faces(picked, spec, {labelled.name: relative}, workers, name="samples")
     samples: dict[str, list] = {b: [] for b in BAND_NAMES if by_band[b]}
     for image, age, fb in zip(crops.images, crops.ages, crops.fallback):
         samples[band_of([age])[0]].append((image, f"{age:g}", bool(fb)))

@@ -262,12 +262,9 @@ def prepare_faces(
     return faces
 
 
-def crop_faces(scans: Sequence[FaceScan], spec: Manifest, relative: tuple[float, float, float] | dict[str, tuple[float, float, float]], workers: int | None = None, name: str = "faces") -> FaceSet:
-    """Cut each scanned photo's face with ``prepare_face``; photos without a face get the typical box.
-
-    ``relative`` is the typical box, or one per source ({source: box}).
-    """
-    per_source = relative if isinstance(relative, dict) else None
+def crop_faces(scans: Sequence[FaceScan], spec: Manifest, typical: dict[str, tuple[float, float, float]], workers: int | None = None, name: str = "faces") -> FaceSet:
+    """Cut each scanned photo's face with ``prepare_face``; photos without a face get their source's
+    typical box (``typical``: {source: relative box}, see :func:`typical_box`)."""
 
     def crop(scan: FaceScan) -> np.ndarray | str:
         if scan.error:
@@ -275,8 +272,7 @@ def crop_faces(scans: Sequence[FaceScan], spec: Manifest, relative: tuple[float,
         image = decode(scan.record.path)
         if image is None:
             return "unreadable image"
-        typical = per_source.get(scan.record.source, DEFAULT_RELATIVE_BOX) if per_source is not None else relative
-        box = scan.box if scan.box is not None else fallback_box(scan.height, scan.width, typical)
+        box = scan.box if scan.box is not None else fallback_box(scan.height, scan.width, typical.get(scan.record.source, DEFAULT_RELATIVE_BOX))
         try:
             return prepare_face(image, box, spec)
         except ValueError as exc:
