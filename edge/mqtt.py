@@ -77,6 +77,7 @@ class MqttLink:
         self.camera_state = camera_state
         self.model_quality = model_quality  # the status fields on the model in service: thresholds, model_validation
         self.connected = threading.Event()
+        self.last_model_rejection: str | None = None  # kept so a reconnect re-announces it too
         self._stopping = False
         self.published = 0
         self.failures = 0
@@ -213,10 +214,13 @@ class MqttLink:
             self.outbox.acknowledged(row)
 
     def publish_status(self, last_model_rejection: str | None = None) -> None:
-        """Re-announce ``online`` (retained), e.g. after the model changed or a bundle was refused."""
+        """Re-announce ``online`` (retained), e.g. after the model changed or a bundle was refused.
+
+        While the broker is away nothing is sent: the next connection announces the same status."""
+        if last_model_rejection is not None:
+            self.last_model_rejection = last_model_rejection
         if self.connected.is_set():
-            status = self._status("online").model_copy(update={"last_model_rejection": last_model_rejection})
-            self._send(f"{self.base}/status", status.to_json(), 1, True)
+            self._send(f"{self.base}/status", self._status("online").to_json(), 1, True)
 
     def _status(self, state: str) -> Status:
         s = self.settings
@@ -228,6 +232,7 @@ class MqttLink:
             camera_state=self.camera_state(),  # type: ignore[arg-type]
             version=__version__,
             **(self.model_quality() if state == "online" else {}),
+            **({"last_model_rejection": self.last_model_rejection} if state == "online" else {}),
         )
 
     # --- paho plumbing -----------------------------------------------------------------------------

@@ -134,8 +134,11 @@ def test_delivery_swap_reject_and_rollback(tmp_path, broker, face_video, bundles
                                 what=f"{entry.name} to be rejected")
             assert reason in rejected["reason"], (entry.name, rejected)
             assert d.status()["model"]["version"] == "1"
-        status_msgs = sub.on("status")
-        assert any(reason in (m.get("last_model_rejection") or "") for m in status_msgs for _, reason in expectations[-1:])
+        # The status topic carries the last rejection too; it is published just after the store
+        # records it, so wait for it rather than read what has arrived so far.
+        last_reason = expectations[-1][1]
+        sub.wait_for(lambda msgs: any(t.endswith("/status") and last_reason in (p.get("last_model_rejection") or "")
+                                      for t, p in msgs))
 
         # The good one, as a .tar.gz: checked, then swapped in without a restart.
         drop(d, tar_gz(bundles["v2"], tmp_path / "agegate-age-2.tar.gz"))
