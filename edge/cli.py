@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     status = msub.add_parser("status", help="active and previous model, last rejection", parents=[after])
     status.add_argument("--json", action="store_true", help="one JSON object: active, previous, last_rejected")
     status.set_defaults(func=cmd_model_status)
-    msub.add_parser("rollback", help="go back to the previous model", parents=[after]).set_defaults(func=cmd_model_rollback)
+    msub.add_parser("rollback", help="go back to the previous model (after the first install: the bundle the till "
+                   "was set up with)", parents=[after]).set_defaults(func=cmd_model_rollback)
     return p
 
 
@@ -295,7 +296,10 @@ def cmd_model_rollback(settings: Settings, args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"agegate-edge: {exc}", file=sys.stderr)
         return 1
-    print(f"rolled back; active: {record['name']} {record['version']} (sha256 {record['sha256']})")
+    if record is None:
+        print(f"rolled back; no installed model is active: the daemon uses {settings.bundle_dir}")
+    else:
+        print(f"rolled back; active: {record['name']} {record['version']} (sha256 {record['sha256']})")
     return 0
 
 

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -162,6 +163,8 @@ class Daemon:
         self.store = open_model_store(s)
         self.model = load_model(s, self.store)
         self.last_model_rejection: str | None = None
+        # The store's rejection already on record at start: only later ones are news to announce.
+        self._announced_rejection = self.store.status().get("last_rejected") if self.store else None
         log.info("model %s %s (%s) loaded from %s", self.model.manifest.name, self.model.manifest.version,
                  self.model.manifest.variant, self.model.bundle.path)
         if s.opencv_threads:  # process-wide; before the detector exists
@@ -392,22 +395,27 @@ class Daemon:
                 return
 
     def follow_model_store(self) -> None:
-        """Install what arrived in incoming/, and swap to the store's active model when it changed."""
+        """Install what arrived in incoming/, announce the store's new rejections (those of
+        ``agegate-edge model install`` too), and swap to the store's active model when it changed."""
         if self.store is None:
             return
         for name, outcome in self.store.scan_incoming(cancel=self._stop):
             log.info("incoming model %s: %s", name, outcome)
-            if outcome.startswith("rejected"):
-                self.last_model_rejection = f"{name}: {outcome}"
-                self.mqtt.publish_status(self.last_model_rejection)
+        rejected = self.store.status().get("last_rejected")
+        if rejected and rejected != self._announced_rejection:
+            self._announced_rejection = rejected
+            self.last_model_rejection = f"{rejected['source']}: rejected: {rejected['reason']}"
+            self.mqtt.publish_status(self.last_model_rejection)
         active = self.store.active_dir()
-        if active is None or active == self.model.bundle.path:
+        # No installed model active (none yet, or rolled back past the first install): the set-up bundle.
+        target = active or self.settings.bundle_dir
+        if Path(target).resolve() == Path(self.model.bundle.path).resolve():
             return
         try:
-            new = self.store.check(active)
-        except BundleError as exc:
-            self.last_model_rejection = f"{active.name}: {exc}"
-            log.error("cannot switch to model %s: %s; keeping %s", active, exc, self.model.manifest.name)
+            new = self.store.check(active) if active else load_model(self.settings, self.store)
+        except (BundleError, StartupError) as exc:
+            self.last_model_rejection = f"{target.name}: {exc}"
+            log.error("cannot switch to model %s: %s; keeping %s", target, exc, self.model.manifest.name)
             self.mqtt.publish_status(self.last_model_rejection)
             return
         with self.model_lock:  # the vision loop finishes its current face with the old model
@@ -415,8 +423,9 @@ class Daemon:
             self.tracker.clear()  # estimates by the old model must not be reported as the new one's
             # A calibrated threshold belongs to its model.
             self.thresholds = self.book.thresholds = decision_thresholds(self.settings, new.manifest)
-        log.warning("model swapped: %s %s -> %s %s (sha256 %s…)", old.manifest.name, old.manifest.version,
-                    new.manifest.name, new.manifest.version, new.manifest.sha256[:12])
+        # An expected event (an install or rollback someone asked for): INFO; failures above are errors.
+        log.info("model swapped: %s %s -> %s %s (sha256 %s…)", old.manifest.name, old.manifest.version,
+                 new.manifest.name, new.manifest.version, new.manifest.sha256[:12])
         self.mqtt.publish_status(self.last_model_rejection)
 
     def request_stop(self) -> None:

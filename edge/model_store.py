@@ -138,8 +138,11 @@ class ModelStore:
             _stage(source, staged, self.public_key, _Budget(cancel))
             self.check(staged)
         except BundleError as exc:
-            self._reject(source, str(exc))
-            raise
+            # Checks name the files they read, which are the staged copies; the user knows the bundle by
+            # the path they gave, and the staging folder is gone by the time anyone reads the reason.
+            reason = str(exc).replace(str(staged), str(source))
+            self._reject(source, reason)
+            raise BundleError(reason) from None
         bundle = load_bundle(staged)
         m = bundle.manifest
         target = self.bundles / f"{m.sha256[:16]}-{_safe(m.name)}-{_safe(m.version)}"
@@ -154,16 +157,21 @@ class ModelStore:
         log.info("model %s %s (sha256 %s…) installed and active", m.name, m.version, m.sha256[:12])
         return record
 
-    def rollback(self) -> dict[str, Any]:
-        """Swap active and previous; raise BundleError when there is no previous model."""
+    def rollback(self) -> dict[str, Any] | None:
+        """Swap active and previous; returns the new active record, or None when that is the bundle the
+        till was set up with (AGEGATE_MODEL_DIR or the shipped one): after the first install, the way back
+        to it. Raises BundleError when nothing was ever installed."""
         with self._locked():
             state = self._read_state()
-            if not state.get("previous"):
-                raise BundleError("no previous model to roll back to")
-            state["active"], state["previous"] = state["previous"], state.get("active")
+            if not state.get("previous") and not state.get("active"):
+                raise BundleError("no previous model to roll back to (none installed: the till uses the bundle "
+                                  "it was set up with)")
+            state["active"], state["previous"] = state.get("previous"), state.get("active")
             self._write_state(state)
-            log.warning("rolled back to model %s %s", state["active"]["name"], state["active"]["version"])
-            return state["active"]
+            active = state["active"]
+            log.info("rolled back to model %s", f"{active['name']} {active['version']}" if active
+                     else "the bundle the till was set up with")
+            return active
 
     def status(self) -> dict[str, Any]:
         state = self._read_state()

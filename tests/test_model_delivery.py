@@ -209,3 +209,37 @@ def test_without_a_key_signatures_are_off_but_hashes_still_count(tmp_path, bundl
     with pytest.raises(BundleError, match="sha256"):
         store.install(bundles["flipped"])
     assert store.status()["active"]["version"] == "u"
+
+
+def test_cli_rejection_names_the_users_path_reaches_the_status_topic_and_rollback_returns_to_the_setup_bundle(
+        tmp_path, broker, face_video, bundles, keys):
+    sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
+    d = DaemonProcess(tmp_path, broker=broker, camera=face_video, model_dir=bundles["v1"],
+                      model_public_key=keys["public_path"])
+    d.start()
+    try:
+        # A bundle whose model file was changed after signing: refused by its hash, which the store
+        # checks on a staged copy; the message must name the bundle as the engineer gave it.
+        r = cli(d.env, "install", str(bundles["flipped"]))
+        assert r.returncode == 1 and "sha256" in r.stderr, r.stderr
+        assert str(bundles["flipped"]) in r.stderr and ".staging" not in r.stderr, r.stderr
+        assert ".staging" not in cli(d.env, "status").stdout
+        # The running daemon learns of it from the store and says so on its status topic.
+        sub.wait_for(lambda msgs: any(t.endswith("/status") and "sha256" in (p.get("last_model_rejection") or "")
+                                      and ".staging" not in p["last_model_rejection"] for t, p in msgs))
+        assert "sha256" in d.status()["model_store"]["last_rejected"]["reason"]
+
+        # The first install, then back to the bundle the till was set up with (AGEGATE_MODEL_DIR, v1).
+        assert cli(d.env, "install", str(bundles["v2"])).returncode == 0
+        wait_for(lambda: d.status()["model"]["version"] == "2", what="the swap to v2")
+        r = cli(d.env, "rollback")
+        assert r.returncode == 0 and str(bundles["v1"]) in r.stdout, r.stdout + r.stderr
+        wait_for(lambda: d.status()["model"]["version"] == "1", what="the rollback to the set-up bundle")
+        assert "active:    none" in cli(d.env, "status").stdout
+        # ... and forward again: the installed one is kept as the previous model.
+        assert cli(d.env, "rollback").returncode == 0
+        wait_for(lambda: d.status()["model"]["version"] == "2", what="the roll forward to v2")
+        assert "model swapped" in d.log() and "WARNING agegate.edge.daemon: model swapped" not in d.log()
+    finally:
+        d.stop()
+        sub.close()
