@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon", parents=[after])
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="check config, camera, model and broker; non-zero exit if one fails",
+    check = sub.add_parser("check", help="check config, model, camera, HTTP port, state directory and broker; "
+                           "non-zero exit if one fails",
                            parents=[after])
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the camera and broker")
     check.add_argument("--json", action="store_true", help="one JSON object: each check's verdict and detail")
@@ -174,6 +175,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     item("model", model)
     item("detector", detector)
     item("camera", camera)
+    item("http", lambda: _check_http(settings))
+    item("state", lambda: _check_state_dir(settings))
     item("broker", lambda: _check_broker(settings, args.timeout))
     failed = [n for n, ok, _ in results if not ok]
     if args.json:
@@ -208,32 +211,78 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check_broker(settings: Settings, timeout: float) -> str:
+    """Connect as the daemon would and say what failed: DNS, refused, timeout, TLS, auth."""
     import threading
 
-    from .mqtt import make_client
+    from .mqtt import describe_connect_error, describe_refusal, make_client
 
-    result: dict[str, str] = {}
+    where = f"{settings.mqtt_host}:{settings.mqtt_port}"
+    result: dict = {}
     done = threading.Event()
     # The daemon's own client set-up (auth, TLS) under another client id, so a running daemon is not kicked off.
     client = make_client(settings, client_id_suffix="-check")
+    client.connect_timeout = timeout
 
     def on_connect(c, u, flags, reason_code, props):
-        result["rc"] = str(reason_code)
-        result["ok"] = "yes" if not reason_code.is_failure else ""
+        result["refusal"] = reason_code if reason_code.is_failure else None
         done.set()
 
-    client.on_connect = on_connect
+    def on_connect_fail(c, u):
+        result["error"] = c.last_connect_error
+        done.set()
+
+    client.on_connect, client.on_connect_fail = on_connect, on_connect_fail
     try:
         client.connect_async(settings.mqtt_host, settings.mqtt_port, keepalive=10)
         client.loop_start()
-        if not done.wait(timeout):
-            raise RuntimeError(f"{settings.mqtt_host}:{settings.mqtt_port}: no answer within {timeout:g} s")
-        if not result.get("ok"):
-            raise RuntimeError(f"{settings.mqtt_host}:{settings.mqtt_port} refused: {result['rc']}")
-        return f"{settings.mqtt_host}:{settings.mqtt_port} accepted the connection"
+        # The TCP connect has its own timeout (connect_timeout): leave it time to report first.
+        if not done.wait(timeout + 1):
+            raise RuntimeError(f"{where}: timeout: connected, but no MQTT answer (CONNACK) within {timeout:g} s")
+        if "error" in result:
+            kind, text = describe_connect_error(result["error"], timeout)
+            raise RuntimeError(f"{where}: {kind}: {text}")
+        if result["refusal"] is not None:
+            kind, text = describe_refusal(result["refusal"])
+            raise RuntimeError(f"{where}: {kind}: the broker refused the connection: {text}")
+        return f"{where} accepted the connection"
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _check_http(settings: Settings) -> str:
+    """The POS API's address can be listened on, as ``run`` needs (it stops if not)."""
+    from .daemon import StartupError, bind_http
+
+    try:
+        bind_http(settings).close()
+    except StartupError as exc:
+        raise RuntimeError(f"{exc} (is a daemon already running?)") from None
+    return f"{settings.http_host}:{settings.http_port} is free to listen on"
+
+
+def _check_state_dir(settings: Settings) -> str:
+    """The state directory holds the outbox, the history and installed models: without a writable
+    one, ``run`` goes on degraded (alerts not kept across outages), which a check must not pass."""
+    import os
+    import tempfile
+
+    d = settings.state_dir
+    if not d.exists():
+        parent = next(p for p in d.parents if p.exists())
+        if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+            raise RuntimeError(f"AGEGATE_STATE_DIR: {d} does not exist and cannot be created in {parent}")
+        return f"{d} will be created at start"
+    if not d.is_dir():
+        raise RuntimeError(f"AGEGATE_STATE_DIR: {d} is not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".check-") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise RuntimeError(f"AGEGATE_STATE_DIR: cannot write in {d}: {exc.strerror or exc}") from None
+    return f"{d} is writable"
 
 
 # --- model ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 from collections import OrderedDict
 import ssl
 import threading
@@ -78,6 +79,7 @@ class MqttLink:
         self.model_quality = model_quality  # the status fields on the model in service: thresholds, model_validation
         self.connected = threading.Event()
         self.last_model_rejection: str | None = None  # kept so a reconnect re-announces it too
+        self._link_state: str | None = None  # what was last logged about the broker link: logged once per change
         self._stopping = False
         self.published = 0
         self.failures = 0
@@ -237,21 +239,33 @@ class MqttLink:
 
     # --- paho plumbing -----------------------------------------------------------------------------
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> "AgegateClient":
         client = make_client(self.settings)
         will = self._status("offline")
         client.will_set(f"{self.base}/status", will.to_json(), qos=1, retain=True)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.message_callback_add(f"{self.base}/pos", self._on_pos_message)
         return client
 
+    def _log_link(self, state: str, level: int = logging.WARNING) -> None:
+        """Log the broker link's state when it changed: a retry every second must not flood the journal."""
+        if state != self._link_state:
+            self._link_state = state
+            log.log(level, "MQTT broker %s:%s: %s", self.settings.mqtt_host, self.settings.mqtt_port, state)
+
+    def _on_connect_fail(self, client: "AgegateClient", userdata) -> None:
+        kind, text = describe_connect_error(client.last_connect_error, client.connect_timeout)
+        self._log_link(f"unreachable ({kind}): {text}; retrying")
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("MQTT broker %s:%s refused the connection: %s", self.settings.mqtt_host, self.settings.mqtt_port, reason_code)
+            kind, text = describe_refusal(reason_code)
+            self._log_link(f"refused the connection ({kind}): {text}; retrying", logging.ERROR)
             return
-        log.info("connected to MQTT broker %s:%s", self.settings.mqtt_host, self.settings.mqtt_port)
+        self._log_link("connected", logging.INFO)
         client.subscribe(f"{self.base}/pos", qos=1)
         self._send(f"{self.base}/status", self._status("online").to_json(), 1, True)
         self.connected.set()
@@ -259,7 +273,10 @@ class MqttLink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set() and not self._stopping:
-            log.warning("disconnected from MQTT broker: %s; reconnecting", reason_code)
+            # paho reports a dropped socket as "Unspecified error"; the socket error it logged says more.
+            reason = str(reason_code) if reason_code.value != 128 else (
+                client.last_socket_error or "the broker closed the connection")
+            self._log_link(f"connection lost: {reason}; reconnecting")
         self.connected.clear()
 
     def _on_pos_message(self, client, userdata, message: paho.MQTTMessage) -> None:
@@ -284,11 +301,64 @@ class MqttLink:
                 log.exception("handling MQTT POS message %s failed", msg.type)
 
 
-def make_client(settings: Settings, client_id_suffix: str = "") -> paho.Client:
-    """A paho client with this till's identity, credentials and TLS; no callbacks set."""
+class AgegateClient(paho.Client):
+    """paho's client, keeping why the last connection attempt failed: paho passes its on_connect_fail
+    callback no reason, and logs a dropped socket's error only to on_log."""
+
+    last_connect_error: OSError | None = None
+    last_socket_error: str | None = None
+    _in_tls_handshake = False
+
+    def reconnect(self):
+        self._in_tls_handshake = False
+        try:
+            result = super().reconnect()
+        except OSError as exc:
+            # A broker that resets or never answers a handshake fails it with a plain socket error.
+            self.last_connect_error = ssl.SSLError(f"{type(exc).__name__}: {exc.strerror or exc}") \
+                if self._in_tls_handshake and not isinstance(exc, ssl.SSLError) else exc
+            raise
+        self.last_connect_error = self.last_socket_error = None
+        return result
+
+    def _ssl_wrap_socket(self, tcp_sock):  # paho's step from TCP to TLS: failures after it are TLS's
+        self._in_tls_handshake = True
+        return super()._ssl_wrap_socket(tcp_sock)
+
+
+def _keep_socket_errors(client: AgegateClient, userdata, level: int, text: str) -> None:
+    if level == paho.MQTT_LOG_ERR and "socket" in text:  # "failed to receive on socket: [Errno 104] …"
+        client.last_socket_error = text
+
+
+def describe_connect_error(exc: BaseException | None, timeout_s: float) -> tuple[str, str]:
+    """(kind, text) for a failed connection attempt: kind is one of dns, refused, timeout, tls, network."""
+    if isinstance(exc, socket.gaierror):
+        return "dns", f"the host name does not resolve ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", "connection refused: nothing listens on that port"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timeout", f"no answer to the TCP connection within {timeout_s:g} s"
+    if isinstance(exc, ssl.SSLError):
+        return "tls", f"TLS handshake failed: {getattr(exc, 'verify_message', None) or getattr(exc, 'reason', None) or exc}"
+    if isinstance(exc, OSError):
+        return "network", exc.strerror or str(exc)
+    return "network", "connection failed"
+
+
+def describe_refusal(reason_code) -> tuple[str, str]:
+    """(kind, text) for a CONNACK refusal: auth for credentials, broker otherwise."""
+    auth = {"Not authorized", "Bad user name or password", "Client identifier not valid", "Bad authentication method"}
+    return ("auth" if str(reason_code) in auth else "broker"), str(reason_code)
+
+
+def make_client(settings: Settings, client_id_suffix: str = "") -> AgegateClient:
+    """A paho client with this till's identity, credentials and TLS; no callbacks set but the
+    error keeping of :class:`AgegateClient`."""
     s = settings
     client_id = (s.mqtt_client_id or f"agegate-{s.store_id}-{s.till_id}") + client_id_suffix
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client = AgegateClient(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.on_log = _keep_socket_errors
     client.max_queued_messages_set(INFLIGHT_MAX + 100)  # the outbox holds the rest, on disk
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     if s.mqtt_username:

@@ -38,12 +38,15 @@ def test_estimate_fails_when_every_input_fails(tmp_path, constant_bundles):
     assert r.returncode == 1 and "no such file" in r.stdout
 
 
-def test_check_passes_on_a_working_till(broker, face_video, constant_bundles):
+def test_check_passes_on_a_working_till(tmp_path, broker, face_video, constant_bundles):
+    from conftest import free_port
+
     r = run_cli("check", camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host,
-                mqtt_port=broker.port)
+                mqtt_port=broker.port, http_port=free_port(), state_dir=tmp_path / "state")
     assert r.returncode == 0, r.stdout + r.stderr
     verdicts = {line.split()[1]: line.split()[0] for line in r.stdout.splitlines() if line[:4] in ("OK  ", "FAIL")}
-    assert verdicts == {"config": "OK", "model": "OK", "detector": "OK", "camera": "OK", "broker": "OK"}
+    assert verdicts == {"config": "OK", "model": "OK", "detector": "OK", "camera": "OK", "http": "OK", "state": "OK",
+                        "broker": "OK"}
     assert "answers 40.0" in r.stdout
     # The model's recorded figures, and the threshold the till decides with.
     assert "on 100 validation faces: MAE 5.00, at 25 flags 97.0 % of under-18s" in r.stdout
@@ -57,7 +60,7 @@ def test_check_names_what_fails(tmp_path, constant_bundles):
     from conftest import free_port
 
     r = run_cli("check", "--timeout", "1", camera=tmp_path / "gone.avi", model_dir=constant_bundles[40],
-                mqtt_port=free_port())
+                mqtt_port=free_port(), http_port=free_port(), state_dir=tmp_path / "state")
     assert r.returncode == 1
     failed = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("FAIL")}
     assert failed == {"camera", "broker"}
@@ -109,12 +112,14 @@ def test_version(tmp_path):
 
 
 def test_check_json(tmp_path, broker, face_video, constant_bundles):
+    from conftest import free_port
+
     r = run_cli("check", "--json", camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host,
-                mqtt_port=broker.port)
+                mqtt_port=broker.port, http_port=free_port(), state_dir=tmp_path / "state")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert report["ok"] is True
-    assert [c["name"] for c in report["checks"]] == ["config", "model", "detector", "camera", "broker"]
+    assert [c["name"] for c in report["checks"]] == ["config", "model", "detector", "camera", "http", "state", "broker"]
     assert all(c["ok"] for c in report["checks"]) and "answers 40.0" in report["checks"][1]["detail"]
 
 
@@ -128,3 +133,55 @@ def test_model_status_json(tmp_path, constant_bundles):
     assert run_cli("model", "install", constant_bundles[40], state_dir=state).returncode == 1
     status = json.loads(run_cli("model", "status", "--json", state_dir=state).stdout)
     assert status["active"] is None and "self-test" in status["last_rejected"]["reason"]
+
+
+def _failed_checks(*args, **env) -> dict[str, str]:
+    r = run_cli("check", "--json", "--timeout", "2", *args, **env)
+    report = json.loads(r.stdout)
+    assert r.returncode == (0 if report["ok"] else 1), r.stderr
+    return {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+
+
+def test_check_fails_what_run_would_refuse_a_taken_port_and_an_unusable_state_dir(tmp_path, broker, face_video,
+                                                                                  constant_bundles):
+    import socket
+
+    taken = socket.create_server(("127.0.0.1", 0))  # as a daemon already running would hold it
+    not_a_dir = tmp_path / "state"
+    not_a_dir.write_text("a file where the state directory should be")
+    try:
+        failed = _failed_checks(camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host,
+                                mqtt_port=broker.port, http_port=taken.getsockname()[1], state_dir=not_a_dir)
+    finally:
+        taken.close()
+    assert set(failed) == {"http", "state"}, failed
+    assert "AGEGATE_HTTP_PORT" in failed["http"] and "in use" in failed["http"]
+    assert "AGEGATE_STATE_DIR" in failed["state"] and "not a directory" in failed["state"]
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    os.chmod(read_only, 0o500)
+    if os.geteuid() != 0:  # root writes anywhere; a full-disk case is in test_faults
+        assert "cannot write" in _failed_checks(camera=face_video, model_dir=constant_bundles[40],
+                                                mqtt_host=broker.host, mqtt_port=broker.port,
+                                                state_dir=read_only)["state"]
+
+
+def test_check_says_why_the_broker_is_unreachable(tmp_path, broker, face_video, constant_bundles):
+    import socket
+
+    from conftest import free_port
+
+    common = dict(camera=face_video, model_dir=constant_bundles[40], http_port=free_port(), state_dir=tmp_path)
+    assert _failed_checks(**common, mqtt_host="no-such-broker.invalid")["broker"].startswith(
+        "no-such-broker.invalid:1883: dns: the host name does not resolve")
+    assert "refused: connection refused" in _failed_checks(**common, mqtt_port=free_port())["broker"]
+    # Something that accepts TCP but never speaks MQTT.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        detail = _failed_checks(**common, mqtt_port=silent.getsockname()[1])["broker"]
+    finally:
+        silent.close()
+    assert "timeout: connected, but no MQTT answer" in detail, detail
+    # TLS asked of a broker that speaks plain MQTT.
+    detail = _failed_checks(**common, mqtt_host=broker.host, mqtt_port=broker.port, mqtt_tls="true")["broker"]
+    assert ": tls: TLS handshake failed" in detail, detail

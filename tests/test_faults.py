@@ -52,8 +52,14 @@ def test_broker_down_at_start_then_up(tmp_path, persistent_broker, face_video, c
         answers = [young_sale(d, f"D{i}") for i in range(3)]  # the POS keeps getting answers
         assert {a["decision"] for a in answers} == {"age_check_required"}
         assert d.status()["mqtt"]["connected"] is False and d.status()["outbox"]["pending"] == 9
+        # Said at once, with the reason, and once: paho retries every few seconds meanwhile.
+        refused = f"MQTT broker 127.0.0.1:{persistent_broker.port}: unreachable (refused)"
+        wait_until(lambda: refused in d.log(), timeout=5, what="the unreachable broker to be logged")
+        time.sleep(3)
+        assert d.log().count(refused) == 1, d.log()
         persistent_broker.start()
         wait_until(lambda: d.status()["outbox"]["pending"] == 0, what="the outbox to drain")
+        assert f"MQTT broker 127.0.0.1:{persistent_broker.port}: connected" in d.log()
         alerts = sub.wait_for(lambda m: (a := [p for t, p in m if t.endswith("/alerts")]) and len(a) >= 6 and a)
         assert {a["event_id"] for a in alerts} >= {a["alert_event_id"] for a in answers}
         assert sorted(a["transaction_id"] for a in alerts if a["type"] == "unverified_sale") == ["D0", "D1", "D2"]
@@ -75,6 +81,9 @@ def test_broker_restarted_as_a_new_process_mid_run(tmp_path, persistent_broker, 
         old_pid = persistent_broker.proc.pid
         persistent_broker.stop()
         wait_until(lambda: not d.status()["mqtt"]["connected"], what="the daemon to see the broker gone")
+        # The loss with what happened (not paho's "Unspecified error"), then why reconnecting fails.
+        wait_until(lambda: "unreachable (refused)" in d.log(), timeout=10, what="the failed reconnect to be logged")
+        assert "connection lost: the broker closed the connection" in d.log() and "Unspecified error" not in d.log()
         during = [young_sale(d, f"B{i}") for i in range(1, 6)]
         assert all(a["decision"] == "age_check_required" for a in during)
         persistent_broker.start()

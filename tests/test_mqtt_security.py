@@ -82,7 +82,7 @@ def test_wrong_password_is_refused_and_logged(tmp_path, pki, face_video, constan
 
         time.sleep(2)
         assert _status(d)["mqtt"]["connected"] is False
-        assert "refused the connection" in d.log()
+        assert "refused the connection (auth): Not authorized" in d.log()
         # The POS still gets answers while the broker refuses us.
         assert d.pos("item", "P1", restricted=True).json()["decision"] == "age_check_required"
     finally:
@@ -122,3 +122,22 @@ def _wait_status(d, timeout=15):
             return s
         time.sleep(0.2)
     raise AssertionError(f"never connected:\n{d.log()}")
+
+
+def test_check_names_an_auth_refusal(tmp_path, pki, face_video, constant_bundles, mosquitto_binary):
+    from test_cli import run_cli
+
+    from conftest import free_port
+
+    broker = secure_broker(tmp_path, pki, require_cert=False)
+    try:
+        r = run_cli("check", "--json", camera=face_video, model_dir=constant_bundles[16], mqtt_host=broker.host,
+                    mqtt_port=broker.port, mqtt_username="till-3", mqtt_password="wrong",
+                    mqtt_ca_file=pki / "ca.crt", http_port=free_port(), state_dir=tmp_path / "state")
+    finally:
+        broker.stop()
+    import json
+
+    broker_check = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "broker"][0]
+    assert r.returncode == 1 and not broker_check["ok"]
+    assert ": auth: the broker refused the connection: Not authorized" in broker_check["detail"], broker_check
