@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from dotenv import dotenv_values
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from .envfile import parse_env_file
 
 from .bundle import QualityFloors
 from .detectors import Zone
@@ -41,6 +43,15 @@ NOT_SETTINGS = {
 
 class ConfigError(Exception):
     """One line naming the bad setting and why."""
+
+
+class SystemdEnvFileSource(DotEnvSettingsSource):
+    """pydantic-settings' env-file source, reading the file as systemd's EnvironmentFile= does
+    (envfile.py) instead of with python-dotenv's shell-like rules."""
+
+    def _read_env_file(self, file_path: Path):
+        values, _problems = parse_env_file(file_path)  # load_settings reports the problems
+        return parse_env_vars(values, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
 class Settings(BaseSettings):
@@ -126,6 +137,13 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        env_file = dotenv_settings.env_file  # type: ignore[attr-defined]  (load_settings' _env_file)
+        return init_settings, env_settings, SystemdEnvFileSource(settings_cls, env_file=env_file), file_secret_settings
+
     @property
     def uses_calibrated_threshold(self) -> bool:
         """Decisions (and the quality floors) at the model's calibrated threshold, not the challenge age."""
@@ -201,7 +219,11 @@ def load_settings(env_file: str | os.PathLike[str] | None = None, secrets_dir: s
     if env_file is not None and not Path(env_file).is_file():
         raise ConfigError(f"--env-file: {env_file} does not exist")
     secrets_dir = secrets_dir or os.environ.get("CREDENTIALS_DIRECTORY")
-    problems = [f"{name}{where}: no such setting{_did_you_mean(name)}" for name, where in _unknown_names(env_file)]
+    try:  # lines systemd would not read as meant
+        problems = parse_env_file(env_file)[1] if env_file is not None else []
+    except OSError as exc:
+        raise ConfigError(f"--env-file: {env_file}: {exc.strerror or exc}") from None
+    problems += [f"{name}{where}: no such setting{_did_you_mean(name)}" for name, where in _unknown_names(env_file)]
     try:
         settings = Settings(_env_file=env_file, _secrets_dir=secrets_dir)  # type: ignore[call-arg]
     except ValidationError as exc:
@@ -215,8 +237,8 @@ def setting_names() -> list[str]:
     return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
 
 
-def _env_file_values(env_file: str | os.PathLike[str] | None) -> dict[str, str | None]:
-    return dotenv_values(env_file) if env_file is not None else {}
+def _env_file_values(env_file: str | os.PathLike[str] | None) -> dict[str, str]:
+    return parse_env_file(env_file)[0] if env_file is not None else {}
 
 
 def _unknown_names(env_file: str | os.PathLike[str] | None) -> list[tuple[str, str]]:

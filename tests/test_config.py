@@ -153,3 +153,94 @@ def test_config_command_shows_each_value_and_its_source(tmp_path):
     r = _cli("config", "--env-file", env)
     line = next(line for line in r.stdout.splitlines() if line.startswith("AGEGATE_TILL_ID "))
     assert "till-7" in line and str(env) in line
+
+
+# Cases from systemd.exec(5)'s EnvironmentFile= description. Empty values and `$` are left out of the
+# comparison with systemd's own parser below: its environment.d reader (the one systemd parser that
+# runs without a service manager) drops empty values and expands $VAR, which EnvironmentFile= does not.
+SYSTEMD_CASES = (
+    "T_PLAIN=value\n"
+    "T_HASH=1 # not a comment: only a line's first character starts one\n"
+    "  T_BLANKS  =  inner  blanks  kept  \t\n"
+    "T_SINGLE='verbatim \\n \\\\ \"quotes\"'\n"
+    "T_DOUBLE=\"esc \\\" \\\\ kept \\q \\n\"\n"
+    "T_MULTI='two\nlines'\n"
+    "T_JOINED=one\\\ntwo\n"
+    "T_DQJOINED=\"one\\\ntwo\"\n"
+    "T_BACKSLASH=a\\\\b\\c\n"
+    "T_MIXED=\"a\"b'c'\n"
+    "T_AFTER=\"x\"  y\n"
+    "T_LEAD=\\ lead\n"
+    "T_TAIL=tail\\ \n"
+    "T_CRLF=dos\r\n"
+    "export T_EXPORT=1\n"
+    "; T_SEMI=1\n"
+    "# T_COMMENTED=1\n"
+    "   # T_INDENTED_COMMENT=1\n"
+    "T_NO_EQUALS\n"
+    "T_LAST=end"
+)
+SYSTEMD_EXPECTED = {
+    "T_PLAIN": "value", "T_HASH": "1 # not a comment: only a line's first character starts one",
+    "T_BLANKS": "inner  blanks  kept", "T_SINGLE": 'verbatim \\n \\\\ "quotes"', "T_DOUBLE": 'esc " \\ kept \\q \\n',
+    "T_MULTI": "two\nlines", "T_JOINED": "onetwo", "T_DQJOINED": "onetwo", "T_BACKSLASH": "a\\bc",
+    "T_MIXED": "ab'c'", "T_AFTER": "xy", "T_LEAD": " lead", "T_TAIL": "tail ", "T_CRLF": "dos", "T_LAST": "end",
+}
+
+
+def test_env_file_is_read_as_systemd_reads_it():
+    from agegate.edge.envfile import parse_env_text
+
+    values, problems = parse_env_text(SYSTEMD_CASES, "agegate.env")
+    assert values == SYSTEMD_EXPECTED
+    # What systemd ignores is said, with its line: a setting written so would silently not apply.
+    assert any(p.startswith("agegate.env:18: 'export T_EXPORT'") and "no `export`" in p for p in problems), problems
+    assert any(p.startswith("agegate.env:22: no '=' in 'T_NO_EQUALS'") for p in problems), problems
+    assert len(problems) == 2, problems
+
+
+GENERATOR = Path("/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator")
+
+
+@pytest.mark.skipif(not GENERATOR.exists(), reason="systemd's environment.d generator is not installed")
+def test_env_file_reader_agrees_with_systemds_own_parser(tmp_path):
+    """systemd's env-file parser (env-file.c) as systemd itself runs it, on the same text."""
+    import codecs
+    import os
+
+    from agegate.edge.envfile import parse_env_text
+
+    (tmp_path / "environment.d").mkdir()
+    (tmp_path / "environment.d" / "agegate.conf").write_text(SYSTEMD_CASES)
+    out = subprocess.run([str(GENERATOR)], env={"XDG_CONFIG_HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    theirs = {}
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        if name.startswith("T_"):  # the machine's /etc/environment.d adds its own
+            if value.startswith('"'):  # printed C-escaped in double quotes
+                value = codecs.decode(value[1:-1], "unicode_escape")
+            theirs[name] = value
+    assert parse_env_text(SYSTEMD_CASES)[0] == theirs == SYSTEMD_EXPECTED
+
+
+def test_check_refuses_an_env_file_systemd_would_read_otherwise(tmp_path):
+    # python-dotenv read these as AGEGATE_CHALLENGE_AGE=30 and a store id; systemd does not.
+    env = tmp_path / "agegate.env"
+    env.write_text("AGEGATE_CHALLENGE_AGE=30 # the chain's policy\nexport AGEGATE_STORE_ID=store-9\n"
+                   "AGEGATE_TILL_ID='till-2'\n")
+    r = _cli("check", "--env-file", env)
+    assert r.returncode == EX_CONFIG
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "AGEGATE_CHALLENGE_AGE: Input should be a valid number" in lines[0] and "30 # the chain's policy" in lines[0]
+    assert f"{env}:2: 'export AGEGATE_STORE_ID' is not a variable name" in lines[0]
+    # The same value as a real environment variable fails the same way.
+    r = _cli("check", AGEGATE_CHALLENGE_AGE="30 # the chain's policy")
+    assert r.returncode == EX_CONFIG and "AGEGATE_CHALLENGE_AGE: Input should be a valid number" in r.stderr
+    # Quotes are systemd's too: 'till-2' is till-2.
+    env.write_text("AGEGATE_TILL_ID='till-2'\nAGEGATE_STORE_ID=\"store 9\"\n")
+    r = _cli("config", "--json", "--env-file", env)
+    assert r.returncode == EX_CONFIG and "AGEGATE_STORE_ID" in r.stderr and "'store 9'" in r.stderr
+    env.write_text("AGEGATE_TILL_ID='till-2'\n")
+    assert json.loads(_cli("config", "--json", "--env-file", env).stdout)["AGEGATE_TILL_ID"]["value"] == "till-2"
