@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from .. import __version__
 from .config import EX_CONFIG, ConfigError, Settings, load_settings, setting_sources
+from .logs import native_stderr_filtered, quiet_opencv, setup_logging
 
 log = logging.getLogger("agegate")
 
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agegate-edge: {exc}", file=sys.stderr)
         return EX_CONFIG
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging(settings.log_level, settings.log_format)
+    quiet_opencv()
     return args.func(settings, args)
 
 
@@ -156,7 +157,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             results.append((name, False, str(exc)))
 
     def model() -> str:
-        m = load_model(settings)
+        with native_stderr_filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" on every load
+            m = load_model(settings)
         grey = np.full((240, 240, 3), 128, np.uint8)
         age = m.estimate(grey, [(60, 60, 120, 120)])[0]
         line = f"{m.manifest.name} {m.manifest.version} ({m.manifest.variant}, {m.runtime}) answers {age:.1f} on a test crop"
@@ -359,14 +361,20 @@ def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
     from .daemon import StartupError, load_detector, load_model
     from .detectors import customer_faces, detect_in_photo
 
+    from tqdm import tqdm
+
     try:
-        model, detector = load_model(settings), load_detector(settings)
+        with native_stderr_filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" on every load
+            model, detector = load_model(settings), load_detector(settings)
     except StartupError as exc:
         print(f"agegate-edge: {exc}", file=sys.stderr)
         return 1
     zone = settings.zone
     failures = 0
-    for path in args.images:
+    # A bar with an ETA on a terminal's stderr (none when stderr is a file or pipe: disable=None);
+    # results go to stdout through tqdm.write, which keeps the bar below them.
+    progress = tqdm(args.images, unit="photo", disable=None if len(args.images) > 1 else True, file=sys.stderr)
+    for path in progress:
         record: dict = {"path": str(path), "faces": [], "error": None}
         image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
         if image is None:
@@ -383,14 +391,15 @@ def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
                 for f, a in zip(faces, ages)
             ]
         if args.json:
-            print(json.dumps(record), flush=True)
+            line = json.dumps(record)
         elif record["error"]:
-            print(f"{path}: error: {record['error']}")
+            line = f"{path}: error: {record['error']}"
         elif not record["faces"]:
-            print(f"{path}: no face found")
+            line = f"{path}: no face found"
         else:
-            shown = ", ".join(f"age {f['age']:.1f} at {tuple(f['box'])}" for f in record["faces"])
-            print(f"{path}: {shown}")
+            line = f"{path}: " + ", ".join(f"age {f['age']:.1f} at {tuple(f['box'])}" for f in record["faces"])
+        progress.write(line, file=sys.stdout)
+        sys.stdout.flush()
     return 1 if failures else 0  # a script must learn that a photo was not read
 
 

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     history_days: int = Field(default=30, ge=1, le=3650)  # the console's decision history keeps this long
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto: journald's form (priority prefixes, no timestamp) when stderr is systemd's journal stream, else text.
+    log_format: Literal["auto", "text", "journal", "json"] = "auto"
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,

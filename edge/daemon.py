@@ -193,7 +193,7 @@ class Daemon:
             on_decision=self.on_decision,
             face_wait_s=s.face_wait_s,
             max_spread=s.max_spread,
-            timed=self.timers["decide"].add,
+            timed=self._decision_took,
             store=self.outbox,
         )
         self.history = open_history(s.state_dir, s.history_days)
@@ -254,8 +254,13 @@ class Daemon:
                           face_stale_s=self.settings.face_stale_s, observe=self.metrics.stage_observers(),
                           model_lock=self.model_lock, estimate_fps=self.settings.estimate_fps)
 
+    def _decision_took(self, seconds: float) -> None:
+        self.timers["decide"].add(seconds)
+        self.metrics.decision_seconds.observe(seconds)
+
     def reject(self, reason: str) -> None:
         self._count("pos_rejected")
+        self.metrics.pos_rejected.inc()
         log.warning("%s", reason)
 
     def handle_pos(self, message: PosMessage) -> PosAnswer:

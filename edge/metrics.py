@@ -1,10 +1,15 @@
 """Prometheus metrics for ``GET /metrics``, on a registry of the daemon's own.
 
 Counters and histograms are updated where the daemon already measures: the vision loop's
-stage timers (frames, detect and per-face inference latency), the decision hook, and
-``Daemon.publish`` (alerts). Values another part already keeps (camera reconnects and fps,
-outbox depth, broker connection, the loaded model) are read at scrape time through
-callbacks, so there is one source of truth for each.
+stage timers (frames, detect and per-face inference latency), the decision hook and its timer
+(decision latency), ``Daemon.publish`` (alerts) and ``Daemon.reject`` (refused POS messages).
+Values another part already keeps (camera reconnects and fps, outbox depth and drops, publish
+failures, broker connection, the loaded model) are read at scrape time through callbacks, so
+there is one source of truth for each.
+
+Beside them, prometheus-client's standard ``process_*`` series (CPU seconds, resident memory,
+open descriptors, ``process_start_time_seconds`` for uptime), ``python_info``, and
+``agegate_build_info`` with the version.
 
 A registry per :class:`Metrics` rather than prometheus-client's global default, so that
 several daemons (or tests) in one process never collide.
@@ -15,21 +20,25 @@ the HTTP worker serving the scrape and must be quick and safe from any thread.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Histogram, Info, PlatformCollector,
+                               ProcessCollector, disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from .. import __version__
 from .events import AlertType, Decision
+from .outbox import ALERT, SUMMARY
 
 __all__ = ["CONTENT_TYPE_LATEST", "Live", "Metrics", "live_from"]
 
 DETECT_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 INFER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5)
+# A decision may wait for a face (AGEGATE_FACE_WAIT_S, 1.5 s by default): buckets up to its 30 s ceiling.
+DECISION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -41,8 +50,9 @@ class Live:
     camera_streaming: Callable[[], bool] = lambda: False
     mqtt_connected: Callable[[], bool] = lambda: False
     outbox_pending: Callable[[], int] = lambda: 0
+    outbox_dropped: Callable[[], dict[str, int]] = field(default=lambda: {"alert": 0, "summary": 0})
+    publish_failures: Callable[[], int] = lambda: 0
     vision_errors: Callable[[], int] = lambda: 0
-    uptime_s: Callable[[], float] = lambda: 0.0
     model: Callable[[], dict[str, str]] = field(default=lambda: {})
 
 
@@ -55,8 +65,10 @@ def live_from(daemon) -> Live:
         camera_streaming=lambda: d.camera.state.value == "streaming",
         mqtt_connected=lambda: d.mqtt.connected.is_set(),
         outbox_pending=lambda: len(d.outbox) if d.outbox is not None else 0,
+        outbox_dropped=lambda: {"alert": d.outbox.dropped[ALERT], "summary": d.outbox.dropped[SUMMARY]}
+        if d.outbox is not None else {"alert": 0, "summary": 0},
+        publish_failures=lambda: d.mqtt.failures,
         vision_errors=lambda: d.vision.errors,
-        uptime_s=lambda: time.monotonic() - d.started_at,
         model=lambda: {**d.model.identity, "variant": d.model.manifest.variant, "runtime": d.model.runtime},
     )
 
@@ -79,7 +91,14 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("agegate_outbox_pending",
                                 "Alerts and transaction summaries in the outbox, not yet acknowledged by the broker",
                                 value=v.outbox_pending())
-        yield GaugeMetricFamily("agegate_uptime_seconds", "Seconds since the daemon started", value=v.uptime_s())
+        dropped = CounterMetricFamily("agegate_outbox_dropped",
+                                      "Events the full outbox dropped (oldest summaries first, alerts last)",
+                                      labels=["kind"])
+        for kind, n in v.outbox_dropped().items():
+            dropped.add_metric([kind], n)
+        yield dropped
+        yield CounterMetricFamily("agegate_publish_failures", "Messages paho refused to queue for the broker",
+                                  value=v.publish_failures())
         yield InfoMetricFamily("agegate_model", "The age model in use", value=v.model())
 
 
@@ -96,6 +115,14 @@ class Metrics:
         self.decisions = Counter("agegate_decisions", "Decisions on restricted items", ["decision"], registry=r)
         self.alerts = Counter("agegate_alerts_published", "Alerts handed to the outbox and broker", ["type"],
                               registry=r)
+        self.decision_seconds = Histogram("agegate_decision_seconds",
+                                          "Time from a POS item to its decision (face wait included)",
+                                          buckets=DECISION_BUCKETS, registry=r)
+        self.pos_rejected = Counter("agegate_pos_rejected", "POS messages refused (invalid, too big, queue full)",
+                                    registry=r)
+        Info("agegate_build", "This agegate build", registry=r).info({"version": __version__})
+        ProcessCollector(registry=r)  # process_start_time_seconds (uptime), CPU, memory, descriptors
+        PlatformCollector(registry=r)  # python_info
         for d in get_args(Decision):  # every series exists from the start, at 0
             self.decisions.labels(d)
         for t in get_args(AlertType):

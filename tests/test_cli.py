@@ -185,3 +185,84 @@ def test_check_says_why_the_broker_is_unreachable(tmp_path, broker, face_video, 
     # TLS asked of a broker that speaks plain MQTT.
     detail = _failed_checks(**common, mqtt_host=broker.host, mqtt_port=broker.port, mqtt_tls="true")["broker"]
     assert ": tls: TLS handshake failed" in detail, detail
+
+
+def test_logs_in_journald_form_under_systemd_and_json_when_asked(tmp_path, constant_bundles):
+    """systemd points stderr at the journal and says so in JOURNAL_STREAM (device:inode of that stream)."""
+    from conftest import free_port
+
+    common = {"PATH": os.environ.get("PATH", ""), "AGEGATE_CAMERA": str(tmp_path / "gone.avi"),
+              "AGEGATE_MODEL_DIR": str(constant_bundles[40]), "AGEGATE_STATE_DIR": str(tmp_path / "state"),
+              "AGEGATE_HTTP_PORT": str(free_port()), "AGEGATE_MQTT_PORT": str(free_port())}
+
+    def stderr_of(extra: dict, journal: bool) -> str:
+        out = tmp_path / "stderr.txt"
+        with open(out, "w") as f:
+            st = os.fstat(f.fileno())
+            env = {**common, **extra}
+            if journal:
+                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+            subprocess.run([sys.executable, "-m", "agegate.edge.cli", "check", "--timeout", "1"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=f, timeout=120)
+        return out.read_text()
+
+    journal = stderr_of({}, journal=True).splitlines()
+    camera = [line for line in journal if "agegate.edge.capture" in line]
+    # The camera's retries are warnings: priority 4, and no timestamp of ours (the journal stamps lines).
+    assert camera and all(line.startswith("<4>agegate.edge.capture: camera ") for line in camera), journal
+    assert all(line.startswith("<") for line in journal), journal
+    # Redirected elsewhere (JOURNAL_STREAM names another stream): plain text with a timestamp.
+    text = stderr_of({"JOURNAL_STREAM": "1:1"}, journal=False).splitlines()
+    assert any(" WARNING agegate.edge.capture: camera " in line and line[:2] == "20" for line in text), text
+    records = [json.loads(line) for line in stderr_of({"AGEGATE_LOG_FORMAT": "json"}, journal=True).splitlines()]
+    warning = next(r for r in records if r["logger"] == "agegate.edge.capture")
+    assert warning["level"] == "WARNING" and warning["priority"] == 4 and warning["ts"].endswith("+00:00")
+
+
+def test_check_and_estimate_hide_native_library_noise(tmp_path, astronaut_bgr, constant_bundles):
+    from conftest import free_port
+
+    # A camera index with no device: OpenCV itself prints "[ WARN:…] … can't open camera by index".
+    r = run_cli("check", "--timeout", "1", camera="9", model_dir=constant_bundles[40], http_port=free_port(),
+                state_dir=tmp_path / "state", mqtt_port=free_port())
+    assert "FAIL camera" in r.stdout and "camera 9: OpenCV cannot open it" in r.stderr  # in its own words
+    assert "[ WARN" not in r.stderr and "XNNPACK" not in r.stderr, r.stderr
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    r = run_cli("estimate", photo, model_dir=constant_bundles[21])
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_estimate_over_many_files_shows_a_progress_bar_with_an_eta_on_a_terminal(tmp_path, astronaut_bgr,
+                                                                                 constant_bundles):
+    import pty
+
+    photos = []
+    for i in range(4):
+        photos.append(tmp_path / f"p{i}.jpg")
+        cv2.imwrite(str(photos[-1]), astronaut_bgr)
+    import fcntl
+    import struct
+    import termios
+
+    main, term = pty.openpty()  # stderr is a terminal, as for an engineer at a shell: 40 rows of 120 columns
+    fcntl.ioctl(term, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {"PATH": os.environ.get("PATH", ""), "AGEGATE_MODEL_DIR": str(constant_bundles[21])}
+    proc = subprocess.run([sys.executable, "-m", "agegate.edge.cli", "estimate", *map(str, photos)], env=env,
+                          stdout=subprocess.PIPE, stderr=term, text=True, timeout=120)
+    os.close(term)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    bar = shown.decode(errors="replace")
+    assert proc.returncode == 0 and proc.stdout.count("age 21.0") == 4
+    assert "4/4" in bar and "100%" in bar and "<" in bar and "photo/s" in bar, bar  # [elapsed<remaining, rate]
+    # Not on a pipe: scripts reading stderr get no bar.
+    assert run_cli("estimate", *photos, model_dir=constant_bundles[21]).stderr == ""

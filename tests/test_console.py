@@ -348,6 +348,24 @@ def test_metrics_in_prometheus_format(till: ConsoleDaemon):
     assert ("agegate_outbox_pending", ()) in samples and value("agegate_mqtt_connected") == 1
     model = dict(next(labels for name, labels in samples if name == "agegate_model_info"))
     assert model["version"] == MODEL_VERSION and len(model["sha256"]) == 64
+    # The decision above took its time through the latency histogram.
+    assert value("agegate_decision_seconds_count") >= 1
+    assert value("agegate_decision_seconds_bucket", le="+Inf") == value("agegate_decision_seconds_count")
+    # Refusals, drops and publish failures are counted from the start, at their current value.
+    rejected_before = value("agegate_pos_rejected_total")
+    assert till.request("POST", "/v1/pos", json={"type": "item"}).status_code == 422
+    assert value("agegate_outbox_dropped_total", kind="alert") == 0 == value("agegate_outbox_dropped_total", kind="summary")
+    assert value("agegate_publish_failures_total") == 0
+    from agegate import __version__
+
+    assert dict(next(labels for name, labels in samples if name == "agegate_build_info"))["version"] == __version__
+    # The standard process series; uptime is process_start_time_seconds.
+    status = till.status()
+    assert abs(time.time() - value("process_start_time_seconds") - status["uptime_s"]) < 15
+    assert value("process_resident_memory_bytes") > 10e6 and value("process_open_fds") > 5
+    after = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in text_string_to_metric_families(till.get("/metrics").text) for s in family.samples}
+    assert after[("agegate_pos_rejected_total", ())] == rejected_before + 1
 
 
 # --- security ---------------------------------------------------------------------------------------------------
