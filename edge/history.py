@@ -166,24 +166,26 @@ class DecisionLog:
         where, args = query.where()
         with self._lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM decisions{where}", args).fetchone()[0]
-            rows = self._db.execute(f"SELECT * FROM decisions{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            # By time, not by insert order: rows recorded with an earlier ts (a seeded or imported history,
+            # a clock set back) belong where their time puts them.
+            rows = self._db.execute(f"SELECT * FROM decisions{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
                                     [*args, limit, offset]).fetchall()
         return [_row(r) for r in rows], total
 
     def rows(self, query: Query = Query(), batch: int = 1000) -> Iterator[Row]:
-        """Every matching row, oldest first, read a batch at a time (for the CSV download)."""
+        """Every matching row, oldest first by time, read a batch at a time (for the CSV download)."""
         where, args = query.where()
-        after = 0
+        after = (float("-inf"), 0)  # (ts, id) of the last row read: a keyset that is stable while rows arrive
         joiner = " AND " if where else " WHERE "
         while True:
             with self._lock:
-                got = self._db.execute(f"SELECT * FROM decisions{where}{joiner}id > ? ORDER BY id LIMIT ?",
-                                       [*args, after, batch]).fetchall()
+                got = self._db.execute(f"SELECT * FROM decisions{where}{joiner}(ts, id) > (?, ?) ORDER BY ts, id LIMIT ?",
+                                       [*args, *after, batch]).fetchall()
             if not got:
                 return
             for r in got:
                 yield _row(r)
-            after = got[-1][0]
+            after = (got[-1][1], got[-1][0])
 
     def journal_mode(self) -> str:
         with self._lock:

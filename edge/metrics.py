@@ -20,6 +20,8 @@ the HTTP worker serving the scrape and must be quick and safe from any thread.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, get_args
 
@@ -37,6 +39,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Live", "Metrics", "live_from"]
 
 DETECT_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 INFER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5)
+PROCESSED_FPS_WINDOW_S = 5.0
 # A decision may wait for a face (AGEGATE_FACE_WAIT_S, 1.5 s by default): buckets up to its 30 s ceiling.
 DECISION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -127,13 +130,25 @@ class Metrics:
             self.decisions.labels(d)
         for t in get_args(AlertType):
             self.alerts.labels(t)
+        self._frame_times: deque[float] = deque(maxlen=4096)  # when recent frames were done: processed_fps
         self.live = live or Live()
         r.register(_LiveCollector(self.live))
 
     def stage_observers(self) -> dict[str, Callable[[float], None]]:
         """What the vision loop's stage timers report to (see vision.StageTimer)."""
-        return {"frames": lambda _s: self.frames.inc(), "detect": self.detect_seconds.observe,
+        return {"frames": self._frame_done, "detect": self.detect_seconds.observe,
                 "infer": self.infer_seconds.observe}
+
+    def _frame_done(self, _seconds: float) -> None:
+        self.frames.inc()
+        self._frame_times.append(time.monotonic())
+
+    def processed_fps(self, window_s: float = PROCESSED_FPS_WINDOW_S) -> float:
+        """Frames the vision loop finished per second over the last ``window_s`` (the camera may deliver
+        more: AGEGATE_DETECT_FPS caps what is analysed, and a slow detector falls behind)."""
+        now = time.monotonic()
+        times = list(self._frame_times)  # one C-level copy: appends from the vision thread cannot interleave
+        return sum(1 for t in times if now - t <= window_s) / window_s
 
     def exposition(self) -> bytes:
         """The text format a Prometheus server scrapes (CONTENT_TYPE_LATEST)."""

@@ -158,7 +158,7 @@ def astronaut_jpeg(astronaut_bgr) -> bytes:
 # --- pages -------------------------------------------------------------------------------------------------------
 
 
-def test_status_page_shows_the_model_and_refreshes(page: Page, till: ConsoleDaemon):
+def test_status_page_shows_the_model_and_refreshes(page: Page, till: ConsoleDaemon, tmp_path):
     expect(page.locator("[data-field=model-version]")).to_have_text(MODEL_VERSION)
     model = till.get("/console/api/status").json()["model"]
     expect(page.locator("#h-model + dl")).to_contain_text(model["sha256"])
@@ -168,6 +168,24 @@ def test_status_page_shows_the_model_and_refreshes(page: Page, till: ConsoleDaem
     expect(page.locator("[data-field=model-validation]")).to_contain_text("MAE 5.00 years on 100 faces")
     expect(page.locator("[data-field=model-validation]")).to_contain_text("under-18s flagged 97.0 %")
     expect(page.locator("[data-field=estimate-threshold]")).to_contain_text("estimates under 25")
+    expect(page.locator("[data-field=challenge-age]")).to_have_text("25")
+    expect(page.locator("[data-field=legal-age]")).to_have_text("18")
+    # Frames analysed, not the camera's rate: the till analyses at most AGEGATE_DETECT_FPS (10) of them.
+    camera = till.status()["camera"]
+    assert 0 < camera["processed_fps"] <= 10.5 and camera["processed_fps"] <= camera["fps"] + 0.5, camera
+    analysed = float(page.locator("[data-field=processed-fps]").inner_text().split()[0])
+    assert 0 < analysed <= 10.5
+    expect(page.locator("[data-field=last-rejection]")).to_have_text("none")
+
+    # A bundle refused by `agegate-edge model install` shows as the last rejection, by the path given.
+    not_a_bundle = tmp_path / "not-a-bundle"
+    not_a_bundle.mkdir()
+    (not_a_bundle / "README").write_text("no manifest here")
+    r = subprocess.run([sys.executable, "-m", "agegate.edge.cli", "model", "install", str(not_a_bundle)],
+                       env=till.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "manifest.json: missing" in r.stderr
+    expect(page.locator("[data-field=last-rejection]")).to_contain_text("not-a-bundle", timeout=15_000)
+    expect(page.locator("[data-field=last-rejection]")).to_contain_text(f"{not_a_bundle}/manifest.json: missing")
 
     # A decision made now, through the POS API with the bearer token, shows on the open page.
     answer = till.pos("item", "S-1", restricted=True).json()

@@ -143,3 +143,13 @@ def test_a_failing_write_is_logged_not_raised(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         h.record(transaction_id="T1", decision="clear")
     assert "cannot record clear for T1" in caplog.text
+
+
+def test_pages_and_rows_follow_time_not_insert_order(log_):
+    # Recorded out of order (an imported history, a clock set back): shown by when they happened.
+    now = time.time()
+    for tx, ago in (("MIDDLE", 2 * DAY), ("NEWEST", 0.0), ("OLDEST", 5 * DAY), ("SECOND", DAY)):
+        log_.record(transaction_id=tx, decision="clear", ts=now - ago)
+    assert [r.transaction_id for r in log_.page()[0]] == ["NEWEST", "SECOND", "MIDDLE", "OLDEST"]
+    assert [r.transaction_id for r in log_.page(limit=2, offset=1)[0]] == ["SECOND", "MIDDLE"]
+    assert [r.transaction_id for r in log_.rows(batch=1)] == ["OLDEST", "MIDDLE", "SECOND", "NEWEST"]
