@@ -3,7 +3,11 @@
 ``POST /v1/pos`` takes a :class:`PosMessage` and answers a :class:`PosAnswer`; for a
 restricted item the answer holds the decision, so the till can prompt the cashier at once.
 ``GET /v1/status`` and ``GET /healthz`` tell how the daemon is. The OpenAPI schema is at
-``/openapi.json`` and the interactive docs at ``/docs``.
+``/openapi.json`` and the interactive docs at ``/docs``: every route (the console's JSON API and
+``/metrics`` included; its HTML pages are not an API), every body and answer, the token as a
+security scheme, and the refusals (401, 403, 413, 422, 503) as the middleware below sends them.
+Swagger UI's assets are served by the till itself from the fastapi-offline package, so ``/docs``
+works at a till without internet.
 
 Bad input gets a 4xx whose ``detail`` is one sentence with the reason (:class:`ErrorAnswer`,
 as the OpenAPI schema says): a body that is not JSON (invalid UTF-8, nested too deeply, an
@@ -41,8 +45,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
@@ -50,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
+from .api_models import ErrorAnswer, Health, TillStatus
 from .config import LOCAL_HOSTS
 from .events import PosAnswer, PosMessage
 
@@ -134,13 +140,6 @@ class RequireLocalHost:
         detail = (f"this till's HTTP server answers only requests to {', '.join(LOCAL_HOSTS)} "
                   "unless AGEGATE_HTTP_TOKEN is set")
         await JSONResponse({"detail": detail}, status_code=403)(scope, _no_receive, send)
-
-
-class ErrorAnswer(BaseModel):
-    """Every refusal: ``detail`` is one sentence saying why (FastAPI's default 422 is a list; ours is not)."""
-
-    detail: str = Field(description="Why the request was refused, for people reading the POS log",
-                        examples=["body.restricted: Input should be a valid boolean"])
 
 
 class BodyTooLarge(HTTPException):
@@ -281,6 +280,8 @@ def create_app(
         title="agegate till API",
         version=__version__,
         description="Local API between the till's POS software and the agegate daemon.",
+        docs_url=None,  # served below from local assets, not from a CDN
+        redoc_url=None,
     )
 
     def invalid(request: Request, reason: str) -> JSONResponse:
@@ -312,7 +313,7 @@ def create_app(
     def pos(message: PosMessage) -> PosAnswer:
         return handle_pos(message)
 
-    @app.get("/v1/status", summary="Camera, model, broker and decision counters")
+    @app.get("/v1/status", response_model=TillStatus, summary="Camera, model, broker and decision counters")
     def get_status() -> dict[str, Any]:
         return status()
 
@@ -320,15 +321,82 @@ def create_app(
     def root() -> RedirectResponse:  # someone opening the till's address in a browser wants the console
         return RedirectResponse("/console", status_code=303)
 
-    @app.get("/healthz", summary="200 while the daemon serves")
+    @app.get("/healthz", response_model=Health, summary="200 while the daemon serves")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="agegate till API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        if name not in SWAGGER_ASSETS:
+            raise HTTPException(404, f"no {name}")
+        return FileResponse(_swagger_dir() / name, media_type=SWAGGER_ASSETS[name],
+                            headers={"Cache-Control": "max-age=86400"})
+
     for router in routers:
         app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(LimitBodySize, max_bytes=max_body, on_reject=on_reject, limits=body_limits)
     if token:  # added last, so it runs first: no body is read before the token is checked
         app.add_middleware(RequireToken, token=token)
     else:  # no token: no DNS rebinding either, on every route (the POS API shows the customer's estimate)
         app.add_middleware(RequireLocalHost)
     return app
+
+
+# Swagger UI as the fastapi-offline package ships it (a maintained copy of swagger-ui-dist, Apache-2.0).
+DOCS_ASSETS = "/docs/assets"
+SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+
+
+def _swagger_dir():
+    from pathlib import Path
+
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).with_name("static")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, completed with what the middleware does: the token, the refusals it sends,
+    and 422 as our handler answers it (one sentence, not FastAPI's list)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {})["ErrorAnswer"] = ErrorAnswer.model_json_schema()
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "AGEGATE_HTTP_TOKEN: when it is set, every route but /healthz needs it"},
+        "cookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE,
+                   "description": "Set for a browser that opened /console?token=<token> once"},
+    }
+    for path, operations in schema["paths"].items():
+        for method, op in operations.items():
+            responses = op.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = _error("Not valid JSON, or not what this route takes")
+            if path == "/healthz":
+                op["security"] = []
+                continue
+            op["security"] = [{"bearer": []}, {"cookie": []}]
+            responses.setdefault("401", _error("AGEGATE_HTTP_TOKEN is set and the request does not carry it"))
+            responses.setdefault("403", _error("No AGEGATE_HTTP_TOKEN, and the request was not addressed to "
+                                               "127.0.0.1, localhost or [::1]"))
+            if method in ("post", "put"):
+                responses.setdefault("413", _error("Body over its limit (AGEGATE_HTTP_MAX_BODY for the POS)"))
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components["schemas"].pop(unused, None)
+    app.openapi_schema = schema
+    return schema

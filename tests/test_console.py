@@ -508,3 +508,64 @@ def test_uploads_stay_in_memory():
     with ThreadPoolExecutor(1) as pool:  # a thread of its own: Playwright's loop may be running in this one
         rolled, data = pool.submit(asyncio.run, parse()).result()
     assert rolled is False and data == photo
+
+
+# --- the API's description ------------------------------------------------------------------------------------
+
+
+API_PATHS = {"/v1/pos", "/v1/status", "/healthz", "/console/api/status", "/console/api/live", "/console/api/zone",
+             "/console/api/history", "/console/history.csv", "/console/api/photo", "/metrics"}
+
+
+def test_openapi_describes_every_route_its_security_and_its_refusals(till: ConsoleDaemon):
+    from agegate.edge.api_models import ConsoleStatus, LiveView, TillStatus
+
+    doc = till.get("/openapi.json").json()
+    assert set(doc["paths"]) == API_PATHS
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"]["description"]}
+    assert "HTTPValidationError" not in json.dumps(doc)  # FastAPI's list-shaped 422, which the till never sends
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            assert "200" in responses and op.get("summary"), (path, method)
+            ok = responses["200"]["content"]
+            if "application/json" in ok:
+                assert ok["application/json"]["schema"] != {}, (path, method)  # typed, not "any object"
+            for code, answer in responses.items():
+                if code not in ("200",):
+                    assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorAnswer"}
+            if path == "/healthz":
+                assert op["security"] == [] and "401" not in responses
+                continue
+            assert op["security"] == [{"bearer": []}, {"cookie": []}] and {"401", "403"} <= set(responses), (path, method)
+            if method in ("post", "put"):
+                assert "413" in responses and "422" in responses, (path, method)
+    # The answers are what the document declares, and the declaration misses none of their fields.
+    for path, model in (("/v1/status", TillStatus), ("/console/api/status", ConsoleStatus), ("/console/api/live", LiveView)):
+        body = till.get(path).json()
+        model.model_validate(body)
+        assert set(body) <= set(model.model_fields), (path, set(body) - set(model.model_fields))
+    refused = till.request("POST", "/v1/pos", json={"type": "item"})
+    assert refused.status_code == 422 and isinstance(refused.json()["detail"], str)
+    assert httpx.get(till.url + "/v1/status").json().keys() == {"detail"}  # 401 without the token, as ErrorAnswer
+
+
+def test_docs_page_works_without_internet(browser: Browser, till: ConsoleDaemon):
+    context = browser.new_context(extra_http_headers=till.auth)
+    outside: list[str] = []
+
+    def only_the_till(route):
+        if route.request.url.startswith(till.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()  # a till without internet
+
+    context.route("**/*", only_the_till)
+    tab = context.new_page()
+    tab.goto(f"{till.url}/docs")
+    expect(tab.locator(".swagger-ui .opblock-summary-path").first).to_be_visible(timeout=20_000)
+    expect(tab.locator(".swagger-ui")).to_contain_text("/v1/pos")
+    expect(tab.locator(".swagger-ui")).to_contain_text("/console/api/status")
+    context.close()
+    assert outside == [], outside

@@ -55,6 +55,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ... import __version__
 from ..age_model import AgeModel
+from ..api_models import ConsoleStatus, ErrorAnswer, HistoryPage, LiveView, PhotoResult, ZoneView
 from ..bundle import MANIFEST_FILE
 from ..capture import Camera
 from ..config import Settings
@@ -76,6 +77,18 @@ NO_STORE = {"Cache-Control": "no-store"}
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 # Uploads may be larger than AGEGATE_HTTP_MAX_BODY; api.create_app(body_limits=...) takes this.
 BODY_LIMITS = {"/console/photo": BODY_LIMIT, "/console/api/photo": BODY_LIMIT}
+
+
+NOT_SAVED: dict[int | str, dict[str, Any]] = {503: {"model": ErrorAnswer, "description": "zone.json cannot be written"}}
+# The history's filters, read from the query string by _history_query (so that empty form fields mean no filter).
+HISTORY_PARAMETERS = [
+    {"name": "from", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+     "description": "First local day included"},
+    {"name": "to", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+     "description": "Last local day included"},
+    {"name": "decision", "in": "query", "required": False, "schema": {"type": "string", "enum": list(DECISIONS)}},
+    {"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "default": 1}},
+]
 
 
 class ConsoleHost(Protocol):
@@ -104,7 +117,8 @@ class ZoneIn(BaseModel):
 
 def create_console_router(host: ConsoleHost) -> APIRouter:
     # Without a token, api.RequireLocalHost answers only requests addressed to the loopback names.
-    router = APIRouter(include_in_schema=False)
+    # The JSON API and /metrics are in the OpenAPI document; the HTML pages are not an API.
+    router = APIRouter(tags=["console"])
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(version=__version__, store_id=host.settings.store_id,
                                  till_id=host.settings.till_id, decisions=DECISIONS)
@@ -118,30 +132,30 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
 
     # --- status ------------------------------------------------------------------------------------
 
-    @router.get("/console", response_class=HTMLResponse)
+    @router.get("/console", response_class=HTMLResponse, include_in_schema=False)
     def status_page(request: Request):
         return page(request, "status.html", s=status_view(host), nav="status")
 
-    @router.get("/console/status-panel", response_class=HTMLResponse)
+    @router.get("/console/status-panel", response_class=HTMLResponse, include_in_schema=False)
     def status_panel(request: Request):
         return page(request, "_status_panel.html", s=status_view(host))
 
-    @router.get("/console/api/status")
+    @router.get("/console/api/status", response_model=ConsoleStatus, summary="The status page's figures")
     def status_api() -> dict[str, Any]:
         return status_view(host)
 
     # --- installer view ------------------------------------------------------------------------------
 
-    @router.get("/console/installer", response_class=HTMLResponse)
+    @router.get("/console/installer", response_class=HTMLResponse, include_in_schema=False)
     def installer_page(request: Request):
         return page(request, "installer.html", nav="installer", zone=zone_dict(host.zones.current),
                     default_zone=zone_text(host.zones.default), saved=host.zones.saved)
 
-    @router.get("/console/api/live")
+    @router.get("/console/api/live", response_model=LiveView, summary="The newest analysed frame and its faces")
     def live_api() -> JSONResponse:
         return JSONResponse(live_view(host), headers=NO_STORE)
 
-    @router.put("/console/api/zone")
+    @router.put("/console/api/zone", response_model=ZoneView, responses=NOT_SAVED, summary="Save the customer zone")
     def save_zone(body: ZoneIn) -> dict[str, Any]:
         try:
             zone = Zone(body.x0, body.y0, body.x1, body.y1)
@@ -154,7 +168,8 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
         host.vision.zone = zone  # the vision loop reads it on its next frame
         return zone_view(host)
 
-    @router.delete("/console/api/zone")
+    @router.delete("/console/api/zone", response_model=ZoneView, responses=NOT_SAVED,
+                   summary="Back to AGEGATE_CUSTOMER_ZONE")
     def reset_zone() -> dict[str, Any]:
         try:
             host.zones.reset()
@@ -165,7 +180,7 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
 
     # --- history -------------------------------------------------------------------------------------
 
-    @router.get("/console/history", response_class=HTMLResponse)
+    @router.get("/console/history", response_class=HTMLResponse, include_in_schema=False)
     def history_page(request: Request):
         q, page_no = _history_query(request)
         rows, total = _history_page(host, q, page_no)
@@ -175,13 +190,17 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
                     q=q, available=host.history is not None, keep_days=host.settings.history_days,
                     qs=lambda **extra: urlencode({**filters, **extra}))
 
-    @router.get("/console/api/history")
+    @router.get("/console/api/history", response_model=HistoryPage, summary="A page of the decision history",
+                openapi_extra={"parameters": HISTORY_PARAMETERS})
     def history_api(request: Request) -> dict[str, Any]:
         q, page_no = _history_query(request)
         rows, total = _history_page(host, q, page_no)
         return {"total": total, "page": page_no, "page_size": PAGE_SIZE, "rows": [row_dict(r) for r in rows]}
 
-    @router.get("/console/history.csv")
+    @router.get("/console/history.csv", summary="The decision history as CSV", response_class=StreamingResponse,
+                openapi_extra={"parameters": HISTORY_PARAMETERS[:3]},
+                responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV"},
+                           503: {"model": ErrorAnswer, "description": "The decision history is unavailable"}})
     def history_csv(request: Request) -> StreamingResponse:
         q, _ = _history_query(request)
         if host.history is None:
@@ -192,11 +211,11 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
 
     # --- try a photo -----------------------------------------------------------------------------------
 
-    @router.get("/console/photo", response_class=HTMLResponse)
+    @router.get("/console/photo", response_class=HTMLResponse, include_in_schema=False)
     def photo_page(request: Request):
         return page(request, "photo.html", nav="photo", result=None, error=None)
 
-    @router.post("/console/photo", response_class=HTMLResponse)
+    @router.post("/console/photo", response_class=HTMLResponse, include_in_schema=False)
     async def photo_form(request: Request):
         try:
             result = await run_in_threadpool(photos.estimate, await read_upload(request))
@@ -204,7 +223,16 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
             return page(request, "photo.html", status_code=exc.status, nav="photo", result=None, error=exc.reason)
         return page(request, "photo.html", nav="photo", result=result, error=None)
 
-    @router.post("/console/api/photo")
+    @router.post("/console/api/photo", response_model=PhotoResult, summary="Estimate the ages in a photo",
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                     "image/png": {"schema": {"type": "string", "format": "binary"}},
+                     "multipart/form-data": {"schema": {"type": "object", "properties": {
+                         "image": {"type": "string", "format": "binary"}}}}}}},
+                 responses={422: {"model": ErrorAnswer, "description": "Not a JPEG or PNG that can be read"},
+                            429: {"model": ErrorAnswer, "description": "Another photo is being processed"},
+                            500: {"model": ErrorAnswer, "description": "Detection or the age model failed"},
+                            503: {"model": ErrorAnswer, "description": "Uploads are being processed; try again"}})
     async def photo_api(request: Request) -> JSONResponse:
         try:
             result = await run_in_threadpool(photos.estimate, await read_upload(request))
@@ -214,13 +242,15 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
 
     # --- assets and metrics --------------------------------------------------------------------------------
 
-    @router.get("/console/static/{name}")
+    @router.get("/console/static/{name}", include_in_schema=False)
     def static_file(name: str) -> Response:
         if name not in static:
             raise HTTPException(404, f"no {name}")
         return Response(static[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    @router.get("/metrics")
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+                responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                                 "description": "Prometheus text format"}})
     def metrics() -> Response:
         return Response(host.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
