@@ -29,7 +29,7 @@ class _Open(BaseModel):
 
 
 class CameraStatus(_Open):
-    state: str = Field(description="streaming, connecting, stalled or lost")
+    state: str = Field(description="starting, streaming, reconnecting or stopped")
     fps: float = Field(description="Frames per second the camera delivers")
     processed_fps: float = Field(description="Frames per second analysed (at most AGEGATE_DETECT_FPS), last 5 s")
     reconnects: int
