@@ -301,6 +301,10 @@ def create_app(
         # fails other than by a syntax error; that is a body that is not JSON all the same.
         if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
             return invalid(request, f"body: not valid JSON: {_json_failure(exc.__cause__)}")
+        if exc.status_code == 405:  # Starlette names only the first route's methods; a path may have several
+            allowed = sorted({m for r in app.routes if getattr(r, "methods", None) and r.path_regex.match(request.url.path)
+                              for m in r.methods})
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": ", ".join(allowed)})
         return await http_exception_handler(request, exc)
 
     refusals = {
@@ -341,7 +345,7 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, token_required=bool(token))  # type: ignore[method-assign]
     app.add_middleware(LimitBodySize, max_bytes=max_body, on_reject=on_reject, limits=body_limits)
     if token:  # added last, so it runs first: no body is read before the token is checked
         app.add_middleware(RequireToken, token=token)
@@ -368,32 +372,37 @@ def _error(description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}}
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, completed with what the middleware does: the token, the refusals it sends,
-    and 422 as our handler answers it (one sentence, not FastAPI's list)."""
+def _openapi(app: FastAPI, token_required: bool) -> dict[str, Any]:
+    """FastAPI's schema, completed with what the middleware does: the token (declared when this till
+    has one, as a client of this till must send it), the refusals it sends, and 422 as our handler
+    answers it (one sentence, not FastAPI's list)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {})["ErrorAnswer"] = ErrorAnswer.model_json_schema()
-    components["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer",
-                   "description": "AGEGATE_HTTP_TOKEN: when it is set, every route but /healthz needs it"},
-        "cookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE,
-                   "description": "Set for a browser that opened /console?token=<token> once"},
-    }
+    if token_required:
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "AGEGATE_HTTP_TOKEN: every route but /healthz needs it"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE,
+                       "description": "Set for a browser that opened /console?token=<token> once"},
+        }
     for path, operations in schema["paths"].items():
         for method, op in operations.items():
             responses = op.setdefault("responses", {})
             if "422" in responses:
                 responses["422"] = _error("Not valid JSON, or not what this route takes")
             if path == "/healthz":
-                op["security"] = []
+                if token_required:
+                    op["security"] = []
                 continue
-            op["security"] = [{"bearer": []}, {"cookie": []}]
-            responses.setdefault("401", _error("AGEGATE_HTTP_TOKEN is set and the request does not carry it"))
-            responses.setdefault("403", _error("No AGEGATE_HTTP_TOKEN, and the request was not addressed to "
-                                               "127.0.0.1, localhost or [::1]"))
+            if token_required:
+                op["security"] = [{"bearer": []}, {"cookie": []}]
+                responses.setdefault("401", _error("The request does not carry AGEGATE_HTTP_TOKEN"))
+            else:
+                responses.setdefault("403", _error("The request was not addressed to 127.0.0.1, localhost or [::1] "
+                                                   "(without AGEGATE_HTTP_TOKEN the till answers no other name)"))
             if method in ("post", "put"):
                 responses.setdefault("413", _error("Body over its limit (AGEGATE_HTTP_MAX_BODY for the POS)"))
     for unused in ("HTTPValidationError", "ValidationError"):

@@ -538,7 +538,7 @@ def test_openapi_describes_every_route_its_security_and_its_refusals(till: Conso
             if path == "/healthz":
                 assert op["security"] == [] and "401" not in responses
                 continue
-            assert op["security"] == [{"bearer": []}, {"cookie": []}] and {"401", "403"} <= set(responses), (path, method)
+            assert op["security"] == [{"bearer": []}, {"cookie": []}] and "401" in responses, (path, method)
             if method in ("post", "put"):
                 assert "413" in responses and "422" in responses, (path, method)
     # The answers are what the document declares, and the declaration misses none of their fields.

@@ -50,7 +50,7 @@ import cv2
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ... import __version__
@@ -81,14 +81,18 @@ BODY_LIMITS = {"/console/photo": BODY_LIMIT, "/console/api/photo": BODY_LIMIT}
 
 NOT_SAVED: dict[int | str, dict[str, Any]] = {503: {"model": ErrorAnswer, "description": "zone.json cannot be written"}}
 # The history's filters, read from the query string by _history_query (so that empty form fields mean no filter).
+_EMPTY = {"type": "string", "maxLength": 0}  # an empty form field: no filter
 HISTORY_PARAMETERS = [
-    {"name": "from", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
-     "description": "First local day included"},
-    {"name": "to", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
-     "description": "Last local day included"},
-    {"name": "decision", "in": "query", "required": False, "schema": {"type": "string", "enum": list(DECISIONS)}},
-    {"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "default": 1}},
+    {"name": "from", "in": "query", "required": False, "description": "First local day included",
+     "schema": {"anyOf": [{"type": "string", "format": "date"}, _EMPTY]}},
+    {"name": "to", "in": "query", "required": False, "description": "Last local day included",
+     "schema": {"anyOf": [{"type": "string", "format": "date"}, _EMPTY]}},
+    {"name": "decision", "in": "query", "required": False,
+     "schema": {"anyOf": [{"type": "string", "enum": list(DECISIONS)}, _EMPTY]}},
+    {"name": "page", "in": "query", "required": False,
+     "schema": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}, _EMPTY]}},
 ]
+BAD_QUERY = {422: {"model": ErrorAnswer, "description": "A filter or page that is not one"}}
 
 
 class ConsoleHost(Protocol):
@@ -109,10 +113,12 @@ class ConsoleHost(Protocol):
 
 
 class ZoneIn(BaseModel):
-    x0: float
-    y0: float
-    x1: float
-    y1: float
+    """Fractions of the frame's width and height; x0 < x1 and y0 < y1 (checked by Zone)."""
+
+    x0: float = Field(ge=0, le=1)
+    y0: float = Field(ge=0, le=1)
+    x1: float = Field(ge=0, le=1)
+    y1: float = Field(ge=0, le=1)
 
 
 def create_console_router(host: ConsoleHost) -> APIRouter:
@@ -155,7 +161,8 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
     def live_api() -> JSONResponse:
         return JSONResponse(live_view(host), headers=NO_STORE)
 
-    @router.put("/console/api/zone", response_model=ZoneView, responses=NOT_SAVED, summary="Save the customer zone")
+    @router.put("/console/api/zone", response_model=ZoneView, responses=NOT_SAVED, summary="Save the customer zone",
+                operation_id="save_zone")
     def save_zone(body: ZoneIn) -> dict[str, Any]:
         try:
             zone = Zone(body.x0, body.y0, body.x1, body.y1)
@@ -191,7 +198,7 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
                     qs=lambda **extra: urlencode({**filters, **extra}))
 
     @router.get("/console/api/history", response_model=HistoryPage, summary="A page of the decision history",
-                openapi_extra={"parameters": HISTORY_PARAMETERS})
+                openapi_extra={"parameters": HISTORY_PARAMETERS}, responses=BAD_QUERY)
     def history_api(request: Request) -> dict[str, Any]:
         q, page_no = _history_query(request)
         rows, total = _history_page(host, q, page_no)
@@ -200,6 +207,7 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
     @router.get("/console/history.csv", summary="The decision history as CSV", response_class=StreamingResponse,
                 openapi_extra={"parameters": HISTORY_PARAMETERS[:3]},
                 responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV"},
+                           **BAD_QUERY,
                            503: {"model": ErrorAnswer, "description": "The decision history is unavailable"}})
     def history_csv(request: Request) -> StreamingResponse:
         q, _ = _history_query(request)
@@ -224,10 +232,13 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
         return page(request, "photo.html", nav="photo", result=result, error=None)
 
     @router.post("/console/api/photo", response_model=PhotoResult, summary="Estimate the ages in a photo",
+                 operation_id="estimate_photo",
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                      "image/png": {"schema": {"type": "string", "format": "binary"}},
-                     "multipart/form-data": {"schema": {"type": "object", "properties": {
+                     # Other form fields are ignored, at most 4 of them (photo.read_upload).
+                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "maxProperties": 5,
+                                                        "additionalProperties": {"type": "string"}, "properties": {
                          "image": {"type": "string", "format": "binary"}}}}}}},
                  responses={422: {"model": ErrorAnswer, "description": "Not a JPEG or PNG that can be read"},
                             429: {"model": ErrorAnswer, "description": "Another photo is being processed"},
