@@ -102,11 +102,9 @@ def bundle21(tmp_path_factory) -> Path:
                                 version=MODEL_VERSION)
 
 
-@pytest.fixture(scope="module")
-def till(tmp_path_factory, module_broker, face_video, bundle21):
-    """The daemon with a token, whose history already holds 120 decisions of the last days and 3 past 30 days."""
-    tmp = tmp_path_factory.mktemp("till")
-    seed = DecisionLog(tmp / "state", keep_days=3650)
+def seed_history(state: Path) -> None:
+    """120 decisions of the last days and 3 past 30 days (pruned at the daemon's start)."""
+    seed = DecisionLog(state, keep_days=3650)
     now = time.time()
     for i in range(120):
         decision, age = [("clear", 31.0 + i % 30), ("age_check_required", 19.0 + i % 6), ("no_face", None)][i % 3]
@@ -116,6 +114,13 @@ def till(tmp_path_factory, module_broker, face_video, bundle21):
     for i in range(3):
         seed.record(transaction_id=f"EXPIRED-{i}", decision="clear", ts=now - 40 * 86400)
     seed.close()
+
+
+@pytest.fixture(scope="module")
+def till(tmp_path_factory, module_broker, face_video, bundle21):
+    """The daemon with a token, whose history already holds 120 decisions of the last days and 3 past 30 days."""
+    tmp = tmp_path_factory.mktemp("till")
+    seed_history(tmp / "state")
     d = ConsoleDaemon(tmp, token=TOKEN, broker=module_broker, camera=face_video, model_dir=bundle21, face_wait_s=1)
     yield d.start()
     d.stop()
@@ -146,6 +151,7 @@ def page(browser: Browser, till: ConsoleDaemon):
 
 
 def shot(tab: Page, name: str) -> None:
+    """docs/console-<name>.png (README and console.md show them): taken by test_screenshots_of_the_shipped_model."""
     tab.screenshot(path=str(DOCS / f"console-{name}.png"), full_page=True)
 
 
@@ -193,7 +199,6 @@ def test_status_page_shows_the_model_and_refreshes(page: Page, till: ConsoleDaem
     till.pos("transaction_end", "S-1")
     expect(page.locator("table.decisions tbody tr").first).to_contain_text("S-1", timeout=10_000)
     expect(page.locator("table.decisions tbody tr").first).to_contain_text("21.0")
-    shot(page, "status")
 
 
 def test_installer_view_boxes_the_face_and_sets_the_zone(page: Page, till: ConsoleDaemon):
@@ -210,7 +215,6 @@ def test_installer_view_boxes_the_face_and_sets_the_zone(page: Page, till: Conso
     assert 40 <= drawn["box"][2] <= 200  # a face-sized box on the 640x480 picture
     live = till.get("/console/api/live")
     assert live.headers["cache-control"] == "no-store" and live.json()["frame"]["width"] == 640
-    shot(page, "installer")
 
     # Drawing on the picture changes the zone's fields (not yet applied).
     box = page.locator("#view").bounding_box()
@@ -256,7 +260,6 @@ def test_try_a_photo_shows_the_age_and_refuses_what_is_not_a_photo(page: Page, t
     expect(page.locator("#photo-msg")).to_contain_text(f"1 face found", timeout=15_000)
     expect(page.locator("#photo-faces tbody tr").first).to_contain_text("21.0")
     assert page.evaluate("document.getElementById('photo-view').width") == 512
-    shot(page, "photo")
 
     api = f"{till.url}/console/api/photo"
     png = cv2.imencode(".png", astronaut_bgr)[1].tobytes()
@@ -301,7 +304,6 @@ def test_history_lists_pos_decisions_filters_pages_and_downloads(page: Page, til
     expect(rows.first).to_contain_text(f"agegate-age {MODEL_VERSION}")
     expect(page.locator("#count")).to_contain_text("page 1 of 3")  # 120 seeded + this module's, 50 a page
     assert page.locator("text=EXPIRED-").count() == 0  # older than AGEGATE_HISTORY_DAYS: pruned at start-up
-    shot(page, "history")
 
     page.get_by_role("link", name="Older →").click()
     expect(page.locator("#count")).to_contain_text("page 2 of 3")
@@ -572,3 +574,50 @@ def test_docs_page_works_without_internet(browser: Browser, till: ConsoleDaemon)
     expect(tab.locator(".swagger-ui")).to_contain_text("/console/api/status")
     context.close()
     assert outside == [], outside
+
+
+# --- the docs' screenshots ---------------------------------------------------------------------------------------
+
+
+def test_screenshots_of_the_shipped_model(tmp_path, browser: Browser, module_broker, face_video, astronaut_bgr):
+    """docs/console-*.png as a retailer will see them: the model shipped in the package (edge/default_bundle),
+    not a test bundle, on the demo video's face; every page checked before it is photographed."""
+    from agegate.edge.bundle import load_bundle
+    from agegate.edge.config import DEFAULT_BUNDLE_DIR
+
+    shipped = load_bundle(DEFAULT_BUNDLE_DIR).manifest
+    seed_history(tmp_path / "state")
+    d = ConsoleDaemon(tmp_path, broker=module_broker, camera=face_video, model_dir=DEFAULT_BUNDLE_DIR,
+                      till_id="till-4", face_wait_s=1)
+    d.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    tab = context.new_page()
+    try:
+        assert d.pos("item", "T-1001", restricted=True).json()["model"]["version"] == shipped.version
+        d.pos("transaction_end", "T-1001")
+        time.sleep(5)  # the frames-analysed rate covers the last 5 s: a full window, not the start-up's
+        tab.goto(f"{d.url}/console")
+        expect(tab.locator("[data-field=model-version]")).to_have_text(shipped.version)
+        expect(tab.locator("#h-model + dl")).to_contain_text(shipped.variant)
+        expect(tab.locator("[data-field=model-validation]")).to_contain_text(f"on {shipped.validation.faces} faces")
+        expect(tab.locator("table.decisions tbody tr").first).to_contain_text("T-1001", timeout=10_000)
+        shot(tab, "status")
+
+        tab.get_by_role("link", name="Installer view").click()
+        expect(tab.locator("#faces")).to_contain_text("in the customer zone", timeout=10_000)
+        shot(tab, "installer")
+
+        tab.get_by_role("link", name="Decision history").click()
+        expect(tab.locator("table.decisions tbody tr").first).to_contain_text("T-1001")
+        shot(tab, "history")
+
+        tab.get_by_role("link", name="Try a photo").click()
+        tab.get_by_label("Photo", exact=True).set_input_files(
+            {"name": "astronaut.jpg", "mimeType": "image/jpeg", "buffer": astronaut_jpeg(astronaut_bgr)})
+        tab.get_by_role("button", name="Estimate").click()
+        expect(tab.locator("#photo-msg")).to_contain_text("1 face found", timeout=15_000)
+        expect(tab.locator("#photo-msg")).to_contain_text(shipped.version)
+        shot(tab, "photo")
+    finally:
+        context.close()
+        d.stop()
