@@ -60,6 +60,26 @@ def test_metrics_on_a_hand_made_example():
     assert max(curve) == 40.0
 
 
+def test_plots_say_what_they_show():
+    from agegate.training import plots
+
+    # Uniform sizes: one bar with every image, not one dot.
+    assert plots.size_bars([(200, 200)] * 42) == [("200x200", 42)]
+    many = [(100 + i % 20, 100) for i in range(200)] + [(640, 480)] * 50
+    bars = plots.size_bars(many, top=3)
+    assert bars[0] == ("640x480", 50) and bars[-1] == ("18 other sizes", 180) and sum(n for _, n in bars) == 250
+    # Learning curves over 3 epochs: whole-epoch ticks only.
+    history = [{"epoch": e, "loss": 1 / e, "val_loss": 1.2 / e, "age_mae": 9 / e, "val_age_mae": 10 / e} for e in (1, 2, 3)]
+    fig = plots.learning_curves_figure(history)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    # The line at 18 says what it is.
+    fig = plots.predicted_vs_true_figure(np.array([10.0, 30.0]), np.array([12.0, 28.0]))
+    assert "true age 18: minors to its left" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plots.plt.close("all")
+
+
 def test_band_edges():
     assert list(metrics.band_of([0, 12.9, 13, 17.99, 18, 24.5, 25, 34, 35, 49, 50, 64, 65, 110])) == [
         "0-12", "0-12", "13-17", "13-17", "18-24", "18-24", "25-34", "25-34", "35-49", "35-49", "50-64", "50-64", "65+", "65+",
@@ -418,6 +438,9 @@ def test_eda_writes_report_and_plots(tmp_path, capsys):
     assert report["faces"] == 42 and report["licence"].startswith("non-commercial")
     assert report["faces_per_split_and_band"]["test"] == {b: 2 for b in metrics.BAND_NAMES}
     assert 0 <= report["fallback_share"] < 0.3 and report["image_sizes"] == {"200x200": 42}
+    # The photos with no face found are named, as many as the share says.
+    assert len(report["no_face_found"]) == round(report["fallback_share"] * 42)
+    assert all(f in (tmp_path / "report.md").read_text() for f in report["no_face_found"])
     text = (tmp_path / "report.md").read_text()
     assert "non-commercial research purposes only" in text and "| test |" in text
     for name in ("age_histogram", "band_counts", "samples_by_band", "image_sizes"):

@@ -88,6 +88,8 @@ def explore(
         "detector": detector.key(),
         "detection": detection,
         "fallback_share": _share([s.box is None for s in readable]),
+        # Worth a look: a crop, a drawing, two faces side by side, a label on the wrong photo.
+        "no_face_found": [s.record.file for s in readable if s.box is None],
         "typical_box": {"centre_x": relative[0], "centre_y": relative[1], "side": relative[2]},
         "crop": {"image_size": image_size, "margin": margin},
     }
@@ -161,7 +163,9 @@ def _markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {split} | " + " | ".join(str(row[b]) for b in BAND_NAMES) + f" | {sum(row.values())} | {_pct(r['detection'][split]['fallback_share'])} |")
     lines += ["", "## Image sizes", "", "| size | images |", "|---|---|"]
     lines += [f"| {size} | {n} |" for size, n in list(r["image_sizes"].items())[:10]]
-    for title, items in (("Skipped entries", [f"{p['file']}: {p['problem']}" for p in r["skipped_entries"]]), ("Unreadable images", r["unreadable_images"])):
+    for title, items in (("Skipped entries", [f"{p['file']}: {p['problem']}" for p in r["skipped_entries"]]),
+                         ("Unreadable images", r["unreadable_images"]),
+                         ("Photos where no face was found (cropped with the typical box)", r["no_face_found"])):
         if items:
             lines += ["", f"## {title}", ""] + [f"- {i}" for i in items[:50]] + ([f"- ... and {len(items) - 50} more (eda.json)"] if len(items) > 50 else [])
     if r["duplicates"]["conflicting_ages"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .metrics import BAND_NAMES, FALSE_ALARM_AGE, MINOR_AGE  # noqa: E402
@@ -23,6 +25,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def learning_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
+    return _save(learning_curves_figure(history), path)
+
+
+def learning_curves_figure(history: Sequence[dict[str, float]]):
     fig, (ax_loss, ax_mae) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [int(r["epoch"]) for r in history]
     for key, ax in (("loss", ax_loss), ("age_mae", ax_mae)):
@@ -31,23 +37,28 @@ def learning_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
             if any(v is not None for v in values):
                 ax.plot(epochs, values, style, label=f"{'validation' if prefix else 'training'}", markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 2.5
         ax.set_ylabel({"loss": "Huber loss (normalised age)", "age_mae": "MAE (years)"}[key])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Learning curves")
-    return _save(fig, path)
+    return fig
 
 
 def predicted_vs_true(true: np.ndarray, pred: np.ndarray, path: Path, title: str = "Predicted vs true age") -> Path:
+    return _save(predicted_vs_true_figure(true, pred, title), path)
+
+
+def predicted_vs_true_figure(true: np.ndarray, pred: np.ndarray, title: str = "Predicted vs true age"):
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     top = max(float(np.max(true, initial=0)), float(np.max(pred, initial=0)), 1.0) + 5
     ax.scatter(true, pred, s=6, alpha=0.35)
     ax.plot([0, top], [0, top], "k--", linewidth=1, label="perfect")
-    ax.axvline(MINOR_AGE, color="tab:red", linewidth=0.8, alpha=0.6)
+    ax.axvline(MINOR_AGE, color="tab:red", linewidth=0.8, alpha=0.6, label=f"true age {MINOR_AGE:g}: minors to its left")
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="true age", ylabel="predicted age", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return fig
 
 
 def error_by_band(by_band: dict[str, dict[str, Any]], path: Path, title: str = "MAE by age band") -> Path:
@@ -119,11 +130,27 @@ def sample_grid(samples: dict[str, list[tuple[np.ndarray, str, bool]]], path: Pa
     return _save(fig, path)
 
 
+SIZE_BARS = 15  # the most common sizes shown one by one; the rest as one bar
+
+
+def size_bars(sizes: Sequence[tuple[int, int]], top: int = SIZE_BARS) -> list[tuple[str, int]]:
+    """(label, images) per bar: the ``top`` most common WxH sizes, then "other" for the rest."""
+    counts = Counter(f"{w}x{h}" for w, h in sizes).most_common()
+    bars = counts[:top]
+    rest = sum(n for _, n in counts[top:])
+    return bars + ([(f"{len(counts) - top} other sizes", rest)] if rest else [])
+
+
 def image_sizes(sizes: Sequence[tuple[int, int]], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    if sizes:
-        w, h = np.array(sizes).T
-        ax.scatter(w, h, s=8, alpha=0.3)
-    ax.set(xlabel="width (px)", ylabel="height (px)", title="Image sizes")
-    ax.grid(alpha=0.3)
+    """A bar per common size: a scatter of width against height shows one dot for a data set whose
+    photos all have one size, however many there are."""
+    bars = size_bars(sizes)
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * max(len(bars), 2)))
+    if bars:
+        labels, counts = zip(*bars)
+        ax.barh(labels[::-1], counts[::-1], color="tab:blue")
+        for y, n in enumerate(counts[::-1]):
+            ax.annotate(f" {n}", (n, y), va="center", fontsize=8)
+    ax.set(xlabel="images", title=f"Image sizes ({len(sizes)} images, {len(set(sizes))} distinct)")
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
