@@ -210,9 +210,10 @@ class Daemon:
                               max_body=s.http_max_body, routers=[create_console_router(self)], body_limits=BODY_LIMITS,
                               token=s.http_token.get_secret_value() if s.http_token else None)
         protocol = guarded_protocol(http_connection_cap(s.http_max_connections), s.http_request_timeout_s)
+        # log_config=None: uvicorn's messages go through our handler (journald priorities, JSON), not its own.
         # backlog is also how many connections asyncio accepts in one turn of its loop, before any
         # protocol (and so the connection cap) sees them: a big one lets a flood use up descriptors.
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off", http=protocol,
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", log_config=None, lifespan="off", http=protocol,
                                                      access_log=False, timeout_graceful_shutdown=2, backlog=HTTP_BACKLOG,
                                                      timeout_keep_alive=min(5, int(s.http_request_timeout_s) or 1)))
         self._http_thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._http_socket]},

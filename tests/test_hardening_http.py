@@ -152,3 +152,19 @@ def test_photo_uploads_are_taken_two_at_a_time_and_a_burst_cannot_take_the_memor
     assert codes.count(503) >= 20, codes  # most were turned away at once, bodies unread
     assert till.rss_kb() - before < 200 * 1024, (before, till.rss_kb())
     assert till.pos("item", "AFTER-BURST", restricted=True).status_code == 200
+
+
+def test_the_http_servers_own_warnings_use_the_daemons_log_format(till):
+    with socket.create_connection(("127.0.0.1", till.http_port)) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        s.settimeout(5)
+        try:
+            s.recv(1024)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while "Invalid HTTP request" not in till.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next(line for line in till.log().splitlines() if "Invalid HTTP request" in line)
+    # uvicorn's line through our handler: "<date> <time> WARNING uvicorn.error: …", not its own "WARNING:  …".
+    assert " WARNING uvicorn.error: Invalid HTTP request received." in line and line[:2] == "20", line
