@@ -9,7 +9,8 @@ decide from the current customer's smoothed estimate and answer at once:
 - the detector or age model failing → ``cannot_assess``
 - otherwise → ``clear``
 
-The first three are also published as alerts. A transaction that ends after a check was
+The four that ask for a check (``CHECK_DECISIONS``: all but ``clear``) are also published
+as alerts. A transaction that ends after a check was
 required, with no ``id_checked``, raises ``unverified_sale``. Every transaction ends in one
 anonymous summary.
 
@@ -181,9 +182,23 @@ class TransactionBook:
         self.store = store  # None: open transactions are in memory only (no usable state directory)
         self._open: OrderedDict[str, _Transaction] = OrderedDict()
         self._lock = Lock()
-        self.decisions: Counter[str] = Counter()
+        self._decisions: Counter[str] = Counter()  # since the last take_decision_counts(), under _lock
 
     # --- entry point --------------------------------------------------------------------
+
+    def decision_counts(self) -> dict[str, int]:
+        """Decisions made since the last take_decision_counts(), by kind."""
+        with self._lock:
+            return dict(self._decisions)
+
+    def take_decision_counts(self) -> dict[str, int]:
+        """Decisions made since the last call, by kind, and a fresh count from now on.
+
+        Read and reset in one step under the lock that counts them: a decision made meanwhile
+        lands in this interval or the next, never in neither."""
+        with self._lock:
+            taken, self._decisions = self._decisions, Counter()
+        return dict(taken)
 
     def handle(self, msg: PosMessage) -> PosAnswer:
         if msg.type == "item" and msg.restricted:
@@ -273,7 +288,7 @@ class TransactionBook:
             tx.decision, tx.answer = decision, answer
             if estimate is not None:
                 tx.best_estimate = estimate
-            self.decisions[decision] += 1
+            self._decisions[decision] += 1
             self._keep(tx)  # on disk before the POS hears the decision
         took = time.perf_counter() - started
         if alert is not None:

@@ -34,9 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agegate.edge.age_model import AgeModel
+from agegate.edge.age_model import AgeModel, self_test
 from agegate.edge.bundle import Calibration, FlagRates, QualityFloors, SourceFigures, Validation, normalise, prepare_face, quality_problems, write_bundle
-from agegate.edge.model_store import self_test
 from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces

@@ -133,3 +133,42 @@ def test_a_failing_model_means_cannot_assess():
     answer = book.handle(pos("item", restricted=True))
     assert (answer.decision, answer.check_id) == ("cannot_assess", True)
     assert "gather index out of bounds" in published[0].reason
+
+
+def test_decision_counts_taken_while_tills_decide_lose_nothing():
+    """The stats loop takes the counts while POS requests are decided on other threads: every
+    decision must land in exactly one interval (the stats loop used to copy, then clear, outside
+    the lock that counts them, and lost what was decided in between)."""
+    import sys
+
+    book, _ = make_book(ScriptedVision(Estimate(age=40.0, spread=1.0, samples=9)))
+    per_thread, threads = 400, 4
+    taken: list[dict[str, int]] = []
+    done = threading.Event()
+
+    def till(n: int) -> None:
+        for i in range(per_thread):
+            book.handle(pos("item", tx=f"T{n}-{i}", restricted=True))
+            book.handle(pos("transaction_end", tx=f"T{n}-{i}"))
+
+    def stats_loop() -> None:
+        while not done.is_set():
+            taken.append(book.take_decision_counts())
+        taken.append(book.take_decision_counts())
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so a window is hit if there is one
+    try:
+        workers = [threading.Thread(target=till, args=(n,)) for n in range(threads)]
+        reader = threading.Thread(target=stats_loop)
+        reader.start()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        done.set()
+        reader.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(c.get("clear", 0) for c in taken) == per_thread * threads
+    assert book.decision_counts() == {}
