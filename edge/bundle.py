@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 BUNDLE_FORMAT = "agegate-bundle/1"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
+# The four ways a bundle's model may be stored (export/convert.py says what each is).
+VARIANTS = ("float32", "float16", "dynamic", "int8")
 GOLDEN_FILE = "golden.npz"
 SIGNATURE_FILE = "signature.ed25519"  # Ed25519 over manifest.json's bytes; see edge/signing.py
 
@@ -185,7 +187,7 @@ class Manifest(_Strict):
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     model_file: str = MODEL_FILE
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    variant: str = "float32"
+    variant: Literal[VARIANTS] = "float32"  # type: ignore[valid-type]
     input: InputSpec
     preprocessing: Preprocessing = Preprocessing()
     crop: CropSpec = CropSpec()

@@ -48,3 +48,7 @@ def test_loading_and_verifying_models_stay_apart_from_the_tills_server_and_insta
     server = ("fastapi", "uvicorn", "agegate.edge.daemon", "agegate.edge.console", "agegate.edge.api")
     assert _imported_by("agegate.edge.loader", server) == []
     assert _imported_by("agegate.export.verify", server + ("agegate.edge.model_store",)) == []
+
+
+def test_a_runs_history_reads_without_keras():
+    assert _imported_by("agegate.training.run", ("keras", "tensorflow")) == []
