@@ -66,6 +66,7 @@ def purchases_plot(columns: list[str], rows: list[list]) -> Markup:
     bar_h, label_w, width = 26, 150, 640
     height = 30 + bar_h * len(categories) + 40
     out = [f'<svg role="img" aria-labelledby="purchases-plot-title" viewBox="0 0 {label_w + width + 20} {height}" '
+           f'width="{label_w + width + 20}" height="{height}" '
            f'class="plot" xmlns="http://www.w3.org/2000/svg"><title id="purchases-plot-title">Share of each category\'s '
            f'items bought per age band</title>']
     for i, category in enumerate(categories):
@@ -97,8 +98,9 @@ def integrity_plot(columns: list[str], rows: list[list]) -> Markup:
         d[1] += r[7]
     top = max(max(v) for v in days.values()) or 1
     plot_h, group_w, left = 160, 56, 40
-    width = left + group_w * len(days) + 20
+    width = max(left + group_w * len(days) + 20, 320)  # room for the legend however few the days
     out = [f'<svg role="img" aria-labelledby="integrity-plot-title" viewBox="0 0 {width} {plot_h + 70}" class="plot" '
+           f'width="{width}" height="{plot_h + 70}" '
            f'xmlns="http://www.w3.org/2000/svg"><title id="integrity-plot-title">Challenge 25 prompts and unverified '
            f'sales per day</title>',
            f'<line x1="{left}" y1="{plot_h + 10}" x2="{width - 10}" y2="{plot_h + 10}" stroke="#5b6472"/>',
