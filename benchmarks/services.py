@@ -52,7 +52,8 @@ class ThrowawayPostgres:
     Debian's package creates, and its programs run through ``runuser``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         bindir = postgres_bin()
         if bindir is None:
             raise FileNotFoundError("PostgreSQL's initdb is not installed (`make tools` installs it: apt-get install postgresql)")
@@ -72,11 +73,12 @@ class ThrowawayPostgres:
         if not self.data.exists():
             subprocess.run([*self._as, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
                             "--no-sync", "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
-        # fsync off: a throwaway cluster, and the benchmark then measures our work, not this disk's flushes.
-        # It is left on for `--durable` runs (benchmarks/backend.py) to give the figure a chain would see.
+        # Tests: fsync off, a throwaway cluster need not survive a power cut. The benchmark keeps
+        # PostgreSQL's durable defaults (durable=True), to give the figure a chain would see.
+        fast = [] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.proc = subprocess.Popen(
             [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(self.dir), "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+             "-k", str(self.dir), *fast],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         _wait_listening(self.port, self.proc, "postgres", self.log)
         import psycopg
