@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="MQTT client id: keep it stable, the broker keeps the session under it")
     ingest.add_argument("--username", default=os.environ.get("AGEGATE_BACKEND_MQTT_USERNAME"))
     ingest.add_argument("--ca-file", help="CA certificate: connect with TLS")
+    ingest.add_argument("--share", metavar="GROUP",
+                        help="subscribe as one of a group of ingesters ($share/GROUP/...): each event goes to one of "
+                             "them; give each its own --client-id")
 
     serve = sub.add_parser("serve", help="the reports as a web page and a JSON API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     brokers = [BrokerAddress.parse(b) for b in (args.broker or ["localhost:1883"])]
     ingester = Ingester(engine, brokers, prefix=args.prefix, client_id=args.client_id, username=args.username,
-                        password=os.environ.get("AGEGATE_BACKEND_MQTT_PASSWORD"), ca_file=args.ca_file)
+                        password=os.environ.get("AGEGATE_BACKEND_MQTT_PASSWORD"), ca_file=args.ca_file,
+                        share=args.share)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -84,10 +84,13 @@ class Ingester:
 
     def __init__(self, engine: Engine, brokers: list[BrokerAddress], *, prefix: str = "agegate",
                  client_id: str = "agegate-backend", username: str | None = None, password: str | None = None,
-                 ca_file: str | None = None, batch_size: int = 500, batch_wait_s: float = 0.05,
+                 ca_file: str | None = None, share: str | None = None, batch_size: int = 500, batch_wait_s: float = 0.05,
                  on_batch: Callable[[db.Written], None] | None = None):
         self.engine, self.brokers, self.prefix, self.client_id = engine, brokers, prefix.rstrip("/"), client_id
         self.username, self.password, self.ca_file = username, password, ca_file
+        # A shared subscription ($share/<group>/...): the broker spreads the events over every ingester
+        # of the group, for a chain whose event rate one process cannot take (docs/deploy.md).
+        self.share = share
         self.batch_size, self.batch_wait_s, self.on_batch = batch_size, batch_wait_s, on_batch
         self.counts: Counter[str] = Counter()  # new, duplicates, rejected, db_errors
         self._inbox: queue.Queue[_Received] = queue.Queue()
@@ -120,7 +123,8 @@ class Ingester:
             log.error("broker %s refused the connection: %s", broker, reason_code)
             return
         log.info("connected to %s (session %s)", broker, "resumed" if flags.session_present else "new")
-        client.subscribe([(f"{self.prefix}/+/+/{kind}", 1) for kind in KINDS])
+        shared = f"$share/{self.share}/" if self.share else ""
+        client.subscribe([(f"{shared}{self.prefix}/+/+/{kind}", 1) for kind in KINDS])
 
     def _on_disconnect(self, client, broker, flags, reason_code, properties) -> None:  # noqa: ANN001
         if not self._stop.is_set():

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 from tqdm import tqdm
 
 from agegate import __version__
@@ -85,6 +85,19 @@ def _stored(url: str) -> tuple[int, int]:
         with engine.connect() as conn:
             events = sum(conn.scalar(select(func.count()).select_from(t)) for t in (db.transactions, db.alerts, db.statuses))
             return events, conn.scalar(select(func.count()).select_from(db.transaction_items))
+    finally:
+        engine.dispose()
+
+
+def table_bytes(url: str) -> int:
+    """What the event tables and their indexes take on disk (for docs/deploy.md's sizing)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                return sum(conn.scalar(text(f"SELECT pg_total_relation_size('{t}')")) for t in db.TABLES)
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            return conn.scalar(text("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"))
     finally:
         engine.dispose()
 
@@ -147,7 +160,10 @@ def run_one(name: str, url: str, events: list, workdir: Path, replay_share: floa
             "stored_events": stored, "stored_category_rows": items, "expected_category_rows": expected_items,
             "lost": expected_events - stored if stored < expected_events else 0,
             "doubled": stored - expected_events if stored > expected_events else 0,
-            "publisher_unacknowledged_at_end": unacknowledged, "ingest_counts": counts[-1] if counts else None}
+            "publisher_unacknowledged_at_end": unacknowledged,
+            "ingest_lost_broker": log.read_text().count("lost broker"),
+            "payload_bytes_per_event": round(sum(len(e[1]) for e in events) / len(events)),
+            "stored_bytes_per_event": round(table_bytes(url) / max(stored, 1)), "ingest_counts": counts[-1] if counts else None}
 
 
 def render(result: dict) -> str:
@@ -158,13 +174,15 @@ def render(result: dict) -> str:
              f"PostgreSQL {m['postgres']}, SQLite {m['sqlite']}. {result['events']} events from {result['tills']} tills "
              f"(statuses, transaction summaries, alerts) published at QoS 1 to one broker, 2 % of them sent twice; the "
              f"broker stopped and restarted halfway through. Clock: first publish to the last distinct event committed.", "",
-             "| database | events | events/s | seconds | broker restart (s) | stored | lost | doubled | category rows (stored / expected) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| database | events | events/s | seconds | broker restart (s) | stored | lost | doubled | category rows (stored / expected) | payload bytes/event | stored bytes/event |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         lines.append(f"| {r['database']} | {r['events']} | {r['events_per_s']} | {r['seconds']} | {r['broker_restart_s']} | "
-                     f"{r['stored_events']} | {r['lost']} | {r['doubled']} | {r['stored_category_rows']} / {r['expected_category_rows']} |")
-    lines += ["", "ingest's own counts at the end of each run (new, duplicates dropped, rejected):", ""]
-    lines += [f"- {r['database']}: {r['ingest_counts']}" for r in result["runs"]]
+                     f"{r['stored_events']} | {r['lost']} | {r['doubled']} | {r['stored_category_rows']} / {r['expected_category_rows']} | "
+                     f"{r['payload_bytes_per_event']} | {r['stored_bytes_per_event']} |")
+    lines += ["", "ingest's own counts at the end of each run (new, duplicates dropped, rejected), and how often it saw the "
+              "broker go (the restart):", ""]
+    lines += [f"- {r['database']}: {r['ingest_counts']}; lost the broker {r['ingest_lost_broker']} time(s)" for r in result["runs"]]
     return "\n".join(lines) + "\n"
 
 

@@ -74,11 +74,12 @@ class Publisher:
 class IngestProcess:
     """`agegate-backend ingest` as its own process, as systemd would run it."""
 
-    def __init__(self, tmp: Path, url: str, brokers: list, client_id: str = "backend-test"):
+    def __init__(self, tmp: Path, url: str, brokers: list, client_id: str = "backend-test", extra: tuple[str, ...] = ()):
         self.url, self.log_path = url, tmp / f"ingest-{uuid.uuid4().hex[:6]}.log"
         self.args = [sys.executable, "-m", "agegate.backend", "--db", url, "ingest", "--client-id", client_id]
         for b in brokers:
             self.args += ["--broker", f"127.0.0.1:{b.port}"]
+        self.args += list(extra)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "IngestProcess":

@@ -94,3 +94,21 @@ def test_ingest_stores_each_event_once_and_keeps_what_is_invalid(tmp_path, broke
         # Nothing in the past: a range with no sales is empty, not an error.
         assert reports.purchases(conn, today - timedelta(days=30), today - timedelta(days=20))[1] == []
     engine.dispose()
+
+
+def test_two_ingesters_sharing_a_subscription_split_the_events_and_write_each_once(tmp_path, broker, database_url):
+    """A chain's scale-out: `--share` ingesters on one database; each event goes to one of them."""
+    a = IngestProcess(tmp_path, database_url, [broker], client_id="ingest-a", extra=("--share", "backend")).start()
+    b = IngestProcess(tmp_path, database_url, [broker], client_id="ingest-b", extra=("--share", "backend")).start()
+    pub = Publisher(broker)
+    try:
+        for i in range(60):
+            pub.send(summary(tx=f"S{i}", items={"beer": 1}))
+        wait_until(lambda: count(database_url, "transactions") == 60, what="60 summaries")
+    finally:
+        pub.close()
+        a.stop()
+        b.stop()
+    assert count(database_url, "transaction_items") == 60
+    took = [int(p.log().split("'new': ")[-1].split(",")[0]) for p in (a, b)]
+    assert sum(took) == 60 and min(took) > 0, took  # both worked, neither wrote an event the other had
