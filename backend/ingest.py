@@ -157,7 +157,10 @@ class Ingester:
             events, bad = [], []
             for received in batch:
                 m = received.message
-                event, reason = validate(self.prefix, m.topic, m.payload)
+                try:
+                    event, reason = validate(self.prefix, m.topic, m.payload)
+                except Exception as exc:  # noqa: BLE001  whatever a payload does, it must not stop the writer
+                    event, reason = None, f"cannot be read: {exc!r}"
                 if event is None:
                     log.warning("rejected a payload from %s on %s: %s", received.broker, m.topic, reason)
                     bad.append((received.broker, m.topic, m.payload, reason))

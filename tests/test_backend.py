@@ -112,3 +112,13 @@ def test_two_ingesters_sharing_a_subscription_split_the_events_and_write_each_on
     assert count(database_url, "transaction_items") == 60
     took = [int(p.log().split("'new': ")[-1].split(",")[0]) for p in (a, b)]
     assert sum(took) == 60 and min(took) > 0, took  # both worked, neither wrote an event the other had
+
+
+def test_the_backend_install_pulls_no_camera_or_model_runtime():
+    """`pip install agegate[backend]` (resolved, not installed): the database and broker clients, not the till's runtime."""
+    from test_packaging import resolve
+
+    names = resolve("backend")
+    assert {"sqlalchemy", "alembic", "psycopg", "psycopg-binary", "paho-mqtt", "fastapi"} <= names
+    heavy = {n for n in names if n.startswith(("opencv", "ai-edge-litert", "tflite", "tensorflow", "keras", "torch"))}
+    assert not heavy, f"the backend extra pulls {sorted(heavy)}"

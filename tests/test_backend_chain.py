@@ -113,3 +113,22 @@ def test_the_till_daemons_own_events_reach_the_reports(tmp_path, broker, face_vi
         _, tills = reports.tills(conn)
         assert [(t[0], t[1]) for t in tills] == [("store-7", "till-3")] and tills[0][2] in ("online", "stopped")
     engine.dispose()
+
+
+def test_events_published_while_the_backend_is_down_wait_in_its_session(tmp_path):
+    broker = Mosquitto(tmp_path / "broker").start()
+    url = f"sqlite:///{tmp_path / 'down.sqlite3'}"
+    pub = Publisher(broker)
+    try:
+        ingest = IngestProcess(tmp_path, url, [broker]).start()  # subscribes: the session exists from now on
+        assert ingest.stop() == 0
+        for i in range(25):
+            pub.send(summary(tx=f"W{i}"))
+        assert count(url, "transactions") == 0
+        ingest = IngestProcess(tmp_path, url, [broker]).start()  # same client id: the session and its queue resume
+        wait_until(lambda: count(url, "transactions") == 25, what="the events queued while the backend was down")
+        assert "session resumed" in ingest.log()
+        ingest.stop()
+    finally:
+        pub.close()
+        broker.stop()
