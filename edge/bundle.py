@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 # The validation figures live without OpenCV so the event models can carry them; re-exported here.
 from .model_figures import Calibration, FlagRates, SourceFigures, StrictModel, Validation  # noqa: F401
