@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from .web import create_app
 
         token = os.environ.get("AGEGATE_BACKEND_TOKEN") or None
+        if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+            # The reports name cashiers' logins: beyond this machine, only with the token.
+            print(f"agegate-backend serve: listening on {args.host} needs AGEGATE_BACKEND_TOKEN", file=sys.stderr)
+            return 78
         uvicorn.run(create_app(engine, token=token), host=args.host, port=args.port, log_level="warning")
         return 0
 

@@ -110,3 +110,10 @@ def test_the_json_api_and_csv_exports(served):
     assert httpx.get(f"{served}/api/nothing", headers=auth).status_code == 404
     assert httpx.get(f"{served}/api/purchases?from=2026-02-01&to=2026-01-01", headers=auth).status_code == 422
     assert httpx.get(f"{served}/api/purchases", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_serving_beyond_this_machine_needs_the_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "AGEGATE_BACKEND_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "agegate.backend", "--db", f"sqlite:///{tmp_path / 'x.sqlite3'}", "serve",
+                             "--host", "0.0.0.0", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78 and "needs AGEGATE_BACKEND_TOKEN" in result.stderr
