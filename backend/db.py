@@ -95,6 +95,8 @@ statuses = Table(
     Column("model_name", String(ID)),
     Column("model_version", String(ID)),
     Column("last_model_rejection", Text),
+    # When the backend received it, in arrival order: a till's last will (`offline`) carries the time it
+    # was registered at connect, before that connection's `online`; only arrival order says which is last.
     Column("received_at", DateTime, nullable=False),
 )
 
@@ -160,9 +162,11 @@ class Written:
 
 
 def write(conn: Connection, events: Iterable[Alert | TransactionSummary | Status],
-          bad: Iterable[tuple[str, str, bytes, str]] = (), received_at: datetime | None = None) -> Written:
+          bad: Iterable[tuple[str, str, bytes, str]] = (), received_at: datetime | None = None,
+          arrived: dict[str, datetime] | None = None) -> Written:
     """Store validated events and rejected payloads ``(broker, topic, payload, reason)`` in ``conn``'s transaction.
 
+    ``arrived`` maps event ids to the moment each message arrived (else ``received_at``, else now).
     Idempotent: events already stored (by ``event_id``) are counted as duplicates and left alone.
     """
     received_at = utc_naive(received_at or datetime.now(timezone.utc))
@@ -183,7 +187,7 @@ def write(conn: Connection, events: Iterable[Alert | TransactionSummary | Status
         fresh = [e for e in rows if str(e.event_id) not in seen]
         if fresh:
             conn.execute(_insert(conn, table).on_conflict_do_nothing(index_elements=["event_id"]),
-                         [_row(e, received_at) for e in fresh])
+                         [_row(e, utc_naive((arrived or {}).get(str(e.event_id), received_at))) for e in fresh])
             if table is transactions:
                 items = [r for e in fresh for r in _item_rows(e)]  # type: ignore[arg-type]
                 if items:

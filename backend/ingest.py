@@ -20,7 +20,8 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import paho.mqtt.client as mqtt
@@ -56,6 +57,7 @@ class _Received:
     broker: str
     client: mqtt.Client
     message: mqtt.MQTTMessage
+    at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))  # arrival order, to the microsecond
 
 
 def validate(prefix: str, topic: str, payload: bytes) -> tuple[BaseModel | None, str | None]:
@@ -154,7 +156,7 @@ class Ingester:
             batch = self._next_batch()
             if not batch:
                 continue
-            events, bad = [], []
+            events, bad, arrived = [], [], {}
             for received in batch:
                 m = received.message
                 try:
@@ -166,11 +168,12 @@ class Ingester:
                     bad.append((received.broker, m.topic, m.payload, reason))
                 else:
                     events.append(event)
+                    arrived.setdefault(str(event.event_id), received.at)
             delay = 0.5
             while True:
                 try:
                     with self.engine.begin() as conn:
-                        written = db.write(conn, events, bad)
+                        written = db.write(conn, events, bad, arrived=arrived)
                     break
                 except Exception as exc:  # the database is away: keep the batch unacknowledged and retry
                     self.counts["db_errors"] += 1

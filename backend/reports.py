@@ -93,21 +93,23 @@ def integrity(conn: Connection, start: date, end: date) -> Report:
 
 
 def tills(conn: Connection) -> Report:
-    """Each till's last status: online, offline (its last will) or stopped, and what it runs."""
-    latest = (select(statuses.c.store_id, statuses.c.till_id, func.max(statuses.c.timestamp).label("at"))
+    """Each till's last status: online, offline (its last will) or stopped, and what it runs.
+
+    Last by arrival, not by ``timestamp``: a last will is stamped when the till connected."""
+    latest = (select(statuses.c.store_id, statuses.c.till_id, func.max(statuses.c.received_at).label("at"))
               .group_by(statuses.c.store_id, statuses.c.till_id).subquery())
     rows = conn.execute(
         select(statuses.c.store_id, statuses.c.till_id, statuses.c.state, statuses.c.camera_state, statuses.c.version,
-               statuses.c.model_name, statuses.c.model_version, statuses.c.timestamp, statuses.c.last_model_rejection)
+               statuses.c.model_name, statuses.c.model_version, statuses.c.received_at, statuses.c.last_model_rejection)
         .join(latest, and_(statuses.c.store_id == latest.c.store_id, statuses.c.till_id == latest.c.till_id,
-                           statuses.c.timestamp == latest.c.at))
+                           statuses.c.received_at == latest.c.at))
         .order_by(statuses.c.store_id, statuses.c.till_id)).all()
     seen, out = set(), []
     for r in rows:  # two statuses with the same timestamp: keep one
         if (r[0], r[1]) not in seen:
             seen.add((r[0], r[1]))
             out.append([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7].isoformat(sep=" ", timespec="seconds") + "Z", r[8]])
-    return ["store_id", "till_id", "state", "camera_state", "software", "model", "model_version", "since", "last_model_rejection"], out
+    return ["store_id", "till_id", "state", "camera_state", "software", "model", "model_version", "received", "last_model_rejection"], out
 
 
 def rejected_payloads(conn: Connection) -> Report:
