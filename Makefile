@@ -8,12 +8,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Re-install when the dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-fast bench schemas clean help tools
+.PHONY: demo test test-fast bench bench-backend schemas clean help tools
 
 help:
 	@echo "make demo   run the till daemon on a demo video with a simulated POS and a local broker"
 	@echo "make test   install what is needed and run the test suite"
 	@echo "make bench  measure the till pipeline on this machine (BENCH_ARGS='--bundles DIR ...')"
+	@echo "make bench-backend  events/s that agegate-backend ingests into SQLite and PostgreSQL, broker restarted mid-run"
 
 $(STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
@@ -24,13 +25,15 @@ $(STAMP):
 
 # System tools the tests use, from Debian's packages, installed once when missing:
 # mosquitto (the tests start their own brokers), systemd-analyze (checks the unit),
-# chromium (the console tests drive it headless through Playwright; no `playwright install`).
+# chromium (the console tests drive it headless through Playwright; no `playwright install`),
+# postgresql (the backend's tests and benchmark start throwaway clusters with its initdb).
 tools:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
@@ -57,6 +60,12 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP) tools
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# agegate-backend's ingest rate from a real Mosquitto into SQLite and a throwaway PostgreSQL,
+# with the broker restarted mid-run; writes docs/backend-bench.json and .md (docs/backend.md cites them).
+BACKEND_BENCH_ARGS ?=
+bench-backend: $(STAMP) tools
+	$(PY) -m benchmarks.backend $(BACKEND_BENCH_ARGS)
 
 schemas: $(STAMP)
 	$(PY) -m agegate.edge.events docs/schemas

@@ -4,8 +4,12 @@ This is the one place that turns a bundle into something that answers. The daemo
 ``agegate-edge estimate`` and ``agegate-export`` (which measures every variant with the
 same interpreter and preprocessing as the till) all go through :class:`AgeModel`.
 
-Threading: an AgeModel is not thread-safe (a TFLite interpreter holds its tensors);
-the daemon calls it from its vision thread only.
+Threading: an AgeModel is not thread-safe (a TFLite interpreter holds its tensors). In the
+daemon the vision thread and the console's photo try share one, each call under the
+daemon's ``model_lock``.
+
+:func:`self_test` runs a bundle's golden faces: the till runs it before a model serves, and
+the exporter and ``agegate-export verify`` run the same check.
 """
 
 from __future__ import annotations
@@ -134,3 +138,23 @@ class AgeModel:
             scale, zero = self._out["quantization"]
             raw = (raw.astype(np.float32) - zero) * scale
         return float(to_age(raw.reshape(-1)[:1], self.manifest.output)[0])
+
+
+def self_test(model: AgeModel) -> None:
+    """Run the bundle's golden faces; raise BundleError if any age differs by more than its tolerance."""
+    spec, golden = model.manifest.self_test, model.bundle.golden
+    if spec is None or golden is None:
+        raise BundleError(f"{model.bundle.path}: no self-test faces in the bundle (export packs them)")
+    faces, expected = golden
+    try:
+        got = model.predict_prepared(faces)
+    except Exception as exc:
+        raise BundleError(f"{model.bundle.path}: self-test failed to run: {exc}") from None
+    if not np.all(np.isfinite(got)):  # NaN compares False with any tolerance: it would pass below
+        raise BundleError(f"{model.bundle.path}: self-test failed: the model answers a non-finite age (NaN or inf)")
+    worst = float(np.max(np.abs(got - expected)))
+    if worst > spec.tolerance:
+        raise BundleError(
+            f"{model.bundle.path}: self-test failed: an age differs by {worst:.2f} years "
+            f"from the one recorded at export (tolerance {spec.tolerance:g})"
+        )

@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from typing import Any, Callable, Mapping, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -50,7 +49,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import Headers
-from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -58,6 +56,7 @@ from .. import __version__
 from .api_models import ErrorAnswer, Health, TillStatus
 from .config import LOCAL_HOSTS
 from .events import PosAnswer, PosMessage
+from .http_token import TOKEN_COOKIE, RequireToken
 
 log = logging.getLogger(__name__)
 
@@ -225,45 +224,6 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-TOKEN_COOKIE = "token"
-
-
-class RequireToken:
-    """ASGI middleware: with a token set, every request but ``open_paths`` must carry it (else 401).
-
-    Accepted: ``Authorization: Bearer <token>`` (the POS, Prometheus, scripts), or the
-    ``token`` cookie (HttpOnly, SameSite=Strict) that a browser gets by opening a console page
-    with ``?token=<token>`` once; that visit is redirected to the same URL without the token,
-    so it stays out of the address bar and history. Compared in constant time.
-    """
-
-    def __init__(self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz",)):
-        self.app, self._token, self.open_paths = app, token.encode(), frozenset(open_paths)
-
-    def _ok(self, candidate: str | None) -> bool:
-        return candidate is not None and secrets.compare_digest(candidate.encode(), self._token)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            return await self.app(scope, receive, send)
-        headers = Headers(scope=scope)
-        scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        cookie = cookie_parser(headers.get("cookie", "")).get(TOKEN_COOKIE)
-        if (scheme.lower() == "bearer" and self._ok(credentials.strip())) or self._ok(cookie):
-            return await self.app(scope, receive, send)
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        given = dict(query).get("token")
-        if scope["method"] == "GET" and scope["path"].startswith("/console") and self._ok(given):
-            rest = urlencode([(k, v) for k, v in query if k != "token"])
-            response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), status_code=303)
-            response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict", path="/")
-            return await response(scope, receive, send)
-        detail = ("this till's HTTP server needs its token: send 'Authorization: Bearer <token>', "
-                  "or open /console?token=<token> in the browser once")
-        await JSONResponse({"detail": detail}, status_code=401,
-                           headers={"WWW-Authenticate": 'Bearer realm="agegate"'})(scope, receive, send)
-
-
 def create_app(
     *,
     handle_pos: Callable[[PosMessage], PosAnswer],
@@ -317,7 +277,9 @@ def create_app(
     def pos(message: PosMessage) -> PosAnswer:
         return handle_pos(message)
 
-    @app.get("/v1/status", response_model=TillStatus, summary="Camera, model, broker and decision counters")
+    # exclude_unset: the answer is the daemon's dict as it is (a store with no rejection has no last_rejected key).
+    @app.get("/v1/status", response_model=TillStatus, response_model_exclude_unset=True,
+             summary="Camera, model, broker and decision counters")
     def get_status() -> dict[str, Any]:
         return status()
 

@@ -20,11 +20,16 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+
+# The validation figures live without OpenCV so the event models can carry them; re-exported here.
+from .model_figures import Calibration, FlagRates, SourceFigures, StrictModel, Validation  # noqa: F401
 
 BUNDLE_FORMAT = "agegate-bundle/1"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
+# The four ways a bundle's model may be stored (export/convert.py says what each is).
+VARIANTS = ("float32", "float16", "dynamic", "int8")
 GOLDEN_FILE = "golden.npz"
 SIGNATURE_FILE = "signature.ed25519"  # Ed25519 over manifest.json's bytes; see edge/signing.py
 
@@ -33,10 +38,7 @@ class BundleError(Exception):
     """A bundle that cannot be used; the message says why."""
 
 
-class _Strict(BaseModel):
-    # allow_inf_nan=False: a NaN scale or figure would make every comparison false and slip
-    # through every check downstream.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+_Strict = StrictModel
 
 
 class InputSpec(_Strict):
@@ -104,44 +106,6 @@ class SelfTest(_Strict):
     tolerance: float = Field(default=1.0, gt=0, le=10)
 
 
-class FlagRates(_Strict):
-    """What a till would do with the model's estimates at one threshold, on labelled faces."""
-
-    threshold: float
-    under18_flagged: float | None = Field(default=None, ge=0, le=1)  # share of under-18s estimated under the threshold
-    teen_flagged: float | None = Field(default=None, ge=0, le=1)  # the same for 13-17-year-olds
-    over30_flagged: float | None = Field(default=None, ge=0, le=1)  # people 30+ flagged: the cost
-
-
-class Calibration(FlagRates):
-    """The lowest threshold that flags ``target`` of the under-18s on the validation faces."""
-
-    target: float = Field(gt=0, le=1)
-
-
-class SourceFigures(_Strict):
-    faces: int = Field(ge=0)
-    mae: float | None = Field(default=None, ge=0)
-    at_challenge: FlagRates | None = None
-
-
-class Validation(_Strict):
-    """The model's figures on the validation faces of every source, recorded (and signed) at export.
-
-    A till shows them, uses ``calibrated.threshold`` when told to, and refuses a bundle whose
-    figures fall below its floors (:func:`quality_problems`).
-    """
-
-    split: str = "val"
-    faces: int = Field(ge=1)
-    challenge_age: float = Field(gt=0, le=100)
-    mae: float = Field(ge=0)
-    prediction_spread: float = Field(ge=0)  # standard deviation of the estimates: ~0 for a constant model
-    at_challenge: FlagRates
-    calibrated: Calibration | None = None
-    sources: dict[str, SourceFigures] = Field(default_factory=dict)
-
-
 class QualityFloors(_Strict):
     """The least a model must have shown on its validation faces to be accepted (export) or installed (till)."""
 
@@ -185,7 +149,7 @@ class Manifest(_Strict):
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     model_file: str = MODEL_FILE
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    variant: str = "float32"
+    variant: Literal[VARIANTS] = "float32"  # type: ignore[valid-type]
     input: InputSpec
     preprocessing: Preprocessing = Preprocessing()
     crop: CropSpec = CropSpec()

@@ -146,7 +146,7 @@ def describe_quality(manifest, settings: Settings) -> str:
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from .capture import Camera
-    from .daemon import load_detector, load_model
+    from .loader import StateDirUnusable, load_detector, load_model, open_model_store
 
     results: list[tuple[str, bool, str]] = [("config", True, f"store {settings.store_id}, till {settings.till_id}")]
 
@@ -157,12 +157,16 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             results.append((name, False, str(exc)))
 
     def model() -> str:
+        try:  # the model the daemon would run: an installed one first
+            store, note = open_model_store(settings, create=False), ""
+        except StateDirUnusable as exc:
+            store, note = None, f" ({exc}: installed models not looked at)"
         with native_stderr_filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" on every load
-            m = load_model(settings)
+            m = load_model(settings, store)
         grey = np.full((240, 240, 3), 128, np.uint8)
         age = m.estimate(grey, [(60, 60, 120, 120)])[0]
         line = f"{m.manifest.name} {m.manifest.version} ({m.manifest.variant}, {m.runtime}) answers {age:.1f} on a test crop"
-        return f"{line}; {describe_quality(m.manifest, settings)}"
+        return f"{line}, from {m.bundle.path}{note}; {describe_quality(m.manifest, settings)}"
 
     def detector() -> str:
         d = load_detector(settings)
@@ -293,16 +297,12 @@ def _check_state_dir(settings: Settings) -> str:
 
 
 def _store(settings: Settings):
-    from .daemon import StartupError, load_public_key
-    from .model_store import ModelStore
+    from .loader import StartupError, open_model_store
 
     try:
-        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads,
-                          floors=settings.quality_floors, calibrated=settings.uses_calibrated_threshold)
+        return open_model_store(settings)
     except StartupError as exc:
         raise SystemExit(f"agegate-edge: {exc}") from None
-    except OSError as exc:
-        raise SystemExit(f"agegate-edge: AGEGATE_STATE_DIR: {settings.state_dir}: {exc.strerror or exc}") from None
 
 
 def cmd_model_install(settings: Settings, args: argparse.Namespace) -> int:
@@ -358,14 +358,19 @@ def cmd_model_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
-    from .daemon import StartupError, load_detector, load_model
     from .detectors import customer_faces, detect_in_photo
+    from .loader import StartupError, StateDirUnusable, load_detector, load_model, open_model_store
 
     from tqdm import tqdm
 
     try:
+        try:  # the model the daemon would run: an installed one first
+            store = open_model_store(settings, create=False)
+        except StateDirUnusable as exc:
+            print(f"agegate-edge: {exc}: using the configured model, not an installed one", file=sys.stderr)
+            store = None
         with native_stderr_filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" on every load
-            model, detector = load_model(settings), load_detector(settings)
+            model, detector = load_model(settings, store), load_detector(settings)
     except StartupError as exc:
         print(f"agegate-edge: {exc}", file=sys.stderr)
         return 1

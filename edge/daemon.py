@@ -31,18 +31,16 @@ import cv2
 import uvicorn
 
 from .. import __version__
-from .age_model import AgeModel
 from .api import create_app, guarded_protocol
 from .bundle import BundleError
 from .capture import Camera
 from .config import ConfigError, Settings
 from .console import BODY_LIMITS, ZoneStore, create_console_router
 from .decision import TransactionBook, decision_thresholds
-from .detectors import DetectorError, create_detector
 from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats
 from .history import open_history
+from .loader import StartupError, StateDirUnusable, load_detector, load_model, open_model_store
 from .metrics import Metrics, live_from
-from .model_store import ModelStore
 from .mqtt import MqttLink
 from .notify import SystemdNotifier
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
@@ -58,56 +56,6 @@ MODEL_SCAN_S = 2.0  # how often incoming/ and the model store are looked at
 FD_RESERVE = 128
 HTTP_BACKLOG = 16
 FAULT_LOG_EVERY_S = 60.0  # a housekeeping step that keeps failing is logged once a minute
-
-
-class StartupError(Exception):
-    """A fault that stops start-up; the message names the setting or part at fault."""
-
-
-def load_public_key(settings: Settings):
-    if settings.model_public_key is None:
-        return None
-    from .signing import load_public_key as load
-
-    try:
-        return load(settings.model_public_key)
-    except ValueError as exc:
-        raise StartupError(f"AGEGATE_MODEL_PUBLIC_KEY: {exc}") from None
-
-
-def open_model_store(settings: Settings) -> ModelStore | None:
-    try:
-        return ModelStore(settings.state_dir, load_public_key(settings), num_threads=settings.model_threads,
-                          floors=settings.quality_floors, calibrated=settings.uses_calibrated_threshold)
-    except OSError as exc:
-        log.error("AGEGATE_STATE_DIR: cannot keep installed models in %s: %s; model delivery is off",
-                  settings.state_dir, exc.strerror or exc)
-        return None
-
-
-def load_model(settings: Settings, store: ModelStore | None = None) -> AgeModel:
-    """The one place the daemon loads a model: the installed active bundle, else
-    AGEGATE_MODEL_DIR, else the bundle shipped with agegate (trusted like the code itself)."""
-    active = store.active_dir() if store else None
-    if active is not None:
-        try:
-            return store.check(active)
-        except BundleError as exc:
-            log.error("installed model %s cannot be used (%s); falling back to %s", active, exc, settings.bundle_dir)
-    try:
-        if settings.model_dir is not None and store is not None:
-            return store.check(settings.model_dir, require_self_test=False)
-        return AgeModel.from_dir(settings.bundle_dir, num_threads=settings.model_threads)
-    except BundleError as exc:
-        where = "AGEGATE_MODEL_DIR" if settings.model_dir else "default model bundle"
-        raise StartupError(f"{where}: {exc}") from None
-
-
-def load_detector(settings: Settings):
-    try:
-        return create_detector(settings.detector, settings.detector_model, min_face_px=settings.min_face_px)
-    except DetectorError as exc:
-        raise StartupError(f"AGEGATE_DETECTOR: {exc}") from None
 
 
 def bind_http(settings: Settings) -> socket.socket:
@@ -160,7 +108,11 @@ class Daemon:
     def __init__(self, settings: Settings):
         self.settings = s = settings
         self.started_at = time.monotonic()
-        self.store = open_model_store(s)
+        try:
+            self.store = open_model_store(s)
+        except StateDirUnusable as exc:
+            log.error("%s; model delivery is off", exc)
+            self.store = None
         self.model = load_model(s, self.store)
         self.last_model_rejection: str | None = None
         # The store's rejection already on record at start: only later ones are news to announce.
@@ -231,7 +183,8 @@ class Daemon:
         return ModelRef(**self.model.identity)
 
     def publish(self, event: Event) -> None:
-        """Every event the daemon emits passes here (the seam for the durable outbox)."""
+        """Every event the daemon emits passes here: counted, logged when an alert, and handed to
+        the MQTT link, which keeps it in the durable outbox until the broker acknowledges it."""
         if isinstance(event, Alert):
             self._count("alerts")
             self.metrics.alerts.labels(event.type).inc()
@@ -295,7 +248,7 @@ class Daemon:
             "last_model_rejection": self.last_model_rejection,
             "customer": (e.model_dump() if (e := self.vision.customer_estimate()) else None),
             "open_transactions": self.book.open_count,
-            "decisions": dict(self.book.decisions),
+            "decisions": self.book.decision_counts(),
             "vision_errors": self.vision.errors,
             "stages": self.stage_totals(),
         }
@@ -471,8 +424,7 @@ class Daemon:
         infers, infer_s = self.vision.infer.take()
         with self._counts_lock:
             counts, self._counts = self._counts, Counter()
-        decisions = dict(self.book.decisions)
-        self.book.decisions.clear()
+        decisions = self.book.take_decision_counts()
         return Stats(
             store_id=self.settings.store_id,
             till_id=self.settings.till_id,
@@ -511,4 +463,4 @@ class Daemon:
         }
 
 
-__all__ = ["ConfigError", "Daemon", "StartupError", "load_detector", "load_model"]
+__all__ = ["ConfigError", "Daemon", "StartupError"]

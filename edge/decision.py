@@ -9,7 +9,8 @@ decide from the current customer's smoothed estimate and answer at once:
 - the detector or age model failing → ``cannot_assess``
 - otherwise → ``clear``
 
-The first three are also published as alerts. A transaction that ends after a check was
+The four that ask for a check (``CHECK_DECISIONS``: all but ``clear``) are also published
+as alerts. A transaction that ends after a check was
 required, with no ``id_checked``, raises ``unverified_sale``. Every transaction ends in one
 anonymous summary.
 
@@ -116,6 +117,18 @@ class _Transaction:
     answer: PosAnswer | None = None
     id_checked: bool = False
     best_estimate: Estimate | None = None
+    items_by_category: Counter[str] = field(default_factory=Counter)
+    restricted_items_by_category: Counter[str] = field(default_factory=Counter)
+    operator_id: str | None = None
+
+    def count_item(self, msg: PosMessage) -> None:
+        self.items += 1
+        if msg.category is not None:
+            self.items_by_category[msg.category] += 1
+        if msg.restricted:
+            self.restricted_items += 1
+            if msg.category is not None:
+                self.restricted_items_by_category[msg.category] += 1
 
     def to_json(self) -> str:
         """The decision state a restart needs to end this transaction honestly."""
@@ -128,6 +141,9 @@ class _Transaction:
             "answer": self.answer.model_dump(mode="json") if self.answer else None,
             "id_checked": self.id_checked,
             "best_estimate": self.best_estimate.model_dump(mode="json") if self.best_estimate else None,
+            "items_by_category": self.items_by_category,
+            "restricted_items_by_category": self.restricted_items_by_category,
+            "operator_id": self.operator_id,
         })
 
     @classmethod
@@ -142,6 +158,10 @@ class _Transaction:
             answer=PosAnswer.model_validate(state["answer"]) if state["answer"] else None,
             id_checked=state["id_checked"],
             best_estimate=Estimate.model_validate(state["best_estimate"]) if state["best_estimate"] else None,
+            # Added in 0.3: a sale stored by an older daemon has no per-category counts nor operator.
+            items_by_category=Counter(state.get("items_by_category") or {}),
+            restricted_items_by_category=Counter(state.get("restricted_items_by_category") or {}),
+            operator_id=state.get("operator_id"),
         )
 
 
@@ -181,9 +201,23 @@ class TransactionBook:
         self.store = store  # None: open transactions are in memory only (no usable state directory)
         self._open: OrderedDict[str, _Transaction] = OrderedDict()
         self._lock = Lock()
-        self.decisions: Counter[str] = Counter()
+        self._decisions: Counter[str] = Counter()  # since the last take_decision_counts(), under _lock
 
     # --- entry point --------------------------------------------------------------------
+
+    def decision_counts(self) -> dict[str, int]:
+        """Decisions made since the last take_decision_counts(), by kind."""
+        with self._lock:
+            return dict(self._decisions)
+
+    def take_decision_counts(self) -> dict[str, int]:
+        """Decisions made since the last call, by kind, and a fresh count from now on.
+
+        Read and reset in one step under the lock that counts them: a decision made meanwhile
+        lands in this interval or the next, never in neither."""
+        with self._lock:
+            taken, self._decisions = self._decisions, Counter()
+        return dict(taken)
 
     def handle(self, msg: PosMessage) -> PosAnswer:
         if msg.type == "item" and msg.restricted:
@@ -196,9 +230,9 @@ class TransactionBook:
                 log.warning("%s for transaction %s, which is not open: ignored", msg.type, msg.transaction_id)
                 return self._plain_answer(msg.transaction_id, unknown_transaction=True, message=(
                     f"Transaction {msg.transaction_id} is not open (never started or already ended): nothing recorded."))
-            tx = self._get_or_start(msg.transaction_id)
+            tx = self._get_or_start(msg.transaction_id, msg.operator_id)
             if msg.type == "item":
-                tx.items += 1
+                tx.count_item(msg)
             elif msg.type == "id_checked":
                 tx.id_checked = True
             elif msg.type == "transaction_end":
@@ -255,16 +289,16 @@ class TransactionBook:
     def _restricted_item(self, msg: PosMessage) -> PosAnswer:
         started = time.perf_counter()
         with self._lock:
-            tx = self._get_or_start(msg.transaction_id)
-            tx.items += 1
-            tx.restricted_items += 1
+            tx = self._get_or_start(msg.transaction_id, msg.operator_id)
+            tx.count_item(msg)
+            operator_id = tx.operator_id
             # A transaction decides once: a customer asked for ID stays asked, one seen as
             # clear stays clear. Only "could not assess" is worth another look.
             if tx.answer is not None and tx.decision in ("clear", "age_check_required"):
                 self._keep(tx)  # the item counts
                 return self._repeat(tx)
         estimate, decision = self._assess()
-        answer, alert = self._decide(msg, estimate, decision)
+        answer, alert = self._decide(msg, estimate, decision, operator_id)
         with self._lock:
             tx = self._get_or_start(msg.transaction_id)
             if tx.id_checked:  # ID was checked while we looked: nothing left to alert
@@ -273,7 +307,7 @@ class TransactionBook:
             tx.decision, tx.answer = decision, answer
             if estimate is not None:
                 tx.best_estimate = estimate
-            self.decisions[decision] += 1
+            self._decisions[decision] += 1
             self._keep(tx)  # on disk before the POS hears the decision
         took = time.perf_counter() - started
         if alert is not None:
@@ -302,7 +336,8 @@ class TransactionBook:
                 return estimate, "no_face"
             time.sleep(self.poll_s)
 
-    def _decide(self, msg: PosMessage, estimate: Estimate | None, decision: Decision) -> tuple[PosAnswer, Alert | None]:
+    def _decide(self, msg: PosMessage, estimate: Estimate | None, decision: Decision,
+                operator_id: str | None) -> tuple[PosAnswer, Alert | None]:
         model = self.model_ref()
         likely_minor = decision == "age_check_required" and estimate is not None and estimate.age < self.thresholds.legal_age
         alert = None
@@ -314,6 +349,7 @@ class TransactionBook:
                 model=model,
                 transaction_id=msg.transaction_id,
                 category=msg.category,
+                operator_id=operator_id,
                 likely_minor=likely_minor,
                 estimate=estimate,
                 thresholds=self.thresholds,
@@ -339,7 +375,7 @@ class TransactionBook:
 
     # --- bookkeeping (lock held) ---------------------------------------------------------------
 
-    def _get_or_start(self, transaction_id: str) -> _Transaction:
+    def _get_or_start(self, transaction_id: str, operator_id: str | None = None) -> _Transaction:
         tx = self._open.get(transaction_id)
         if tx is None:
             # The POS may skip transaction_start (or we restarted mid-sale): start implicitly.
@@ -351,6 +387,9 @@ class TransactionBook:
                 self._end(oldest, "evicted")
         else:
             self._open.move_to_end(transaction_id)
+        if tx.operator_id is None and operator_id is not None:
+            # From transaction_start, or from the first message that names one when the POS skipped it.
+            tx.operator_id = operator_id
         tx.last_activity = time.monotonic()
         return tx
 
@@ -385,6 +424,7 @@ class TransactionBook:
                     till_id=self.till_id,
                     model=model,
                     transaction_id=tx.transaction_id,
+                    operator_id=tx.operator_id,
                     likely_minor=tx.answer.likely_minor if tx.answer else False,
                     estimate=tx.best_estimate,
                     thresholds=thresholds,
@@ -405,6 +445,9 @@ class TransactionBook:
                 age_band=age_band(tx.best_estimate.age if tx.best_estimate else None),
                 items=tx.items,
                 restricted_items=tx.restricted_items,
+                items_by_category=dict(tx.items_by_category),
+                restricted_items_by_category=dict(tx.restricted_items_by_category),
+                operator_id=tx.operator_id,
                 decision=tx.decision,
                 id_checked=tx.id_checked,
                 outcome=_outcome(tx, ended_by),

@@ -3,8 +3,11 @@
 It writes a demo video of a real face (the public-domain astronaut photo that
 scikit-image ships: NASA's Eileen Collins), starts a local MQTT broker when none is
 configured (mosquitto if installed, else the pure-Python amqtt broker), runs
-``agegate-edge run`` on that video, plays two sales through the POS API, and prints the
-answers the till got and what an independent MQTT subscriber received.
+``agegate-edge run`` on that video, plays three sales through the POS API, and prints the
+answers the till got and what an independent MQTT subscriber received. It ends with the
+purchases-by-age-band table that ``agegate-backend`` built from the demo's own events: its
+ingester subscribes to the same broker from the start and writes a SQLite file
+(:data:`DEMO_BACKEND_DB`, kept after the demo so that ``agegate-backend serve`` can show it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ import cv2
 import numpy as np
 
 FRAME_SIZE = (640, 480)
+DEMO_BACKEND_DB = Path(tempfile.gettempdir()) / "agegate-demo-backend.sqlite3"
+DEMO_SALES = [  # (transaction, [(POS message type, restricted, category)])
+    ("T-1001", [("item", False, "bakery"), ("item", True, "wine"), ("id_checked", False, None)]),
+    ("T-1002", [("item", True, "beer")]),
+    ("T-1003", [("item", True, "vodka")]),  # scanned while nobody is in front of the camera
+]
+DEMO_OPERATOR = "login-1017"  # the cashier's till login as a POS would send it: an opaque token, never a name
 
 
 # --- demo videos (also used by the tests) ----------------------------------------------------------
@@ -177,6 +187,8 @@ def main() -> int:
         port, described, stop_broker = start_local_broker(workdir)
         print(f"started a local broker: {described}")
 
+    backend = _start_backend(host, port)
+
     received: list[tuple[str, dict]] = []
     sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"agegate-demo-backend-{os.getpid()}")
     sub.on_connect = lambda c, *a: c.subscribe("agegate/#", qos=1)
@@ -193,17 +205,12 @@ def main() -> int:
     try:
         _wait_ready(url, daemon)
         print(f"daemon ready on {url} (OpenAPI docs at {url}/docs)\n")
-        sales = [
-            ("T-1001", [("item", False, "bakery"), ("item", True, "wine"), ("id_checked", False, None)]),
-            ("T-1002", [("item", True, "beer")]),
-            ("T-1003", [("item", True, "vodka")]),  # scanned while nobody is in front of the camera
-        ]
-        for tx, steps in sales:
+        for tx, steps in DEMO_SALES:
             if tx == "T-1003":
                 print("(the customer steps away from the camera)")
                 _wait_for(url, lambda s: s["customer"] is None)
             print(f"POS  transaction_start {tx}")
-            httpx.post(f"{url}/v1/pos", json={"type": "transaction_start", "transaction_id": tx})
+            httpx.post(f"{url}/v1/pos", json={"type": "transaction_start", "transaction_id": tx, "operator_id": DEMO_OPERATOR})
             for kind, restricted, category in steps:
                 r = httpx.post(f"{url}/v1/pos", json={"type": kind, "transaction_id": tx, "category": category,
                                                       "restricted": restricted}, timeout=30).json()
@@ -224,6 +231,8 @@ def main() -> int:
         time.sleep(0.5)
         sub.disconnect()
         sub.loop_stop()
+        if backend is not None:  # before the broker goes: what is on its way arrives first
+            _stop_backend(backend, [tx for tx, _ in DEMO_SALES])
         if stop_broker:
             stop_broker()
 
@@ -238,8 +247,60 @@ def main() -> int:
             print(f"  {topic}: {p['state']}")
         elif kind == "stats":
             print(f"  {topic}: {p['processed_fps']} frames/s processed, detect {p['detect_ms']} ms, infer {p['infer_ms']} ms per face")
+    if backend is not None:
+        _print_backend_tables(backend)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0 if daemon.returncode == 0 else 1
+
+
+def _start_backend(host: str, port: int):
+    """agegate-backend's ingester on the demo's broker, into a fresh DEMO_BACKEND_DB (None without the extra)."""
+    try:
+        from agegate.backend import db
+        from agegate.backend.ingest import BrokerAddress, Ingester
+    except ImportError as exc:  # `pip install agegate[edge]` only: the till runs, the backend part is skipped
+        print(f"(agegate-backend is not installed: {exc}; `make demo` installs it)")
+        return None
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{DEMO_BACKEND_DB}{suffix}").unlink(missing_ok=True)
+    ingester = Ingester(db.connect(f"sqlite:///{DEMO_BACKEND_DB}"), [BrokerAddress(host, port)],
+                        client_id=f"agegate-demo-ingest-{os.getpid()}")
+    ingester.start()
+    return ingester
+
+
+def _stop_backend(ingester, transaction_ids: list[str], timeout: float = 15.0) -> None:
+    from sqlalchemy import func, select
+
+    from agegate.backend.db import transactions
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # the summaries are on their way through the broker
+        with ingester.engine.connect() as conn:
+            stored = conn.scalar(select(func.count()).select_from(transactions)
+                                 .where(transactions.c.transaction_id.in_(transaction_ids)))
+        if stored >= len(transaction_ids):
+            break
+        time.sleep(0.2)
+    ingester.stop()
+
+
+def _print_backend_tables(ingester) -> None:
+    from datetime import datetime, timezone
+
+    from agegate.backend import reports
+    from agegate.backend.cli import format_table
+
+    today = datetime.now(timezone.utc).date()
+    with ingester.engine.connect() as conn:
+        purchases = reports.purchases(conn, today, today)
+        integrity = reports.integrity(conn, today, today)
+    print(f"\nagegate-backend ingested the demo's events ({dict(ingester.counts)}) into {DEMO_BACKEND_DB}.")
+    print("Purchases by age band and category, today:\n")
+    print(format_table(*purchases))
+    print("\nChallenge 25 prompts and unverified sales per till and cashier login, today:\n")
+    print(format_table(*integrity))
+    print(f"\nBrowse them: agegate-backend --db sqlite:///{DEMO_BACKEND_DB} serve   (then http://127.0.0.1:8090/reports)")
 
 
 def _wait_for(url: str, condition, timeout: float = 30) -> None:

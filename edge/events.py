@@ -2,7 +2,11 @@
 
 Each payload is a versioned pydantic model; ``python -m agegate.edge.events docs/schemas``
 writes their JSON Schemas, which docs/mqtt.md describes for backend developers. A change
-that breaks a consumer bumps SCHEMA_VERSION. Payloads carry numbers only, never pictures.
+that breaks a consumer bumps SCHEMA_VERSION, and so does one that gives the summaries new
+meaning (docs/mqtt.md says what each version changed). Payloads carry numbers only, never pictures.
+
+This module imports pydantic and nothing heavier: the backend (agegate.backend) validates
+what it receives with these very models, and must not pull in the till's OpenCV.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .bundle import Validation
+from .model_figures import Validation
 
-SCHEMA_VERSION = 1
+# 2 (agegate 0.3): summaries count items per POS category and may carry the cashier's operator_id;
+# alerts may carry operator_id. Additions only: a version-1 consumer that ignores unknown fields
+# keeps working. Version-1 payloads (older tills) still validate: their new fields take defaults.
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
 
 # Age bands used for the anonymous analytics and for error reporting in the model card.
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
@@ -30,7 +38,8 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("50-64", 50, 65),
     ("65+", 65, float("inf")),
 )
-AgeBand = Literal["0-12", "13-17", "18-24", "25-34", "35-49", "50-64", "65+", "unknown"]
+AGE_BAND_NAMES: tuple[str, ...] = (*(name for name, _, _ in AGE_BANDS), "unknown")  # in age order, unknown last
+AgeBand = Literal[AGE_BAND_NAMES]  # type: ignore[valid-type]  # built from AGE_BANDS: one definition
 
 
 def age_band(age: float | None) -> AgeBand:
@@ -60,6 +69,9 @@ class PosMessage(BaseModel):
     # Strict: JSON true or false only, as the schema says. Lax pydantic took 0, 1, "no", "yes"
     # and guessed; a POS that sends something else must hear so, not have its sale guessed at.
     restricted: bool = Field(default=False, strict=True)
+    # The cashier's till login (added in 0.3), on transaction_start: an opaque pseudonym the POS
+    # chooses, never a name. The till passes it on unchanged in the sale's alerts and summary.
+    operator_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
 
 
 Decision = Literal["clear", "age_check_required", "no_face", "camera_unavailable", "cannot_assess"]
@@ -126,7 +138,8 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[SCHEMA_VERSIONS] = Field(  # type: ignore[valid-type]
+        default=SCHEMA_VERSION, description="2 since agegate 0.3; 1 from older tills (docs/mqtt.md: what changed)")
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique per event; use it to de-duplicate")
     timestamp: datetime = Field(default_factory=utcnow, description="UTC, ISO 8601")
     store_id: str
@@ -146,6 +159,8 @@ class Alert(Event):
     type: AlertType
     transaction_id: str
     category: str | None = None
+    operator_id: str | None = Field(default=None, description="The cashier's opaque till login, when the POS sent one "
+                                    "on transaction_start (added in schema version 2)")
     likely_minor: bool = False
     estimate: Estimate | None
     thresholds: Thresholds
@@ -166,6 +181,13 @@ class TransactionSummary(Event):
     age_band: AgeBand
     items: int
     restricted_items: int
+    items_by_category: dict[str, int] = Field(
+        default_factory=dict, description="Items per POS category (added in schema version 2); items the POS sent "
+                                          "without a category count in `items` only")
+    restricted_items_by_category: dict[str, int] = Field(
+        default_factory=dict, description="Restricted items per POS category (added in schema version 2)")
+    operator_id: str | None = Field(default=None, description="The cashier's opaque till login, when the POS sent one "
+                                    "on transaction_start (added in schema version 2)")
     decision: Decision | None = Field(description="The decision for the first restricted item (null without one)")
     id_checked: bool
     outcome: Literal["no_restricted_items", "clear", "id_checked", "unverified_sale", "not_assessed", "interrupted"] = Field(

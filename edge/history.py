@@ -187,10 +187,6 @@ class DecisionLog:
                 yield _row(r)
             after = (got[-1][1], got[-1][0])
 
-    def journal_mode(self) -> str:
-        with self._lock:
-            return self._db.execute("PRAGMA journal_mode").fetchone()[0]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -49,9 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
 
-import numpy as np
-
-from .age_model import AgeModel
+from .age_model import AgeModel, self_test
 from .bundle import MANIFEST_FILE, SIGNATURE_FILE, BundleError, Manifest, QualityFloors, load_bundle, quality_problems
 
 log = logging.getLogger(__name__)
@@ -77,7 +75,7 @@ class ModelStore:
         self.root = self.state_dir / "models"
         self.bundles = self.root / "bundles"
         self.rejected = self.root / "rejected"
-        self.state_file = self.root / "state.json"
+        self.state_file = self.state_file_in(self.state_dir)
         self.public_key = public_key
         self.num_threads = num_threads
         self.floors = floors  # None: quality floors reported, not enforced
@@ -88,6 +86,11 @@ class ModelStore:
         self._unsaved_rejection: dict[str, str] | None = None  # when state.json could not be written
         for d in (self.incoming, self.bundles, self.rejected):
             d.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def state_file_in(state_dir: Path) -> Path:
+        """Where a store under ``state_dir`` records its active model: absent until the first install."""
+        return Path(state_dir) / "models" / "state.json"
 
     # --- checks ---------------------------------------------------------------------------------
 
@@ -277,26 +280,6 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def self_test(model: AgeModel) -> None:
-    """Run the bundle's golden faces; raise BundleError if any age differs by more than its tolerance."""
-    spec, golden = model.manifest.self_test, model.bundle.golden
-    if spec is None or golden is None:
-        raise BundleError(f"{model.bundle.path}: no self-test faces in the bundle (export packs them)")
-    faces, expected = golden
-    try:
-        got = model.predict_prepared(faces)
-    except Exception as exc:
-        raise BundleError(f"{model.bundle.path}: self-test failed to run: {exc}") from None
-    if not np.all(np.isfinite(got)):  # NaN compares False with any tolerance: it would pass below
-        raise BundleError(f"{model.bundle.path}: self-test failed: the model answers a non-finite age (NaN or inf)")
-    worst = float(np.max(np.abs(got - expected)))
-    if worst > spec.tolerance:
-        raise BundleError(
-            f"{model.bundle.path}: self-test failed: an age differs by {worst:.2f} years "
-            f"from the one recorded at export (tolerance {spec.tolerance:g})"
-        )
 
 
 class _Budget:

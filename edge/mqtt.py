@@ -81,7 +81,6 @@ class MqttLink:
         self.last_model_rejection: str | None = None  # kept so a reconnect re-announces it too
         self._link_state: str | None = None  # what was last logged about the broker link: logged once per change
         self._stopping = False
-        self.published = 0
         self.failures = 0
         self.outbox_failures = 0
         self._lock = threading.Lock()
@@ -183,7 +182,6 @@ class MqttLink:
                 while len(self._not_durable) > 4096:
                     self._not_durable.popitem(last=False)
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        self.published += 1
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             self.failures += 1
             log.error("publishing to %s failed: %s%s", topic, paho.error_string(info.rc),

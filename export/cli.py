@@ -22,8 +22,9 @@ import sys
 from typing import Sequence
 
 from agegate import __version__
+from agegate.edge.bundle import VARIANTS
 
-VARIANTS = ("float32", "float16", "dynamic", "int8")
+from .options import DEFAULTS as D
 
 
 def _floor_options(p: argparse.ArgumentParser) -> None:
@@ -61,19 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<variant>/ bundles and DIR/export-report.md")
     c.add_argument("--variant", action="append", choices=(*VARIANTS, "all"), help="float32, float16, dynamic, int8 or all (default); repeatable")
     c.add_argument("--data", nargs="+", help="data folder(s) for the test, validation and calibration faces (default: the run's)")
-    c.add_argument("--tolerance", type=float, default=0.3, metavar="YEARS", help="refuse a variant whose MAE is worse than the Keras model's by more (default 0.3)")
+    c.add_argument("--tolerance", type=float, default=D.tolerance, metavar="YEARS", help=f"refuse a variant whose MAE is worse than the Keras model's by more (default {D.tolerance:g})")
     c.add_argument("--name", help="bundle name (default agegate-age-<backbone>)")
     c.add_argument("--version", help="bundle version (default: the run directory's name)")
     c.add_argument("--limit", type=int, metavar="N", help="only N faces per split (smoke runs)")
-    c.add_argument("--calibration-size", type=int, default=300, metavar="N", help="training faces to calibrate int8 on (default 300)")
-    c.add_argument("--threads", type=int, default=1, help="interpreter threads when timing, as the till uses (default 1)")
-    c.add_argument("--challenge-age", type=float, default=25.0, help="flag customers estimated under this age (default 25)")
+    c.add_argument("--calibration-size", type=int, default=D.calibration_size, metavar="N", help=f"training faces to calibrate int8 on (default {D.calibration_size})")
+    c.add_argument("--threads", type=int, default=D.threads, help=f"interpreter threads when timing, as the till uses (default {D.threads})")
+    c.add_argument("--challenge-age", type=float, default=D.challenge_age, help=f"flag customers estimated under this age (default {D.challenge_age:g})")
     c.add_argument("--overwrite", action="store_true", help="replace bundles already in DIR")
-    c.add_argument("--golden-faces", type=int, default=16, metavar="N", help="test faces packed for the till's self-test (default 16)")
+    c.add_argument("--golden-faces", type=int, default=D.golden_faces, metavar="N", help=f"test faces packed for the till's self-test (default {D.golden_faces})")
     c.add_argument("--golden-image", action="append", default=[], metavar="PHOTO",
                    help="take the self-test faces from this photo (and its mirror image) instead of test faces; "
                         "repeatable. For bundles shipped where the data's licence forbids copying its faces")
-    c.add_argument("--golden-tolerance", type=float, default=1.0, metavar="YEARS", help="self-test tolerance written to the manifest (default 1)")
+    c.add_argument("--golden-tolerance", type=float, default=D.golden_tolerance, metavar="YEARS", help=f"self-test tolerance written to the manifest (default {D.golden_tolerance:g})")
     c.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (PEM): sign every bundle written")
     _floor_options(c)
 
@@ -105,16 +106,20 @@ def _convert(args: argparse.Namespace) -> int:
     from agegate.edge.bundle import BundleError
     from agegate.training.data import DataError
 
-    from .exporter import ExportError, export_run
+    from .options import ExportError, ExportOptions
 
     variants = list(VARIANTS) if not args.variant or "all" in args.variant else list(dict.fromkeys(args.variant))
     try:
-        report = export_run(
-            args.run, args.out, variants, args.data, args.tolerance, args.name, args.version, args.limit,
-            args.calibration_size, args.threads, args.challenge_age, args.overwrite,
-            args.golden_faces, args.golden_tolerance, args.sign_key, args.golden_image,
-            _floors(args), _calibrated(args),
-        )  # fmt: skip
+        options = ExportOptions(
+            variants=variants, data=args.data, tolerance=args.tolerance, name=args.name, version=args.version,
+            limit=args.limit, calibration_size=args.calibration_size, threads=args.threads,
+            challenge_age=args.challenge_age, overwrite=args.overwrite, golden_faces=args.golden_faces,
+            golden_tolerance=args.golden_tolerance, golden_images=args.golden_image, sign_key=args.sign_key,
+            floors=_floors(args), calibrated=_calibrated(args),
+        )
+        from .exporter import export_run  # TensorFlow: only once the options are known to be good
+
+        report = export_run(args.run, args.out, options)
     except (ExportError, DataError, BundleError, ValueError, FileNotFoundError) as exc:
         print(f"agegate-export convert: error: {exc}", file=sys.stderr)
         return 1

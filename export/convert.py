@@ -22,9 +22,9 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
+from agegate.edge.bundle import VARIANTS
 
-VARIANTS = ("float32", "float16", "dynamic", "int8")
+log = logging.getLogger(__name__)
 
 
 def saved_model(model: tf.keras.Model, path: Path) -> Path:

@@ -34,31 +34,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agegate.edge.age_model import AgeModel
+from agegate.edge.age_model import AgeModel, self_test
 from agegate.edge.bundle import Calibration, FlagRates, QualityFloors, SourceFigures, Validation, normalise, prepare_face, quality_problems, write_bundle
-from agegate.edge.model_store import self_test
 from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
-from agegate.training.fit import read_history
 from agegate.training.model import load_inference_model
-from agegate.training.run import PRETRAINED, FitConfig, RunDir, serving_manifest, write_json
+from agegate.training.run import PRETRAINED, FitConfig, RunDir, read_history, serving_manifest, write_json
 
-from .convert import VARIANTS, convert, saved_model
+from .convert import convert, saved_model
 from .measure import Measurement, measure_bundle, measure_keras
+from .options import ExportError, ExportOptions
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = 0.3
-DEFAULT_GOLDEN_FACES = 16
-DEFAULT_GOLDEN_TOLERANCE = 1.0
 REPORT = "export-report"
 PREDICTIONS = "predictions.csv"
-
-
-class ExportError(Exception):
-    """An export that cannot start; the message says why."""
 
 
 @dataclass
@@ -94,38 +86,16 @@ class ExportReport:
         return [r for r in self.results if not r.accepted]
 
 
-def export_run(
-    run_dir: str | Path,
-    out_dir: str | Path,
-    variants: list[str] | tuple[str, ...] = VARIANTS,
-    data: str | Path | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    name: str | None = None,
-    version: str | None = None,
-    limit: int | None = None,
-    calibration_size: int = 300,
-    threads: int = 1,
-    challenge_age: float = metrics.CHALLENGE_AGE,
-    overwrite: bool = False,
-    golden_faces: int = DEFAULT_GOLDEN_FACES,
-    golden_tolerance: float = DEFAULT_GOLDEN_TOLERANCE,
-    sign_key: str | Path | None = None,
-    golden_images: Sequence[str | Path] = (),
-    floors: QualityFloors = QualityFloors(),
-    calibrated: bool = False,
-) -> ExportReport:
+def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportReport:
+    o = options
+    variants, data, limit, challenge_age = o.variants, o.data, o.limit, o.challenge_age
     run, out = RunDir(run_dir), Path(out_dir)
     config = run.load_config()
     spec = serving_manifest(config)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ExportError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     taken = [out / v for v in variants if (out / v).exists()]
-    if taken and not overwrite:
+    if taken and not o.overwrite:
         raise ExportError(f"{', '.join(map(str, taken))} already exist(s): choose another --out or pass --overwrite")
-    if not 1 <= golden_faces <= 256:
-        raise ExportError(f"--golden-faces {golden_faces}: must be 1-256")
-    private_key = _private_key(sign_key)
+    private_key = _private_key(o.sign_key)
     for path in taken:
         shutil.rmtree(path)
 
@@ -135,7 +105,7 @@ def export_run(
     calibration = None
     if "int8" in variants:
         train = split_faces(config, data, "train", limit)  # from the crop cache that fit filled
-        pick = np.random.default_rng(config.seed).permutation(len(train))[:calibration_size]
+        pick = np.random.default_rng(config.seed).permutation(len(train))[:o.calibration_size]
         calibration = normalise(train.images[np.sort(pick)], spec.preprocessing)
         log.info("int8 calibration on %d training faces", len(calibration))
 
@@ -143,21 +113,22 @@ def export_run(
     keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size, sources=test.sources)
     log.info("keras: %s", metrics.headline(keras.summary))
 
-    fields = _manifest_fields(run, config, spec, name, version)
+    fields = _manifest_fields(run, config, spec, o.name, o.version)
     scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
     try:
         saved = saved_model(model, scratch / "saved_model")
-        if golden_images:
-            golden = _golden_from_photos(golden_images, spec, config)
+        if o.golden_images:
+            golden = _golden_from_photos(o.golden_images, spec, config)
         else:
-            golden = test.images[_golden_indices(test.ages, golden_faces)]
-        job = _Job(out, fields, test, val, keras, tolerance, threads, challenge_age, data or config.data, limit, golden, golden_tolerance, private_key, floors, calibrated)
+            golden = test.images[_golden_indices(test.ages, o.golden_faces)]
+        job = _Job(out, fields, test, val, keras, o.tolerance, o.threads, challenge_age, data or config.data, limit, golden,
+                   o.golden_tolerance, private_key, o.floors, o.calibrated)
         results = [_export_variant(job, variant, convert(saved, variant, calibration)) for variant in variants]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    report = ExportReport(run.path, out, tolerance, keras, results, len(test))
-    _write_report(report, data or config.data, limit, threads, floors)
+    report = ExportReport(run.path, out, o.tolerance, keras, results, len(test))
+    _write_report(report, data or config.data, limit, o.threads, o.floors)
     _write_predictions(out / PREDICTIONS, test.files, test.ages, [keras, *(r.measurement for r in results)])
     return report
 

@@ -10,7 +10,7 @@ so any difference is the conversion's.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ class Measurement:
     ms_per_face: float
     file_bytes: int | None = None
     runtime: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mae(self) -> float:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agegate.edge.age_model import AgeModel
+from agegate.edge.age_model import AgeModel, self_test
 from agegate.edge.bundle import SIGNATURE_FILE, BundleError, QualityFloors, load_bundle, quality_problems
-from agegate.edge.model_store import self_test
 from agegate.edge.signing import load_public_key, verify_signature
 
 log = logging.getLogger(__name__)

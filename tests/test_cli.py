@@ -266,3 +266,46 @@ def test_estimate_over_many_files_shows_a_progress_bar_with_an_eta_on_a_terminal
     assert "4/4" in bar and "100%" in bar and "<" in bar and "photo/s" in bar, bar  # [elapsed<remaining, rate]
     # Not on a pipe: scripts reading stderr get no bar.
     assert run_cli("estimate", *photos, model_dir=constant_bundles[21]).stderr == ""
+
+
+def test_check_and_estimate_use_the_installed_model_as_the_daemon_does(tmp_path, astronaut_bgr, constant_bundles):
+    """After `model install`, the daemon runs the installed bundle: `check` and `estimate` must
+    answer with it too, not with AGEGATE_MODEL_DIR or the shipped bundle (they used to)."""
+    from bundle_factory import make_constant_bundle
+
+    installed = make_constant_bundle(tmp_path / "minor", 16, golden=True, name="installed-16", version="7")
+    settings = {"model_dir": constant_bundles[40], "state_dir": tmp_path / "state"}
+    r = run_cli("model", "install", installed, **settings)
+    assert r.returncode == 0, r.stdout + r.stderr
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    r = run_cli("estimate", "--json", photo, **settings)
+    assert r.returncode == 0, r.stderr
+    assert [f["age"] for f in json.loads(r.stdout)["faces"]] == [16.0]
+    r = run_cli("check", "--timeout", "1", camera=tmp_path / "none.avi", **settings)
+    model_line = next(line for line in r.stdout.splitlines() if line.split()[1:2] == ["model"])
+    assert "installed-16 7" in model_line and "answers 16.0" in model_line, model_line
+
+
+def test_the_cli_loads_models_without_the_daemons_server_parts(tmp_path, astronaut_bgr, constant_bundles):
+    """`estimate` (like `check` and `model`) loads through agegate.edge.loader: no FastAPI, uvicorn or console."""
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    script = ("import sys, contextlib, io\n"
+              "from agegate.edge import cli\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              f"    rc = cli.main(['estimate', {str(photo)!r}])\n"
+              "heavy = sorted(m for m in ('fastapi', 'uvicorn', 'agegate.edge.daemon', 'agegate.edge.console') if m in sys.modules)\n"
+              "print(rc, heavy)\n")
+    env = {"PATH": os.environ.get("PATH", ""), "AGEGATE_MODEL_DIR": str(constant_bundles[21]),
+           "AGEGATE_STATE_DIR": str(tmp_path / "state")}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "0 []", r.stdout + r.stderr
+
+
+def test_estimate_creates_nothing_where_no_model_was_installed(tmp_path, astronaut_bgr, constant_bundles):
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    r = run_cli("estimate", photo, model_dir=constant_bundles[21], state_dir=tmp_path / "state")
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "state").exists()  # looking is not installing: no folders appear

@@ -133,3 +133,84 @@ def test_a_failing_model_means_cannot_assess():
     answer = book.handle(pos("item", restricted=True))
     assert (answer.decision, answer.check_id) == ("cannot_assess", True)
     assert "gather index out of bounds" in published[0].reason
+
+
+def test_decision_counts_taken_while_tills_decide_lose_nothing():
+    """The stats loop takes the counts while POS requests are decided on other threads: every
+    decision must land in exactly one interval (the stats loop used to copy, then clear, outside
+    the lock that counts them, and lost what was decided in between)."""
+    import sys
+
+    book, _ = make_book(ScriptedVision(Estimate(age=40.0, spread=1.0, samples=9)))
+    per_thread, threads = 400, 4
+    taken: list[dict[str, int]] = []
+    done = threading.Event()
+
+    def till(n: int) -> None:
+        for i in range(per_thread):
+            book.handle(pos("item", tx=f"T{n}-{i}", restricted=True))
+            book.handle(pos("transaction_end", tx=f"T{n}-{i}"))
+
+    def stats_loop() -> None:
+        while not done.is_set():
+            taken.append(book.take_decision_counts())
+        taken.append(book.take_decision_counts())
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so a window is hit if there is one
+    try:
+        workers = [threading.Thread(target=till, args=(n,)) for n in range(threads)]
+        reader = threading.Thread(target=stats_loop)
+        reader.start()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        done.set()
+        reader.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(c.get("clear", 0) for c in taken) == per_thread * threads
+    assert book.decision_counts() == {}
+
+
+def test_summary_counts_items_per_category_and_carries_the_operator():
+    """Schema version 2: what was bought (per POS category) and by whose till login, never more."""
+    book, published = make_book(ScriptedVision(Estimate(age=19, spread=1, samples=9)))
+    book.handle(PosMessage(type="transaction_start", transaction_id="T1", operator_id="op-7f3a"))
+    for category, restricted in [("alcohol", True), ("alcohol", True), ("bakery", False), (None, False), ("tobacco", True)]:
+        book.handle(PosMessage(type="item", transaction_id="T1", category=category, restricted=restricted))
+    book.handle(pos("transaction_end"))
+    alert, unverified, summary = published
+    assert (alert.type, alert.operator_id, unverified.type, unverified.operator_id) == (
+        "age_check_required", "op-7f3a", "unverified_sale", "op-7f3a")
+    assert summary.items == 5 and summary.restricted_items == 3
+    assert summary.items_by_category == {"alcohol": 2, "bakery": 1, "tobacco": 1}  # the uncategorised item in `items` only
+    assert summary.restricted_items_by_category == {"alcohol": 2, "tobacco": 1}
+    assert summary.operator_id == "op-7f3a" and summary.schema_version == 2
+
+
+def test_a_sale_without_an_operator_says_none_and_the_counts_survive_a_restart(tmp_path):
+    from agegate.edge.outbox import Outbox
+
+    store = Outbox(tmp_path)
+    book, _ = make_book(ScriptedVision(Estimate(age=40, spread=1, samples=9)), store=store)
+    book.handle(PosMessage(type="transaction_start", transaction_id="T9", operator_id="till-login-12"))
+    book.handle(PosMessage(type="item", transaction_id="T9", category="wine", restricted=True))
+    # The daemon is killed here; the next one ends the sale from what the store kept.
+    again, published = make_book(ScriptedVision(None), store=store)
+    assert again.end_interrupted() == 1
+    (summary,) = [e for e in published if isinstance(e, TransactionSummary)]
+    assert (summary.items_by_category, summary.restricted_items_by_category, summary.operator_id) == (
+        {"wine": 1}, {"wine": 1}, "till-login-12")
+    book2, published2 = make_book(ScriptedVision(Estimate(age=40, spread=1, samples=9)))
+    book2.handle(pos("item"))
+    book2.handle(pos("transaction_end"))
+    assert published2[-1].operator_id is None and published2[-1].items_by_category == {"bakery": 1}
+
+
+def test_operator_id_is_an_opaque_token_not_free_text():
+    with pytest.raises(ValueError):
+        PosMessage(type="transaction_start", transaction_id="T1", operator_id="Jane Smith")  # a name has a space
+    with pytest.raises(ValueError):
+        PosMessage(type="transaction_start", transaction_id="T1", operator_id="x" * 65)

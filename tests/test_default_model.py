@@ -13,7 +13,7 @@ import pytest
 from agegate.edge.age_model import AgeModel
 from agegate.edge.bundle import QualityFloors, quality_problems
 from agegate.edge.config import CC0_BUNDLE_DIR, DEFAULT_BUNDLE_DIR
-from agegate.edge.model_store import self_test
+from agegate.edge.age_model import self_test
 from conftest import ALL_AGE_FACES, UTKFACE, require_all_age_faces, require_utkface
 
 SOURCES = ("utkface-part1", "all-age-faces", "utkface-extra")

@@ -15,7 +15,7 @@ def test_events_survive_reopening_and_come_back_oldest_first(tmp_path):
     box = Outbox(tmp_path)
     ids = [box.add(f"e{i}", ALERT if i % 2 else SUMMARY, f"t/{i}", f"p{i}".encode(), 1) for i in range(5)]
     box.acknowledged(ids[1])
-    box.close()  # as after a power cut: only what is on disk counts
+    box.close()  # a clean close; reopening reads back only what the file holds
     again = Outbox(tmp_path)
     pending = again.pending()
     assert [p.row_id for p in pending] == [ids[0], ids[2], ids[3], ids[4]]

@@ -18,9 +18,8 @@ import numpy as np
 from . import metrics, plots
 from .data import read_sources, records_of
 from .faces import FaceSet, default_cache_dir, prepare_faces
-from .fit import read_history
 from .model import load_inference_model, predict_ages
-from .run import FitConfig, RunDir, serving_manifest, write_json
+from .run import FitConfig, RunDir, read_history, serving_manifest, write_json
 
 log = logging.getLogger(__name__)
 

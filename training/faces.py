@@ -252,7 +252,7 @@ def prepare_faces(
     """The crops of ``records`` as the till would cut them, from the cache when it has them.
 
     ``spec`` is the run's serving manifest (input size, colour order, crop margin); see
-    :func:`agegate.training.spec.serving_manifest`.
+    :func:`agegate.training.run.serving_manifest`.
     """
     cache = _cache_path(records, spec, detector, cache_dir, name)
     if cache is not None and cache.exists():

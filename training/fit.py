@@ -34,7 +34,7 @@ from .data import read_sources, records_of, split_counts
 from .distribute import choose_strategy
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import build_model, compile_model
-from .run import PRETRAINED, FitConfig, RunDir, serving_manifest, write_json
+from .run import PRETRAINED, FitConfig, RunDir, read_history, serving_manifest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +275,6 @@ def _save_atomically(model: keras.Model, path: Path) -> None:
 
 
 # --- history.csv -----------------------------------------------------------------------
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def _trim_history(path: Path, last_epoch: int) -> None:

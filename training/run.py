@@ -20,6 +20,7 @@ to cut training crops and to write the exported bundle.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -196,3 +197,11 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """A run's history.csv, one dict per epoch (no Keras needed to read it)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]

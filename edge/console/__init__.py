@@ -146,7 +146,8 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
     def status_panel(request: Request):
         return page(request, "_status_panel.html", s=status_view(host))
 
-    @router.get("/console/api/status", response_model=ConsoleStatus, summary="The status page's figures")
+    @router.get("/console/api/status", response_model=ConsoleStatus, response_model_exclude_unset=True,
+                summary="The status page's figures")
     def status_api() -> dict[str, Any]:
         return status_view(host)
 
