@@ -55,6 +55,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of stat)
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults a process has taken so far (all its threads): fresh pages mapped in."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[7])  # minflt, field 10 of stat
+
+
 def proc_status_kb(pid: int, key: str) -> int:
     """A ``kB`` figure from /proc/<pid>/status, e.g. VmHWM (peak resident set) or VmRSS."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
