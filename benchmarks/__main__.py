@@ -35,8 +35,9 @@ SHARED = Path(os.environ.get("AGEGATE_SHARED_DIR", ROOT.parent / "shared"))
 PARTS = ("raw", "pipeline", "contention", "startup", "install", "peers", "keras")
 QUICK = {"seconds": 0.1, "min_n": 3, "duration": 2.0, "warmup": 0.5, "transactions": 5, "pause": 0.01, "faces": 4,
          "backlog": 40, "startup_runs": 1, "keras_faces": 3}
-# glibc's default (no perturbation), stated: edge.vision.keep_frame_memory then stands aside and malloc runs as before.
-BEFORE_ENV = ["GLIBC_TUNABLES=glibc.malloc.perturb=0"]
+# The daemon as it was before detection and estimates were paced and OpenCV kept to one thread
+# (docs/performance.md, "What was changed in the daemon"): every frame, every face, every core.
+BEFORE_ENV = ["AGEGATE_DETECT_FPS=0", "AGEGATE_ESTIMATE_FPS=0", "AGEGATE_OPENCV_THREADS=0"]
 QUICK_SKIP = {"install"}  # a fresh environment from the package indexes: minutes, and the network
 
 
@@ -64,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a setting for the daemon under test (repeatable)")
     p.add_argument("--before-env", action="append", default=[], metavar="NAME=VALUE",
                    help="also run the pipeline's throughput with these extra variables for the daemon: the "
-                        f"*before* of a change (default: {' '.join(BEFORE_ENV)}, the daemon without its "
-                        "frame-memory setting); 'none' for no before run")
+                        f"*before* of a change (default: {' '.join(BEFORE_ENV)}, the daemon's behaviour before "
+                        "its pacing); 'none' for no before run")
     p.add_argument("--data", type=Path, action="append",
                    help="a source of labelled faces with a test split (labels.csv, splits.csv); repeatable "
                         f"(default: every folder of {SHARED / 'data'} that has a labels.csv)")

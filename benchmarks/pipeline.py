@@ -33,9 +33,11 @@ from pathlib import Path
 
 import httpx
 
+from agegate.edge.capture import CAMERA_THREAD
 from agegate.edge.demo import _free_port, astronaut_bgr, start_local_broker, write_face_video
+from agegate.edge.vision import VISION_THREAD
 
-from .measure import cpu_seconds, minor_faults, proc_status_kb, summary_ms
+from .measure import cpu_seconds, minor_faults, proc_status_kb, summary_ms, thread_cpu_seconds
 
 STAGES = ("capture", "detect", "crop", "infer", "decide", "publish")
 
@@ -154,6 +156,17 @@ def _stage_ms(before: dict, after: dict) -> dict[str, dict]:
     return out
 
 
+def _by_thread(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, float] | None:
+    """The daemon's CPU per processed frame by thread: the camera, the vision loop, and every
+    other thread together (HTTP server, MQTT, housekeeping, the console's workers)."""
+    if not frames:
+        return None
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    camera, vision = spent.pop(CAMERA_THREAD, 0.0), spent.pop(VISION_THREAD, 0.0)
+    return {"camera": round(1000 * camera / frames, 3), "vision": round(1000 * vision / frames, 3),
+            "other": round(1000 * sum(spent.values()) / frames, 3)}
+
+
 def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: int, pause: float,
                  camera_fps: float, env: dict[str, str], workdir: Path | None = None) -> dict:
     """Start broker and daemon, measure throughput and then latency; the figures as a dict."""
@@ -171,7 +184,9 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
 
         # 1. throughput, no POS traffic
         s0, c0, f0, t0 = daemon.status()["stages"], cpu_seconds(pid), minor_faults(pid), time.perf_counter()
+        th0 = thread_cpu_seconds(pid)
         time.sleep(duration)
+        th1 = thread_cpu_seconds(pid)
         status = daemon.status()
         s1, c1, f1, t1 = status["stages"], cpu_seconds(pid), minor_faults(pid), time.perf_counter()
         wall = t1 - t0
@@ -190,6 +205,7 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
             "cpu_percent": round(100.0 * cpu / wall, 1),
             "cpu_ms_per_frame": round(1000.0 * cpu / frames, 3) if frames else None,
             "minor_faults_per_frame": round((f1 - f0) / frames, 1) if frames else None,
+            "thread_cpu_ms_per_frame": _by_thread(th0, th1, frames),
             "peak_rss_mb": round(proc_status_kb(pid, "VmHWM") / 1024, 1),
         }
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from agegate.edge.age_model import AgeModel
 from agegate.edge.detectors import create_detector
-from agegate.edge.vision import keep_frame_memory
 
 from .measure import time_calls
 
@@ -49,7 +48,6 @@ def bench_detectors(frame: np.ndarray, kinds: dict[str, Path | None], threads: l
     """ms per frame for each detector and OpenCV thread count, back to back; with ``paced_fps``
     also at that rate on one thread, idle in between, as the daemon runs it."""
     rows = []
-    keep_frame_memory()  # as the daemon's vision loop runs it
     before = cv2.getNumThreads()
     runs = [(n, 0.0) for n in threads] + ([(1, paced_fps)] if paced_fps else [])
     try:
@@ -70,7 +68,6 @@ def bench_models(frame: np.ndarray, box: tuple[int, int, int, int], bundles: lis
                  seconds: float, min_n: int) -> list[dict]:
     """Per face, for each bundle and interpreter thread count: crop and preprocess, and inference."""
     rows = []
-    keep_frame_memory()
     for path in bundles:
         for n in threads:
             model = AgeModel.from_dir(path, num_threads=n)

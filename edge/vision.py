@@ -10,10 +10,7 @@ never copied); no frame or crop is written to disk or sent anywhere.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,41 +19,14 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .age_model import AgeModel
-from .capture import Camera, CameraState, Pacer
+from .capture import Camera, CameraState, Pacer, name_os_thread
 from .detectors import Detector, Zone, customer_faces
 from .events import Estimate
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-FRAME_HEAP_BYTES = 32 * 1024 * 1024  # glibc's largest mmap threshold: YuNet's biggest buffer on a 640x480 frame is ~20 MB
-
-
-def keep_frame_memory() -> bool:
-    """Have glibc keep freed frame-sized blocks for reuse instead of returning them to the system.
-
-    Each analysed frame allocates and frees blocks of a megabyte or more: the decoded frame
-    (0.9 MB at 640x480, decoded by the camera thread, freed by whichever consumer drops it
-    last) and the detector's input blob and layer outputs (up to ~20 MB for YuNet). glibc
-    serves such blocks with mmap and unmaps them on free, so every frame faulted some 2,500
-    fresh zeroed pages back in: ~4 ms of kernel time per frame, a third of YuNet's own cost
-    (docs/performance.md). With the thresholds raised the blocks come from the heap and are
-    reused; peak memory stays where it was (the same blocks, kept instead of re-mapped).
-    Process-wide; False where the C library is not glibc, or where the environment tunes
-    glibc's malloc itself (``GLIBC_TUNABLES`` naming a ``glibc.malloc.`` tunable): an operator's
-    explicit setting stands (the benchmark's *before* run states a default there)."""
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, FRAME_HEAP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * FRAME_HEAP_BYTES))
+VISION_THREAD = "agegate-vision"  # the loop's thread name as the system shows it (top -H, /proc)
 
 
 class StageTimer:
@@ -144,7 +114,6 @@ class VisionLoop:
         self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
 
     def start(self) -> None:
-        keep_frame_memory()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -168,6 +137,7 @@ class VisionLoop:
         return self._failing
 
     def _run(self) -> None:
+        name_os_thread(VISION_THREAD)
         seq = -1
         while not self._stop.is_set():
             frame = self.camera.latest(newer_than=seq, timeout=0.5)
