@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -168,8 +169,13 @@ def _by_thread(before: dict[str, float], after: dict[str, float], frames: int) -
 
 
 def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: int, pause: float,
-                 camera_fps: float, env: dict[str, str], workdir: Path | None = None) -> dict:
-    """Start broker and daemon, measure throughput and then latency; the figures as a dict."""
+                 camera_fps: float, env: dict[str, str], workdir: Path | None = None,
+                 bracket: Callable[[], dict] | None = None) -> dict:
+    """Start broker and daemon, measure throughput and then latency; the figures as a dict.
+
+    ``bracket``, when given, measures the isolated costs in this process right before and right
+    after the throughput window (the daemon running meanwhile), so that the overhead ratio
+    compares figures taken minutes apart at most, under the same background load."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="agegate-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     video = write_face_video(workdir / "customer.avi", astronaut_bgr(), frames=int(camera_fps * 5), fps=camera_fps)
@@ -183,12 +189,15 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
         time.sleep(warmup)
 
         # 1. throughput, no POS traffic
+        bracketed = [bracket()] if bracket else []
         s0, c0, f0, t0 = daemon.status()["stages"], cpu_seconds(pid), minor_faults(pid), time.perf_counter()
         th0 = thread_cpu_seconds(pid)
         time.sleep(duration)
         th1 = thread_cpu_seconds(pid)
         status = daemon.status()
         s1, c1, f1, t1 = status["stages"], cpu_seconds(pid), minor_faults(pid), time.perf_counter()
+        if bracket:
+            bracketed.append(bracket())
         wall = t1 - t0
         stages = _stage_ms(s0, s1)
         frames = stages["frames"]["count"]
@@ -206,6 +215,7 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
             "cpu_ms_per_frame": round(1000.0 * cpu / frames, 3) if frames else None,
             "minor_faults_per_frame": round((f1 - f0) / frames, 1) if frames else None,
             "thread_cpu_ms_per_frame": _by_thread(th0, th1, frames),
+            **({"isolated_bracket": bracketed} if bracketed else {}),
             "peak_rss_mb": round(proc_status_kb(pid, "VmHWM") / 1024, 1),
         }
 

@@ -76,10 +76,13 @@ def render(r: dict) -> str:
     if o:
         lines += ["## Overhead ratio", ""]
         lines += _table(["measure", "pipeline ms per frame", "isolated detect + infer ms", "ratio", "target"],
-                        [["CPU time (headline)", o["cpu"]["pipeline_ms"], o["cpu"]["isolated_ms"], _f(o["cpu"]["ratio"], 2),
-                          "≤ 1.15"],
+                        [["CPU time, isolated costs of the tables above", o["cpu"]["pipeline_ms"], o["cpu"]["isolated_ms"],
+                          _f(o["cpu"]["ratio"], 2), "≤ 1.15"],
                          ["vision loop wall time", o["wall"]["pipeline_ms"], o["wall"]["isolated_ms"],
                           _f(o["wall"]["ratio"], 2), ""]]
+                        + ([["CPU time, isolated costs measured next to the pipeline's window",
+                             o["cpu_bracketed"]["pipeline_ms"], o["cpu_bracketed"]["isolated_ms"],
+                             _f(o["cpu_bracketed"]["ratio"], 2), "≤ 1.15"]] if o.get("cpu_bracketed") else [])
                         + ([[f"CPU time, detection alone paced at {o['cpu_paced']['fps']:g}/s", o["cpu_paced"]["pipeline_ms"],
                              o["cpu_paced"]["isolated_ms"], _f(o["cpu_paced"]["ratio"], 2), ""]] if o.get("cpu_paced") else []))
         lines += [o["explained"], ""]
