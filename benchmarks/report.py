@@ -156,7 +156,7 @@ def render(r: dict) -> str:
                              x["photo_ms"], x["model_ms"].get("mean"), x["mae_both"], x["mae_own"]])
             k = peers.get("keras")
             if k:
-                rows.append([k["pipeline"], k["model"], "haar (ours)", k["faces"], "–", "–", k["model_ms"].get("mean"),
+                rows.append([k["pipeline"], k["model"], f"{k.get('detector', 'haar')} (ours)", k["faces"], "–", "–", k["model_ms"].get("mean"),
                              k["mae_both"], "–"])
             lines += _table(["pipeline", "model", "detector", "detected", "missed", "ms per photo (detect + estimate)",
                              "model ms per face", "MAE (both found)", "MAE (own detections)"], rows)

@@ -59,3 +59,22 @@ def test_the_checks_catch_what_they_should(tmp_path: Path):
     assert [m.group(0) for m in PLACEHOLDERS.finditer(prose)] == ["RUN-TABLES"]
     assert [m.group(1) for m in LINK.finditer(prose)] == ["missing.md", "#a", "https://example.org"]
     assert PLACEHOLDERS.search("the figures are not measured yet") and not PLACEHOLDERS.search("measured")
+
+
+def test_performance_figures_come_from_the_committed_run():
+    """docs/performance.md's tables are those of the run committed beside it: bench.md is that
+    JSON rendered, and every table row under the page's "Figures" heading is one of its rows."""
+    import json
+
+    from benchmarks.report import render
+
+    folder = ROOT / "docs" / "performance"
+    result = json.loads((folder / "bench.json").read_text())
+    rendered = render(result)
+    assert (folder / "bench.md").read_text().strip() == rendered.strip()
+    page = (ROOT / "docs" / "performance.md").read_text()
+    figures = page.split("\n## Figures", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in figures.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    assert rows, "no tables under ## Figures"
+    missing = [row for row in rows if row not in rendered.splitlines()]
+    assert not missing, f"rows on the page that the committed run does not have: {missing[:3]}"
