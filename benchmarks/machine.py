@@ -43,8 +43,12 @@ def _os_name() -> str:
     return platform.system()
 
 
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
 def _mosquitto() -> str | None:
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    binary = mosquitto_binary()
     if binary is None:
         return None
     try:

@@ -55,6 +55,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of stat)
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far per thread name of a process (/proc/<pid>/task/*/comm), threads of the
+    same name added up."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults a process has taken so far (all its threads): fresh pages mapped in."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[7])  # minflt, field 10 of stat
+
+
 def proc_status_kb(pid: int, key: str) -> int:
     """A ``kB`` figure from /proc/<pid>/status, e.g. VmHWM (peak resident set) or VmRSS."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

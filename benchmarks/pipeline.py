@@ -30,12 +30,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
+from agegate.edge.capture import CAMERA_THREAD
 from agegate.edge.demo import _free_port, astronaut_bgr, start_local_broker, write_face_video
+from agegate.edge.vision import VISION_THREAD
 
-from .measure import cpu_seconds, proc_status_kb, summary_ms
+from .measure import cpu_seconds, minor_faults, proc_status_kb, summary_ms, thread_cpu_seconds
 
 STAGES = ("capture", "detect", "crop", "infer", "decide", "publish")
 
@@ -56,10 +59,15 @@ class DaemonUnderTest:
         }
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> None:
+    def launch(self) -> None:
+        """Start the process (``agegate-edge run``) and return at once."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start it and wait until it serves, is connected to the broker and has seen the face."""
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -149,10 +157,27 @@ def _stage_ms(before: dict, after: dict) -> dict[str, dict]:
     return out
 
 
+def _by_thread(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, float] | None:
+    """The daemon's CPU per processed frame by thread: the camera, the vision loop, and every
+    other thread together (HTTP server, MQTT, housekeeping, the console's workers)."""
+    if not frames:
+        return None
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    camera, vision = spent.pop(CAMERA_THREAD, 0.0), spent.pop(VISION_THREAD, 0.0)
+    return {"camera": round(1000 * camera / frames, 3), "vision": round(1000 * vision / frames, 3),
+            "other": round(1000 * sum(spent.values()) / frames, 3)}
+
+
 def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: int, pause: float,
-                 camera_fps: float, env: dict[str, str], workdir: Path | None = None) -> dict:
-    """Start broker and daemon, measure throughput and then latency; the figures as a dict."""
+                 camera_fps: float, env: dict[str, str], workdir: Path | None = None,
+                 bracket: Callable[[], dict] | None = None) -> dict:
+    """Start broker and daemon, measure throughput and then latency; the figures as a dict.
+
+    ``bracket``, when given, measures the isolated costs in this process right before and right
+    after the throughput window (the daemon running meanwhile), so that the overhead ratio
+    compares figures taken minutes apart at most, under the same background load."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="agegate-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     video = write_face_video(workdir / "customer.avi", astronaut_bgr(), frames=int(camera_fps * 5), fps=camera_fps)
     port, broker_described, stop_broker = start_local_broker(workdir)
     daemon = DaemonUnderTest(workdir, video=video, bundle=bundle, broker_port=port, env=env)
@@ -164,10 +189,15 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
         time.sleep(warmup)
 
         # 1. throughput, no POS traffic
-        s0, c0, t0 = daemon.status()["stages"], cpu_seconds(pid), time.perf_counter()
+        bracketed = [bracket()] if bracket else []
+        s0, c0, f0, t0 = daemon.status()["stages"], cpu_seconds(pid), minor_faults(pid), time.perf_counter()
+        th0 = thread_cpu_seconds(pid)
         time.sleep(duration)
+        th1 = thread_cpu_seconds(pid)
         status = daemon.status()
-        s1, c1, t1 = status["stages"], cpu_seconds(pid), time.perf_counter()
+        s1, c1, f1, t1 = status["stages"], cpu_seconds(pid), minor_faults(pid), time.perf_counter()
+        if bracket:
+            bracketed.append(bracket())
         wall = t1 - t0
         stages = _stage_ms(s0, s1)
         frames = stages["frames"]["count"]
@@ -183,6 +213,9 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
             "vision_ms_per_frame": stages["frames"]["ms"],
             "cpu_percent": round(100.0 * cpu / wall, 1),
             "cpu_ms_per_frame": round(1000.0 * cpu / frames, 3) if frames else None,
+            "minor_faults_per_frame": round((f1 - f0) / frames, 1) if frames else None,
+            "thread_cpu_ms_per_frame": _by_thread(th0, th1, frames),
+            **({"isolated_bracket": bracketed} if bracketed else {}),
             "peak_rss_mb": round(proc_status_kb(pid, "VmHWM") / 1024, 1),
         }
 

@@ -83,3 +83,25 @@ def bench_models(frame: np.ndarray, box: tuple[int, int, int, int], bundles: lis
             })
             del model
     return rows
+
+
+def isolated_cost(frame: np.ndarray, kind: str, model_path: Path | None, bundle: Path, *, cv_threads: int,
+                  model_threads: int, seconds: float, min_n: int) -> dict:
+    """CPU ms of one detection and of one face's crop and inference, at the daemon's thread counts:
+    the denominator of the overhead ratio, taken next to the pipeline's window (``run_pipeline(bracket=)``)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(cv_threads)
+    try:
+        detector = create_detector(kind, model_path)
+        detect = time_calls(lambda: detector.detect(frame), seconds=seconds, min_n=min_n)
+    finally:
+        cv2.setNumThreads(before)
+    faces = detector.detect(frame)
+    if not faces:
+        raise SystemExit(f"benchmark: the {kind} detector finds no face in the benchmark frame")
+    model = AgeModel.from_dir(bundle, num_threads=model_threads)
+    crop = model.prepare(frame, faces[0].box)
+    return {"detect_cpu_ms": detect["cpu_ms"],
+            "crop_cpu_ms": time_calls(lambda: model.prepare(frame, faces[0].box), seconds=min(seconds, 0.5),
+                                      min_n=min_n)["cpu_ms"],
+            "infer_cpu_ms": time_calls(lambda: model.predict_prepared([crop]), seconds=seconds, min_n=min_n)["cpu_ms"]}

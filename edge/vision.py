@@ -19,12 +19,14 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .age_model import AgeModel
-from .capture import Camera, CameraState, Pacer
+from .capture import Camera, CameraState, Pacer, name_os_thread
 from .detectors import Detector, Zone, customer_faces
 from .events import Estimate
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
+
+VISION_THREAD = "agegate-vision"  # the loop's thread name as the system shows it (top -H, /proc)
 
 
 class StageTimer:
@@ -135,6 +137,7 @@ class VisionLoop:
         return self._failing
 
     def _run(self) -> None:
+        name_os_thread(VISION_THREAD)
         seq = -1
         while not self._stop.is_set():
             frame = self.camera.latest(newer_than=seq, timeout=0.5)
