@@ -5,7 +5,8 @@ Threads (each documented in its module):
 - ``camera``   reads frames, keeps only the newest (capture.py)
 - ``vision``   detect → zone → age → tracker (vision.py)
 - ``http``     uvicorn's event loop; POS requests are served in its worker pool (api.py)
-- paho's network loop and ``mqtt-pos``, the MQTT POS worker (mqtt.py)
+- ``publisher``, the one that hands stored alerts and summaries to MQTT (publisher.py);
+  paho's network loop (mqtt.py); ``mqtt-pos``, the MQTT POS worker (pos_mqtt.py)
 - ``models``   installs what arrives in incoming/ and follows the model store (model_store.py):
   an install may take long (a big archive, the self-test) and must never hold up the main loop
 - the main thread: start-up, housekeeping once a second (idle transactions, stats), shutdown;
@@ -41,9 +42,11 @@ from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats
 from .history import open_history
 from .loader import StartupError, StateDirUnusable, load_detector, load_model, open_model_store
 from .metrics import Metrics, live_from
-from .mqtt import MqttLink
+from .mqtt import MqttTransport
 from .notify import SystemdNotifier
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
+from .pos_mqtt import MqttPosListener
+from .publisher import Publisher
 from .tracker import Tracker
 from .vision import StageTimer, VisionLoop
 
@@ -149,15 +152,12 @@ class Daemon:
             store=self.outbox,
         )
         self.history = open_history(s.state_dir, s.history_days)
-        self.mqtt = MqttLink(
-            s,
-            outbox=self.outbox,
-            on_pos=self.book.handle,
-            on_pos_rejected=self.reject,
-            model_ref=self.model_ref,
-            camera_state=lambda: self.camera.state.value,
-            model_quality=self.model_quality,
-        )
+        # Decision → publisher → transport, one way; the MQTT POS adapter shares the transport.
+        self.mqtt = MqttTransport(s)
+        self.publisher = Publisher(s, self.mqtt, outbox=self.outbox, model_ref=self.model_ref,
+                                   camera_state=lambda: self.camera.state.value, model_quality=self.model_quality)
+        self.pos_mqtt = MqttPosListener(self.mqtt, f"{s.topic_base}/pos", on_pos=self.book.handle,
+                                        on_rejected=self.reject, max_body=s.http_max_body)
         self.app = create_app(handle_pos=self.handle_pos, status=self.status, on_reject=self.reject,
                               max_body=s.http_max_body, routers=[create_console_router(self)], body_limits=BODY_LIMITS,
                               token=s.http_token.get_secret_value() if s.http_token else None)
@@ -184,13 +184,14 @@ class Daemon:
 
     def publish(self, event: Event) -> None:
         """Every event the daemon emits passes here: counted, logged when an alert, and handed to
-        the MQTT link, which keeps it in the durable outbox until the broker acknowledges it."""
+        the publisher, which keeps alerts and summaries in the durable outbox until the broker
+        acknowledges them."""
         if isinstance(event, Alert):
             self._count("alerts")
             self.metrics.alerts.labels(event.type).inc()
             log.warning("alert %s for transaction %s: %s", event.type, event.transaction_id, event.reason)
         started = time.perf_counter()
-        self.mqtt.publish(event)
+        self.publisher.publish(event)
         self.timers["publish"].add(time.perf_counter() - started)
 
     def on_decision(self, answer: PosAnswer) -> None:
@@ -220,7 +221,7 @@ class Daemon:
     def handle_pos(self, message: PosMessage) -> PosAnswer:
         """The HTTP POS answer: the book's, saying so when its alert has no durable copy."""
         answer = self.book.handle(message)
-        if answer.alert_event_id is not None and not self.mqtt.durable(str(answer.alert_event_id)):
+        if answer.alert_event_id is not None and not self.publisher.durable(str(answer.alert_event_id)):
             answer = answer.model_copy(update={"durable": False})
         return answer
 
@@ -269,6 +270,8 @@ class Daemon:
         # before either POS channel can start new ones under the same ids.
         if ended := self.book.end_interrupted():
             log.warning("ended %d transaction(s) left open by the last run (ended_by restart)", ended)
+        self.publisher.start()
+        self.pos_mqtt.start()
         self.mqtt.start()
         self._http_thread.start()
         self._models_thread.start()
@@ -291,14 +294,14 @@ class Daemon:
         m = self.model.manifest
         broker = "connected" if self.mqtt.connected.is_set() else "disconnected"
         pending = len(self.outbox) if self.outbox is not None else "n/a"
-        in_memory = self.mqtt.pending_in_memory
+        in_memory = self.publisher.pending_in_memory
         memory = f" + {in_memory} in memory only" if in_memory else ""
         durable = "" if self._outbox_durable() else " (NOT DURABLE)"
         return (f"camera {self.camera.state.value}, broker {broker}, outbox {pending} pending{memory}{durable}, "
                 f"model {m.name} {m.version}")
 
     def run(self) -> None:
-        """Housekeeping until stop(): idle transactions, outbox, stats, thread health, watchdog.
+        """Housekeeping until stop(): idle transactions, stats, thread health, watchdog.
 
         The systemd watchdog is pinged here, after the housekeeping, so a main loop that
         hangs (a stuck lock, a wedged outbox) stops the pings and systemd restarts us.
@@ -310,7 +313,6 @@ class Daemon:
         shown = ""
         while not self._stop.wait(tick):
             self._guarded("idle transactions", self.book.expire_idle)
-            self._guarded("outbox pump", self.mqtt.pump)
             self.notifier.ping_if_due(time.monotonic())
             if (line := self._guarded("status line", self.status_line)) and line != shown:
                 self.notifier.status(line)
@@ -366,7 +368,7 @@ class Daemon:
         if rejected and rejected != self._announced_rejection:
             self._announced_rejection = rejected
             self.last_model_rejection = f"{rejected['source']}: rejected: {rejected['reason']}"
-            self.mqtt.publish_status(self.last_model_rejection)
+            self.publisher.publish_status(self.last_model_rejection)
         active = self.store.active_dir()
         # No installed model active (none yet, or rolled back past the first install): the set-up bundle.
         target = active or self.settings.bundle_dir
@@ -377,7 +379,7 @@ class Daemon:
         except (BundleError, StartupError) as exc:
             self.last_model_rejection = f"{target.name}: {exc}"
             log.error("cannot switch to model %s: %s; keeping %s", target, exc, self.model.manifest.name)
-            self.mqtt.publish_status(self.last_model_rejection)
+            self.publisher.publish_status(self.last_model_rejection)
             return
         with self.model_lock:  # the vision loop finishes its current face with the old model
             old, self.model = self.model, new
@@ -387,7 +389,7 @@ class Daemon:
         # An expected event (an install or rollback someone asked for): INFO; failures above are errors.
         log.info("model swapped: %s %s -> %s %s (sha256 %s…)", old.manifest.name, old.manifest.version,
                  new.manifest.name, new.manifest.version, new.manifest.sha256[:12])
-        self.mqtt.publish_status(self.last_model_rejection)
+        self.publisher.publish_status(self.last_model_rejection)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -401,7 +403,8 @@ class Daemon:
         if self._models_thread.is_alive():  # an install in progress stops at its next step (cancel)
             self._models_thread.join(5)
         self.book.close_all("shutdown")
-        self.mqtt.stop()
+        self.publisher.stop()  # flushes what it can, says ``stopped``, disconnects the transport
+        self.pos_mqtt.stop()
         self.vision.stop()
         self.camera.stop()
         if self.outbox is not None:
@@ -448,15 +451,15 @@ class Daemon:
     def _outbox_durable(self) -> bool:
         """Whether an alert decided now would be stored on disk (the reserve covers alerts on a full disk)."""
         box = self.outbox
-        return box is not None and not box.broken and (box.reserve.exists() or self.mqtt.outbox_failures == 0)
+        return box is not None and not box.broken and (box.reserve.exists() or self.publisher.outbox_failures == 0)
 
     def _outbox_figures(self) -> dict[str, Any]:
         box = self.outbox
         return {
-            "ok": box is not None and self.mqtt.outbox_failures == 0 and not box.broken,
+            "ok": box is not None and self.publisher.outbox_failures == 0 and not box.broken,
             "durable": self._outbox_durable(),
             "pending": len(box) if box else 0,
-            "pending_in_memory": self.mqtt.pending_in_memory,
+            "pending_in_memory": self.publisher.pending_in_memory,
             "dropped_alerts": box.dropped[ALERT] if box else 0,
             "dropped_summaries": box.dropped[SUMMARY] if box else 0,
             "quarantined": box is not None and box.quarantined is not None,

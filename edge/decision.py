@@ -23,7 +23,10 @@ doing, and the sale may still be completed after an ID check the till never hear
 
 Threading: :meth:`TransactionBook.handle` is called from the HTTP server's worker threads
 and the MQTT POS worker at once; a lock guards the open transactions. Waiting for a face
-happens outside the lock, so one slow decision does not hold up other messages.
+happens outside the lock, so one slow decision does not hold up other messages. Nothing is
+published under the lock: the alerts and summaries of the transactions that end while it is
+held are collected (:class:`_Ended`) and published once it is released, each transaction's
+stored state forgotten only after its summary is in the outbox.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Lock
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from .events import (
     Alert,
@@ -165,6 +169,14 @@ class _Transaction:
         )
 
 
+@dataclass
+class _Ended:
+    """A transaction ended under the book's lock, with the events to publish once it is released."""
+
+    transaction_id: str
+    events: list[Event]
+
+
 class TransactionBook:
     """Open transactions and the decisions made in them."""
 
@@ -222,7 +234,7 @@ class TransactionBook:
     def handle(self, msg: PosMessage) -> PosAnswer:
         if msg.type == "item" and msg.restricted:
             return self._restricted_item(msg)
-        with self._lock:
+        with self._locked() as ended:
             if msg.type in ("id_checked", "transaction_end") and msg.transaction_id not in self._open:
                 # Ending or ID-checking a sale that is not open must not invent one: a repeated
                 # transaction_end would publish a second summary, an id_checked would open a
@@ -230,13 +242,13 @@ class TransactionBook:
                 log.warning("%s for transaction %s, which is not open: ignored", msg.type, msg.transaction_id)
                 return self._plain_answer(msg.transaction_id, unknown_transaction=True, message=(
                     f"Transaction {msg.transaction_id} is not open (never started or already ended): nothing recorded."))
-            tx = self._get_or_start(msg.transaction_id, msg.operator_id)
+            tx = self._get_or_start(msg.transaction_id, ended, msg.operator_id)
             if msg.type == "item":
                 tx.count_item(msg)
             elif msg.type == "id_checked":
                 tx.id_checked = True
             elif msg.type == "transaction_end":
-                self._end(tx, "pos")
+                self._end(tx, "pos", ended)
                 return self._plain_answer(tx.transaction_id)
             self._keep(tx)
             return self._plain_answer(tx.transaction_id)
@@ -244,16 +256,16 @@ class TransactionBook:
     def expire_idle(self, now: float | None = None) -> int:
         """End transactions the POS forgot (no message for idle_timeout_s); returns how many."""
         now = time.monotonic() if now is None else now
-        with self._lock:
+        with self._locked() as ended:
             stale = [t for t in self._open.values() if now - t.last_activity > self.idle_timeout_s]
             for tx in stale:
-                self._end(tx, "timeout")
+                self._end(tx, "timeout", ended)
         return len(stale)
 
     def close_all(self, reason: str = "shutdown") -> None:
-        with self._lock:
+        with self._locked() as ended:
             for tx in list(self._open.values()):
-                self._end(tx, reason)
+                self._end(tx, reason, ended)
 
     def end_interrupted(self) -> int:
         """End the transactions a killed daemon left open in the store (``ended_by: "restart"``);
@@ -265,8 +277,8 @@ class TransactionBook:
         except Exception as exc:  # the outbox says why; the till must start anyway
             log.error("cannot read the transactions left open by the last run: %s", exc)
             return 0
-        ended = 0
-        with self._lock:
+        count = 0
+        with self._locked() as ended:
             for state in states:
                 try:
                     tx = _Transaction.from_json(state)
@@ -276,9 +288,9 @@ class TransactionBook:
                     continue
                 log.warning("transaction %s was open when the daemon last stopped without a shutdown: ending it",
                             tx.transaction_id)
-                self._end(tx, "restart")
-                ended += 1
-        return ended
+                self._end(tx, "restart", ended)
+                count += 1
+        return count
 
     @property
     def open_count(self) -> int:
@@ -288,8 +300,8 @@ class TransactionBook:
 
     def _restricted_item(self, msg: PosMessage) -> PosAnswer:
         started = time.perf_counter()
-        with self._lock:
-            tx = self._get_or_start(msg.transaction_id, msg.operator_id)
+        with self._locked() as ended:
+            tx = self._get_or_start(msg.transaction_id, ended, msg.operator_id)
             tx.count_item(msg)
             operator_id = tx.operator_id
             # A transaction decides once: a customer asked for ID stays asked, one seen as
@@ -299,8 +311,8 @@ class TransactionBook:
                 return self._repeat(tx)
         estimate, decision = self._assess()
         answer, alert = self._decide(msg, estimate, decision, operator_id)
-        with self._lock:
-            tx = self._get_or_start(msg.transaction_id)
+        with self._locked() as ended:
+            tx = self._get_or_start(msg.transaction_id, ended)
             if tx.id_checked:  # ID was checked while we looked: nothing left to alert
                 answer = answer.model_copy(update={"check_id": False, "alert_event_id": None})
                 alert = None
@@ -375,7 +387,32 @@ class TransactionBook:
 
     # --- bookkeeping (lock held) ---------------------------------------------------------------
 
-    def _get_or_start(self, transaction_id: str, operator_id: str | None = None) -> _Transaction:
+    @contextmanager
+    def _locked(self) -> Iterator[list[_Ended]]:
+        """Hold the lock; the transactions ended meanwhile (collected in the list it yields)
+        are published after it is released, even if the block raised."""
+        ended: list[_Ended] = []
+        try:
+            with self._lock:
+                yield ended
+        finally:
+            for done in ended:
+                self._publish_ended(done)
+
+    def _publish_ended(self, done: _Ended) -> None:
+        try:
+            for event in done.events:
+                self.publish(event)
+        except Exception:  # the state stays stored: the next start ends the sale again, nothing is lost
+            log.exception("publishing the end of transaction %s failed", done.transaction_id)
+            return
+        with self._lock:
+            # After the summary is stored: a kill in between repeats it, never loses it. Not if
+            # the POS has reopened the same id meanwhile: that state is the new sale's.
+            if done.transaction_id not in self._open:
+                self._forget(done.transaction_id)
+
+    def _get_or_start(self, transaction_id: str, ended: list[_Ended], operator_id: str | None = None) -> _Transaction:
         tx = self._open.get(transaction_id)
         if tx is None:
             # The POS may skip transaction_start (or we restarted mid-sale): start implicitly.
@@ -384,7 +421,7 @@ class TransactionBook:
             while len(self._open) > self.max_open:
                 oldest = next(iter(self._open.values()))
                 log.warning("more than %d open transactions: ending %s", self.max_open, oldest.transaction_id)
-                self._end(oldest, "evicted")
+                self._end(oldest, "evicted", ended)
         else:
             self._open.move_to_end(transaction_id)
         if tx.operator_id is None and operator_id is not None:
@@ -401,23 +438,25 @@ class TransactionBook:
         except Exception as exc:  # the POS is answered anyway; only a kill before the end loses it
             log.error("transaction %s is kept in memory only: %s", tx.transaction_id, exc)
 
-    def _forget(self, tx: _Transaction) -> None:
+    def _forget(self, transaction_id: str) -> None:
         if self.store is None:
             return
         try:
-            self.store.forget_transaction(tx.transaction_id)
+            self.store.forget_transaction(transaction_id)
         except Exception as exc:  # at worst the next start ends it again: one more summary, at-least-once
-            log.error("ended transaction %s is still stored as open: %s", tx.transaction_id, exc)
+            log.error("ended transaction %s is still stored as open: %s", transaction_id, exc)
 
-    def _end(self, tx: _Transaction, ended_by: str) -> None:
+    def _end(self, tx: _Transaction, ended_by: str, ended: list[_Ended]) -> None:
+        """Close tx and add its events to ``ended``, for :meth:`_locked` to publish after the lock."""
         self._open.pop(tx.transaction_id, None)
         if tx.best_estimate is None and ended_by != "restart":  # after a restart the customer is someone else
             tx.best_estimate = self.vision.customer_estimate()
         model = self.model_ref()
         # The thresholds the transaction was decided with (a model swap may have changed them since).
         thresholds = tx.answer.thresholds if tx.answer else self.thresholds
+        events: list[Event] = []
         if tx.decision == "age_check_required" and not tx.id_checked and ended_by != "shutdown":
-            self.publish(
+            events.append(
                 Alert(
                     type="unverified_sale",
                     store_id=self.store_id,
@@ -433,7 +472,7 @@ class TransactionBook:
                             "The sale ended after an age check was required, but no ID check was recorded."),
                 )
             )
-        self.publish(
+        events.append(
             TransactionSummary(
                 store_id=self.store_id,
                 till_id=self.till_id,
@@ -454,7 +493,7 @@ class TransactionBook:
                 thresholds=thresholds,
             )
         )
-        self._forget(tx)  # after the summary is stored: a kill in between repeats it, never loses it
+        ended.append(_Ended(tx.transaction_id, events))
 
     def _plain_answer(self, transaction_id: str, **fields) -> PosAnswer:
         return PosAnswer(transaction_id=transaction_id, thresholds=self.thresholds, model=self.model_ref(), **fields)

@@ -22,8 +22,8 @@ one JSON row each, written by the TransactionBook on every change and deleted wh
 transaction ends), so that a sale interrupted by a kill or a power cut is ended honestly at
 the next start (``ended_by: "restart"``, with its ``unverified_sale`` when one is due).
 
-Threading: called from the deciding threads (add), paho's network thread (acknowledged)
-and the daemon's main loop (pending); one connection guarded by one lock.
+Threading: called from the deciding threads (add, the open transactions) and the
+publisher's thread (pending, acknowledged: publisher.py); one connection guarded by one lock.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ RESERVE_FILE = "outbox.reserve"
 RESERVE_BYTES = 2 * 1024 * 1024  # room for about 500 alerts once the disk is otherwise full
 RESERVE_RETRY_S = 30.0  # how often a released reserve is tried again
 SALVAGE_MAX_PROBES = 50_000  # seeks past damaged pages while salvaging, at most
+ACK_BATCH = 500  # rows deleted by one statement (SQLite allows at least 999 parameters)
 COLUMNS = "event_id, priority, topic, payload, qos, retain, created"
 
 
@@ -191,20 +192,23 @@ class Outbox:
                 self.broken = self.broken or _is_corruption(exc)
                 raise OutboxError(f"cannot store event {event_id} in {self.path}: {exc}") from None
 
-    def acknowledged(self, row_id: int) -> None:
-        """The broker has the event: forget it."""
+    def acknowledged(self, *row_ids: int) -> None:
+        """The broker has these events: forget them (one statement, so one sync, for a batch)."""
         with self._lock:
-            try:
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-            except sqlite3.Error as exc:  # it will be sent again: at-least-once, never lost
-                log.error("cannot delete acknowledged event %d from the outbox: %s", row_id, exc)
+            for start in range(0, len(row_ids), ACK_BATCH):
+                batch = row_ids[start:start + ACK_BATCH]
+                try:
+                    self._db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(batch))})", batch)
+                except sqlite3.Error as exc:  # they will be sent again: at-least-once, never lost
+                    log.error("cannot delete %d acknowledged event(s) from the outbox: %s", len(batch), exc)
 
-    def pending(self, exclude: set[int] | frozenset[int] = frozenset(), limit: int = 100) -> list[Pending]:
-        """Oldest first, skipping rows already handed to the MQTT client."""
+    def pending(self, exclude: set[int] | frozenset[int] = frozenset(), limit: int = 100, after: int = 0) -> list[Pending]:
+        """Oldest first, from the row after ``after``, skipping the rows in ``exclude``."""
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id LIMIT ?", (limit + len(exclude),)
+                    "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, limit + len(exclude)),
                 ).fetchall()
             except sqlite3.Error as exc:  # damaged since start-up: the next start quarantines it
                 if not self.broken:
