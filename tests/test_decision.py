@@ -214,3 +214,76 @@ def test_operator_id_is_an_opaque_token_not_free_text():
         PosMessage(type="transaction_start", transaction_id="T1", operator_id="Jane Smith")  # a name has a space
     with pytest.raises(ValueError):
         PosMessage(type="transaction_start", transaction_id="T1", operator_id="x" * 65)
+
+
+def _ends(book, way: str) -> None:
+    """End transaction T1 (opened with a restricted item by the caller) in one of the book's ways."""
+    import time
+
+    if way == "transaction_end":
+        book.handle(pos("transaction_end"))
+    elif way == "idle":
+        assert book.expire_idle(now=time.monotonic() + 3600 + 1) == 1
+    elif way == "shutdown":
+        book.close_all()
+    elif way == "evicted":
+        book.handle(pos("transaction_start", tx="T2"))  # max_open=1: T1 is pushed out
+    elif way == "restart":
+        assert book.end_interrupted() == 1
+
+
+@pytest.mark.parametrize("way", ["transaction_end", "idle", "shutdown", "evicted", "restart"])
+def test_nothing_is_published_while_the_book_holds_its_lock(tmp_path, way):
+    """A subscriber of the events that needs the book (another thread reading its counts) must
+    not wait for the publish to finish: the book publishes after releasing its lock."""
+    from agegate.edge.outbox import Outbox
+
+    store = Outbox(tmp_path)
+    seen, waited = [], []
+
+    def publish(event):
+        reader = threading.Thread(target=book.decision_counts)  # takes the book's lock
+        reader.start()
+        reader.join(2.0)
+        waited.append(reader.is_alive())  # still waiting for the lock: it finishes once the book lets go
+        seen.append(event)
+
+    vision = ScriptedVision(Estimate(age=15, spread=1, samples=9))
+    first = TransactionBook(store_id="s1", till_id="t1", thresholds=Thresholds(challenge_age=25, legal_age=18),
+                            vision=vision, model_ref=lambda: MODEL, publish=lambda e: None, face_wait_s=0.2, store=store)
+    first.handle(pos("item", restricted=True))  # T1: age_check_required, kept in the store
+    book = TransactionBook(store_id="s1", till_id="t1", thresholds=Thresholds(challenge_age=25, legal_age=18),
+                           vision=vision, model_ref=lambda: MODEL, publish=publish, face_wait_s=0.2, store=store,
+                           max_open=1)
+    if way != "restart":
+        book.handle(pos("item", restricted=True))  # T1 again, in this book
+        seen.clear(), waited.clear()
+    _ends(book, way)
+    kinds = [(e.type, e.transaction_id) for e in seen]
+    expected = ([] if way == "shutdown" else [("unverified_sale", "T1")]) + [("transaction_summary", "T1")]
+    assert kinds == expected
+    assert waited == [False] * len(expected), "an event was published while the book's lock was held"
+    assert "T1" not in "".join(store.open_transactions())  # forgotten once its summary was out
+
+
+def test_a_sale_reopened_while_its_end_is_published_stays_stored(tmp_path):
+    """The POS reuses a transaction id while the old sale's summary is being published: the
+    new sale's stored state must not be forgotten with the old one."""
+    from agegate.edge.outbox import Outbox
+
+    store = Outbox(tmp_path)
+
+    def publish(event):
+        if isinstance(event, TransactionSummary) and event.transaction_id == "T1" and event.ended_by == "pos":
+            reopen = threading.Thread(target=book.handle, args=(pos("item", tx="T1"),))
+            reopen.start()
+            reopen.join(5)
+
+    book = TransactionBook(store_id="s1", till_id="t1", thresholds=Thresholds(challenge_age=25, legal_age=18),
+                           vision=ScriptedVision(Estimate(age=40, spread=1, samples=9)), model_ref=lambda: MODEL,
+                           publish=publish, face_wait_s=0.2, store=store)
+    book.handle(pos("item", tx="T1"))
+    book.handle(pos("transaction_end", tx="T1"))
+    assert book.open_count == 1
+    (state,) = store.open_transactions()
+    assert '"transaction_id": "T1"' in state and '"items": 1' in state
