@@ -1,0 +1,119 @@
+"""The publisher and the MQTT transport on a real Mosquitto and a real SQLite outbox, without the
+daemon: events stored while the broker is away drain oldest first, each once; a clean stop
+flushes what was just published; an event the outbox cannot take goes out from memory."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from mqtt_helpers import Subscriber
+
+from agegate.edge.config import Settings
+from agegate.edge.events import Alert, ModelRef, Stats, Thresholds, TransactionSummary
+from agegate.edge.mqtt import MqttTransport
+from agegate.edge.outbox import Outbox
+from agegate.edge.publisher import INFLIGHT_MAX, Publisher
+
+MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
+BASE = "agegate/store-7/till-3"
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def publisher_for(broker, outbox: Outbox | None) -> Publisher:
+    settings = Settings(store_id="store-7", till_id="till-3", mqtt_host=broker.host, mqtt_port=broker.port,
+                        mqtt_client_id=f"till-{uuid.uuid4().hex[:6]}")
+    return Publisher(settings, MqttTransport(settings), outbox=outbox, model_ref=lambda: MODEL,
+                     camera_state=lambda: "streaming")
+
+
+def alert(i: int) -> Alert:
+    return Alert(type="no_face", store_id="store-7", till_id="till-3", model=MODEL, transaction_id=f"T{i}", estimate=None,
+                 thresholds=Thresholds(challenge_age=25, legal_age=18), reason="No face was seen in the customer zone.")
+
+
+def test_events_stored_while_the_broker_is_away_drain_oldest_first_each_once(tmp_path, persistent_broker):
+    sub = Subscriber(persistent_broker.host, persistent_broker.port, f"{BASE}/alerts",
+                     client_id=f"backend-{uuid.uuid4().hex[:6]}", persistent=True)
+    persistent_broker.stop()  # the backend's session is kept on disk; the broker is away
+    box = Outbox(tmp_path)
+    pub = publisher_for(persistent_broker, box)
+    pub.start()
+    pub.transport.start()
+    try:
+        events = [alert(i) for i in range(INFLIGHT_MAX + 150)]  # more than one turn of the pump
+        for e in events:
+            pub.publish(e)
+        time.sleep(1.5)  # a pump turn or more while disconnected
+        assert len(box) == len(events) and pub.inflight == 0  # stored, none handed to paho yet
+        persistent_broker.start()
+        wait_until(lambda: len(box) == 0, what="the outbox to drain")
+        wanted = [str(e.event_id) for e in events]
+        sub.wait_for(lambda m: len(m) >= len(wanted) or None, timeout=30)
+        time.sleep(0.5)  # a duplicate would arrive right behind
+        assert sub.event_ids("alerts") == wanted  # oldest first, each exactly once
+        assert pub.inflight == 0 and pub.pending_in_memory == 0
+    finally:
+        pub.stop(timeout_s=1)
+        sub.close()
+        box.close()
+
+
+def test_a_clean_stop_delivers_what_was_just_published_then_says_stopped(tmp_path, broker):
+    sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
+    box = Outbox(tmp_path)
+    pub = publisher_for(broker, box)
+    pub.start()
+    pub.transport.start()
+    wait_until(pub.transport.connected.is_set, what="connected")
+    summaries = [TransactionSummary(store_id="store-7", till_id="till-3", model=MODEL, transaction_id=f"S{i}",
+                                    started_at=alert(0).timestamp, ended_at=alert(0).timestamp, ended_by="shutdown",
+                                    age_band="unknown", items=1, restricted_items=0, decision=None, id_checked=False,
+                                    outcome="no_restricted_items",
+                                    thresholds=Thresholds(challenge_age=25, legal_age=18)) for i in range(50)]
+    for s in summaries:
+        pub.publish(s)
+    wait_until(lambda: len(box) == 0, what="the outbox to drain")
+    last = summaries[0].model_copy(update={"transaction_id": "LAST", "event_id": uuid.uuid4()})
+    summaries.append(last)
+    pub.publish(last)
+    pub.stop()  # at once: the publisher thread has not handed the last summary to paho yet
+    try:
+        assert len(box) == 0  # all acknowledged before the disconnect
+        got = sub.wait_for(lambda m: len([p for t, p in m if t.endswith("/transactions")]) >= 51 or None)
+        assert got and sub.event_ids("transactions") == [str(s.event_id) for s in summaries]
+        states = [p["state"] for p in sub.on("status")]
+        assert states[0] == "online" and states[-1] == "stopped"
+    finally:
+        sub.close()
+        box.close()
+
+
+def test_without_an_outbox_events_go_out_from_memory_and_say_so(broker):
+    sub = Subscriber(broker.host, broker.port, f"{BASE}/#")
+    pub = publisher_for(broker, None)
+    pub.start()
+    pub.transport.start()
+    try:
+        wait_until(pub.transport.connected.is_set, what="connected")
+        e = alert(1)
+        pub.publish(e)
+        assert pub.durable(str(e.event_id)) is False and pub.durable(str(uuid.uuid4())) is True
+        pub.publish(Stats(store_id="store-7", till_id="till-3", model=MODEL, interval_s=1, uptime_s=1,
+                          camera_state="streaming", camera_fps=1, camera_reconnects=0, processed_fps=1,
+                          detect_ms=None, infer_ms=None, faces_estimated=0, outbox_ok=False, outbox_pending=0,
+                          outbox_dropped_alerts=0, outbox_dropped_summaries=0, decisions={}, pos_rejected=0, alerts_published=1, publish_failures=0))
+        sub.wait_for(lambda m: [p for t, p in m if t.endswith("/alerts")] and [p for t, p in m if t.endswith("/stats")])
+        assert sub.event_ids("alerts") == [str(e.event_id)]
+        wait_until(lambda: pub.pending_in_memory == 0, what="the broker's PUBACK")
+    finally:
+        pub.stop(timeout_s=1)
+        sub.close()
