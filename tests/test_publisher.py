@@ -90,8 +90,8 @@ def test_a_clean_stop_delivers_what_was_just_published_then_says_stopped(tmp_pat
         assert len(box) == 0  # all acknowledged before the disconnect
         got = sub.wait_for(lambda m: len([p for t, p in m if t.endswith("/transactions")]) >= 51 or None)
         assert got and sub.event_ids("transactions") == [str(s.event_id) for s in summaries]
-        states = [p["state"] for p in sub.on("status")]
-        assert states[0] == "online" and states[-1] == "stopped"
+        sub.wait_for(lambda m: [p for t, p in m if t.endswith("/status") and p["state"] == "stopped"])
+        assert [p["state"] for p in sub.on("status")] == ["online", "stopped"]
     finally:
         sub.close()
         box.close()
