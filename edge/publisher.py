@@ -62,6 +62,7 @@ DURABLE = {Alert: ALERT, TransactionSummary: SUMMARY}
 INFLIGHT_MAX = PAHO_QUEUE_MAX - 100  # outbox rows handed to paho and not yet acknowledged; the rest of paho's queue is for the others
 PUMP_PERIOD_S = 1.0  # the publisher thread's turn when nothing wakes it
 EARLY_ACK_KEEP_S = 60.0  # acks of untracked messages (status, stats) are forgotten after this
+FAULT_LOG_EVERY_S = 60.0  # a pump turn that keeps failing is logged once a minute
 NOT_DURABLE_KEPT = 4096  # recent event ids sent without a durable copy, for the POS answers
 
 
@@ -237,23 +238,24 @@ class Publisher:
     # --- the publisher thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        failed_at = -EARLY_ACK_KEEP_S
+        failed_at = -FAULT_LOG_EVERY_S
         while not self._closed:
             self._wake.wait(PUMP_PERIOD_S)
             self._wake.clear()  # before the turn: a wake during it makes another turn
             if self._closed:
                 return
             try:
-                self.pump()
+                self._pump()
             except Exception:  # the thread must outlive any one failure: stored events wait for the next turn
                 now = time.monotonic()
-                if now - failed_at >= EARLY_ACK_KEEP_S:
+                if now - failed_at >= FAULT_LOG_EVERY_S:
                     failed_at = now
                     log.exception("handing stored events to the MQTT transport failed; retrying")
 
-    def pump(self) -> int:
+    def _pump(self) -> int:
         """One turn: delete acknowledged rows, then hand the next stored rows to the transport,
-        oldest first; returns how many were handed over. Only the publisher thread calls it."""
+        oldest first; returns how many were handed over. Only the publisher thread calls it, so
+        a row is handed over once (paho re-sends what it holds across reconnects itself)."""
         now = time.monotonic()
         with self._lock:
             acked, self._acked = self._acked, []
