@@ -88,9 +88,35 @@ class OutputSpec(_Strict):
 
 
 class TrainingInfo(_Strict):
+    """Where the model came from: provenance, for people and for ``agegate-export verify``.
+    A till decides nothing from it. Bundles written by other tools may carry only ``data``
+    and ``licence``; keys this version does not know are kept as they are."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
-    data: str = ""
-    licence: str = ""
+    data: str = ""  # the data sets by name and the sha256 of their labels (no machine's paths)
+    licence: str = ""  # the data's and the starting weights' terms
+    backbone: str | None = None
+    pretrained: str | None = None  # the starting weights
+    image_size: int | None = None
+    crop_margin: float | None = None
+    crop_shift_y: float | None = None
+    detector: str | None = None  # the detector that cropped the training faces
+    epochs: int | None = None
+    best_epoch: int | None = None
+    best_val_mae: float | None = None
+    seed: int | None = None
+    run: dict[str, Any] | None = None  # the run's FitConfig, data folders by name only
+
+
+class ServingSpec(_Strict):
+    """How the till feeds the model and reads its answer: everything a crop-and-estimate
+    needs, and nothing about where the model came from. Training and export use it on its
+    own (they crop faces as the till will); a :class:`Manifest` is one plus identity and provenance."""
+
+    input: InputSpec
+    preprocessing: Preprocessing = Preprocessing()
+    crop: CropSpec = CropSpec()
+    output: OutputSpec = OutputSpec()
 
 
 class SelfTest(_Strict):
@@ -140,7 +166,7 @@ def quality_problems(manifest: "Manifest", floors: QualityFloors, calibrated: bo
     return problems
 
 
-class Manifest(_Strict):
+class Manifest(ServingSpec):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     format: Literal["agegate-bundle/1"] = BUNDLE_FORMAT
@@ -150,10 +176,6 @@ class Manifest(_Strict):
     model_file: str = MODEL_FILE
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     variant: Literal[VARIANTS] = "float32"  # type: ignore[valid-type]
-    input: InputSpec
-    preprocessing: Preprocessing = Preprocessing()
-    crop: CropSpec = CropSpec()
-    output: OutputSpec = OutputSpec()
     training: TrainingInfo = TrainingInfo()
     metrics: dict[str, Any] = Field(default_factory=dict)
     validation: Validation | None = None
@@ -310,15 +332,15 @@ def crop_box(box: tuple[float, float, float, float], crop: CropSpec) -> tuple[in
     return int(round(cx - s / 2.0)), int(round(cy - s / 2.0)), s, s
 
 
-def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], manifest: Manifest) -> np.ndarray:
+def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], spec: ServingSpec) -> np.ndarray:
     """Crop the face at ``box`` from a BGR frame and resize it to the model's input.
 
-    Returns uint8 ``(height, width, 3)`` in the manifest's colour order. Training caches
+    Returns uint8 ``(height, width, 3)`` in the spec's colour order. Training caches
     these arrays; serving feeds them to :func:`normalise`.
     """
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"expected a BGR image of shape (h, w, 3), got {image_bgr.shape}")
-    x, y, s, _ = crop_box(box, manifest.crop)
+    x, y, s, _ = crop_box(box, spec.crop)
     ih, iw = image_bgr.shape[:2]
     # Pad only as much as the square sticks out of the frame.
     left, top = max(0, -x), max(0, -y)
@@ -328,10 +350,10 @@ def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], 
         raise ValueError(f"face box {box} lies outside the {iw}x{ih} image")
     if left or top or right or bottom:
         region = cv2.copyMakeBorder(region, top, bottom, left, right, cv2.BORDER_REPLICATE)
-    size = (manifest.input.width, manifest.input.height)
+    size = (spec.input.width, spec.input.height)
     interpolation = cv2.INTER_AREA if region.shape[0] > size[1] else cv2.INTER_LINEAR
     face = cv2.resize(region, size, interpolation=interpolation)
-    if manifest.input.color == "RGB":
+    if spec.input.color == "RGB":
         face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
     return face
 

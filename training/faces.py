@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from agegate.edge.bundle import Manifest, prepare_face
+from agegate.edge.bundle import ServingSpec, prepare_face
 from agegate.edge.detectors import DEFAULT_KIND, PHOTO_PAD, Detector, create_detector, detect_in_photo
 
 from .data import Problem, Record
@@ -243,7 +243,7 @@ def fallback_box(height: int, width: int, relative: tuple[float, float, float]) 
 
 def prepare_faces(
     records: Sequence[Record],
-    spec: Manifest,
+    spec: ServingSpec,
     detector: DetectorSpec = DetectorSpec(),
     cache_dir: Path | None = None,
     name: str = "faces",
@@ -252,7 +252,7 @@ def prepare_faces(
     """The crops of ``records`` as the till would cut them, from the cache when it has them.
 
     ``spec`` is the run's serving manifest (input size, colour order, crop margin); see
-    :func:`agegate.training.run.serving_manifest`.
+    :func:`agegate.training.run.serving_spec`.
     """
     cache = _cache_path(records, spec, detector, cache_dir, name)
     if cache is not None and cache.exists():
@@ -269,7 +269,7 @@ def prepare_faces(
     return faces
 
 
-def crop_faces(scans: Sequence[FaceScan], spec: Manifest, typical: dict[str, tuple[float, float, float]], workers: int | None = None, name: str = "faces") -> FaceSet:
+def crop_faces(scans: Sequence[FaceScan], spec: ServingSpec, typical: dict[str, tuple[float, float, float]], workers: int | None = None, name: str = "faces") -> FaceSet:
     """Cut each scanned photo's face with ``prepare_face``; photos without a face get their source's
     typical box (``typical``: {source: relative box}, see :func:`typical_box`)."""
 
@@ -304,7 +304,7 @@ def crop_faces(scans: Sequence[FaceScan], spec: Manifest, typical: dict[str, tup
     return faces
 
 
-def _cache_path(records: Sequence[Record], spec: Manifest, detector: DetectorSpec, cache_dir: Path | None, name: str) -> Path | None:
+def _cache_path(records: Sequence[Record], spec: ServingSpec, detector: DetectorSpec, cache_dir: Path | None, name: str) -> Path | None:
     if cache_dir is None:
         return None
     identity = {

@@ -34,7 +34,7 @@ from .data import read_sources, records_of, split_counts
 from .distribute import choose_strategy
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import build_model, compile_model
-from .run import PRETRAINED, FitConfig, RunDir, read_history, serving_manifest, write_json
+from .run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def fit(
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
 
-    spec = serving_manifest(config)
+    spec = serving_spec(config)
     faces = {
         split: prepare_faces([r for r in records if r.split == split], spec, config.detector_spec, cache_dir, name=split)
         for split in ("train", "val")

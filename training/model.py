@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from agegate.edge.bundle import Manifest, normalise, to_age
+from agegate.edge.bundle import ServingSpec, normalise, to_age
 
 from . import pretrained as pretrained_net  # its layers are registered here, so its runs load
 from .run import FitConfig, RunDir
@@ -188,7 +188,7 @@ def load_inference_model(run: RunDir, path: Path | None = None) -> keras.Model:
     return plain
 
 
-def predict_ages(model: keras.Model, images: np.ndarray, spec: Manifest, batch_size: int = 64) -> np.ndarray:
+def predict_ages(model: keras.Model, images: np.ndarray, spec: ServingSpec, batch_size: int = 64) -> np.ndarray:
     """Ages in years for uint8 crops, through the bundle's own normalise and to_age."""
     ages = np.empty(len(images), dtype=np.float32)
     for start in range(0, len(images), batch_size):
