@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 # The validation figures live without OpenCV so the event models can carry them; re-exported here.
+from ..files import write_atomically
 from .model_figures import Calibration, FlagRates, SourceFigures, StrictModel, Validation  # noqa: F401
 
 BUNDLE_FORMAT = "agegate-bundle/1"
@@ -295,29 +295,15 @@ def write_bundle(
         faces, ages = np.ascontiguousarray(golden[0], dtype=np.uint8), np.asarray(golden[1], dtype=np.float32)
         buf = io.BytesIO()
         np.savez_compressed(buf, faces=faces, ages=ages)
-        _atomic_write(path / GOLDEN_FILE, buf.getvalue())
+        write_atomically(path / GOLDEN_FILE, buf.getvalue())
         manifest_fields["self_test"] = SelfTest(sha256=sha256_bytes(buf.getvalue()), faces=len(ages),
                                                 tolerance=golden_tolerance)
     manifest = Manifest(sha256=sha256_bytes(model_bytes), **manifest_fields)
-    _atomic_write(path / manifest.model_file, model_bytes)
+    write_atomically(path / manifest.model_file, model_bytes)
     text = json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
     (path / SIGNATURE_FILE).unlink(missing_ok=True)  # it signed the manifest being replaced
-    _atomic_write(path / MANIFEST_FILE, text.encode("utf-8"))
+    write_atomically(path / MANIFEST_FILE, text.encode("utf-8"))
     return manifest
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # bundles are not secret; the till's service user must read them
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- The one crop-and-preprocess path -------------------------------------------------

@@ -49,6 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
 
+from ..files import write_atomically
 from .age_model import AgeModel, self_test
 from .bundle import MANIFEST_FILE, SIGNATURE_FILE, BundleError, Manifest, QualityFloors, load_bundle, quality_problems
 
@@ -264,13 +265,7 @@ class ModelStore:
             return {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(state, indent=2) + "\n")
-            os.replace(tmp, self.state_file)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # half a state file must not stay behind on a full disk
-            raise
+        write_atomically(self.state_file, json.dumps(state, indent=2) + "\n")  # on a full disk: OSError, old file kept
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

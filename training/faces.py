@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from agegate.edge.bundle import ServingSpec, prepare_face
+from agegate.files import replacing, write_atomically
 from agegate.edge.detectors import DEFAULT_KIND, PHOTO_PAD, Detector, create_detector, detect_in_photo
 
 from .data import Problem, Record
@@ -212,10 +213,7 @@ def _load_scans(path: Path) -> dict[str, list]:
 
 
 def _save_scans(path: Path, scans: dict[str, list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(scans), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(scans))
 
 
 def typical_box(scans: Sequence[FaceScan]) -> tuple[float, float, float]:
@@ -320,9 +318,7 @@ def _cache_path(records: Sequence[Record], spec: ServingSpec, detector: Detector
 
 
 def _save(path: Path, faces: FaceSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path, mode=0o644) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             images=faces.images,
@@ -332,7 +328,6 @@ def _save(path: Path, faces: FaceSet) -> None:
             sources=np.array([str(x) for x in faces.sources], dtype=str),
             problems=np.array(json.dumps([[p.file, p.problem] for p in faces.problems])),
         )
-    os.replace(tmp, path)
 
 
 def _load(path: Path) -> FaceSet:

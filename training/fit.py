@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from agegate.files import replacing
 
 from . import pipeline
 from .data import read_sources, records_of, split_counts
@@ -269,9 +270,8 @@ class StopAfter(keras.callbacks.Callback):
 
 
 def _save_atomically(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with replacing(path, mode=0o644) as tmp:  # keeps the .keras suffix Keras insists on
+        model.save(tmp)
 
 
 # --- history.csv -----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 from agegate.edge.bundle import CropSpec, InputSpec, OutputSpec, Preprocessing, ServingSpec
 
 from agegate.edge.detectors import DEFAULT_KIND
+from agegate.files import write_atomically
 
 from .faces import DetectorSpec
 
@@ -190,10 +191,7 @@ class RunDir:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
