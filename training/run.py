@@ -32,13 +32,13 @@ from typing import Any
 from agegate.edge.bundle import CropSpec, InputSpec, OutputSpec, Preprocessing, ServingSpec
 
 from agegate.edge.detectors import DEFAULT_KIND
+from agegate.ages import MAX_AGE
 from agegate.files import write_atomically
 
 from .faces import DetectorSpec
 
 BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small", "dlibresnet10")
 PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), 64 px
-MAX_AGE = 120.0
 
 
 @dataclass
