@@ -32,7 +32,6 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from .events import AlertType, Decision
-from .outbox import ALERT, SUMMARY
 from .status import TillStatus
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -67,8 +66,8 @@ class _StatusCollector(Collector):
         dropped = CounterMetricFamily("agegate_outbox_dropped",
                                       "Events the full outbox dropped (oldest summaries first, alerts last)",
                                       labels=["kind"])
-        dropped.add_metric([ALERT], s.outbox.dropped_alerts)
-        dropped.add_metric([SUMMARY], s.outbox.dropped_summaries)
+        dropped.add_metric(["alert"], s.outbox.dropped_alerts)
+        dropped.add_metric(["summary"], s.outbox.dropped_summaries)
         yield dropped
         yield CounterMetricFamily("agegate_publish_failures", "Messages paho refused to queue for the broker",
                                   value=s.mqtt.publish_failures)
