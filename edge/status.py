@@ -185,9 +185,10 @@ class StatusReporter:
                                 processed_fps=round(p.metrics.processed_fps(), 1),
                                 reconnects=camera.reconnects, last_error=camera.last_error),
             detector=p.detector.name,
+            # Dumped and read back: every field counts as set, so the answers (exclude_unset) show all of them.
             model=ModelStatus(**model.identity, variant=model.manifest.variant, runtime=model.runtime,
-                              validation=model.manifest.validation),
-            thresholds=p.thresholds,
+                              validation=v.model_dump() if (v := model.manifest.validation) else None),
+            thresholds=p.thresholds.model_dump(),
             mqtt=MqttStatus(connected=p.mqtt.connected.is_set(), host=p.settings.mqtt_host,
                             port=p.settings.mqtt_port, publish_failures=p.mqtt.failures),
             outbox=self._outbox(),

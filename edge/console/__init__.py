@@ -80,7 +80,7 @@ MAX_PAGE = 1_000_000  # far past the history's own bound (1,000,000 rows); page 
 DECISIONS = get_args(Decision)
 NO_STORE = {"Cache-Control": "no-store"}
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
-# Uploads may be larger than AGEGATE_HTTP_MAX_BODY; api.create_app(body_limits=...) takes this.
+# Uploads may be larger than AGEGATE_HTTP_MAX_BODY; handed to the app with the routes (create_console).
 BODY_LIMITS = {"/console/photo": BODY_LIMIT, "/console/api/photo": BODY_LIMIT}
 
 
