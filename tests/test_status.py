@@ -14,7 +14,6 @@ import re
 import time
 
 import httpx
-import pytest
 
 from agegate.edge.api_models import ConsoleStatus
 from agegate.edge.config import Settings
