@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 # The validation figures live without OpenCV so the event models can carry them; re-exported here.
 from ..files import write_atomically
 from .model_figures import Calibration, FlagRates, SourceFigures, StrictModel, Validation  # noqa: F401
+from .pydantic_errors import first_error
 
 BUNDLE_FORMAT = "agegate-bundle/1"
 MANIFEST_FILE = "manifest.json"
@@ -236,9 +237,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise BundleError(f"{manifest_path}: {where}: {first['msg']}") from None
+        raise BundleError(f"{manifest_path}: {first_error(exc, 'manifest')}") from None
     model_path = path / manifest.model_file
     try:
         model_bytes = model_path.read_bytes()

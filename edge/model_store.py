@@ -52,6 +52,7 @@ from typing import IO, Any, Iterator
 from ..files import write_atomically
 from .age_model import AgeModel, self_test
 from .bundle import MANIFEST_FILE, SIGNATURE_FILE, BundleError, Manifest, QualityFloors, load_bundle, quality_problems
+from .pydantic_errors import first_error
 
 log = logging.getLogger(__name__)
 
@@ -349,10 +350,7 @@ def parse_manifest(data: bytes, where: Path) -> Manifest:
     except RecursionError:
         raise BundleError(f"{where}: unreadable: nested too deeply") from None
     except ValueError as exc:  # pydantic's ValidationError
-        errors = getattr(exc, "errors", None)
-        first = errors()[0] if callable(errors) else {"loc": (), "msg": str(exc)}
-        loc = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise BundleError(f"{where}: {loc}: {first['msg']}") from None
+        raise BundleError(f"{where}: {first_error(exc, 'manifest')}") from None
 
 
 def _named_files(manifest: Manifest) -> list[str]:

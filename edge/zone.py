@@ -4,8 +4,11 @@ The saved zone is ``{state_dir}/zone.json`` (``{"customer_zone": "x0,y0,x1,y1", 
 written atomically; the env file stays the source of the default. At start-up a saved zone
 wins; one that cannot be read or is invalid is logged and the default used instead.
 
-Threading: the console (HTTP workers) saves and resets, the daemon reads :attr:`current`
-when it (re)creates the vision loop; one lock orders the writes.
+The vision loop reads :attr:`ZoneStore.current` on every frame, so a zone saved or reset takes
+effect at the next frame; nothing else hands the zone to the loop.
+
+Threading: the console (HTTP workers) saves and resets, the vision thread reads
+:attr:`current` (one attribute, replaced whole); one lock orders the writes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..detectors import Zone
+from .detectors import Zone
 
 log = logging.getLogger(__name__)
 
