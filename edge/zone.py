@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..files import write_atomically
 from .detectors import Zone
 
 log = logging.getLogger(__name__)
@@ -65,17 +64,7 @@ class ZoneStore:
         body = json.dumps({"customer_zone": zone_text(zone),
                            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{FILE_NAME}.")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(body)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(self.path, body)
             self.current, self.saved = zone, True
         log.info("customer zone set to %s from the console", zone_text(zone))
 
