@@ -20,6 +20,7 @@ from typing import Callable
 
 from .events import PosMessage
 from .mqtt import MqttTransport
+from .pydantic_errors import first_error
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class MqttPosListener:
         try:
             msg = PosMessage.model_validate_json(payload)
         except ValueError as exc:
-            self.on_rejected(f"MQTT POS message rejected: {_first_error(exc)}")
+            self.on_rejected(f"MQTT POS message rejected: {first_error(exc)}")
             return
         try:
             self._queue.put_nowait(msg)
@@ -64,11 +65,3 @@ class MqttPosListener:
             except Exception:  # one bad message must not end the worker
                 log.exception("handling MQTT POS message %s failed", msg.type)
 
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        return f"{where}: {e['msg']}"
-    return str(exc)
