@@ -97,7 +97,8 @@ class Publisher:
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
-        transport.set_will(f"{self.base}/status", self._status("offline").to_json(), qos=1, retain=True)
+        suffix, qos, retain = TOPIC_BY_TYPE[Status]
+        transport.set_will(f"{self.base}/{suffix}", self._status("offline").to_json(), qos, retain)
         transport.on_ack = self._on_ack
         transport.when_connected(self._on_connected)
 
