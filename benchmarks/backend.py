@@ -4,7 +4,7 @@
 
 Real parts: a Mosquitto with persistence on a free port, ``agegate-backend ingest`` as its own
 process (persistent session, QoS 1, acknowledging after each commit), a throwaway PostgreSQL
-cluster with its durable defaults (benchmarks/services.py), and SQLite in WAL mode. A
+cluster with its durable defaults (agegate.testing.postgres), and SQLite in WAL mode. A
 publisher sends the events of ``--tills`` tills (one status each, then summaries with item
 counts per category and alerts, in the till's own models) at QoS 1 as fast as the broker takes
 them, and re-sends 2 % of them (replays, as a till's outbox does after a lost PUBACK). Halfway
@@ -36,9 +36,10 @@ from tqdm import tqdm
 from agegate import __version__
 from agegate.backend import db
 from agegate.edge.events import AGE_BANDS, Alert, Estimate, ModelRef, Status, Thresholds, TransactionSummary
+from agegate.testing.brokers import Mosquitto
+from agegate.testing.postgres import ThrowawayPostgres
 
 from . import machine
-from .services import Mosquitto, ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelRef(name="agegate-age", version="bench", sha256="0" * 64)
@@ -103,7 +104,7 @@ def table_bytes(url: str) -> int:
 
 
 def run_one(name: str, url: str, events: list, workdir: Path, replay_share: float = 0.02) -> dict:
-    broker = Mosquitto(workdir / f"broker-{name}").start()
+    broker = Mosquitto(workdir / f"broker-{name}", persistent=True, max_queued_messages=1_000_000).start()
     log = workdir / f"ingest-{name}.log"
     ingest = subprocess.Popen([sys.executable, "-m", "agegate.backend", "--db", url, "ingest", "--broker",
                                f"127.0.0.1:{broker.port}", "--client-id", f"bench-{name}"],

@@ -1,5 +1,5 @@
-"""The backend's real parts for its tests: `agegate-backend ingest` as a process, a QoS 1 publisher,
-PostgreSQL from benchmarks/services.py, and events made with the till's own models."""
+"""The backend's real parts for its tests: `agegate-backend ingest` as a process, a publisher of the
+till's events, a throwaway PostgreSQL (agegate.testing.postgres), and events made with the till's own models."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, func, select
 
 from agegate.backend import db
 from agegate.edge.events import Alert, Estimate, ModelRef, Status, Thresholds, TransactionSummary
+from agegate.testing.mqtt import Publisher
+from agegate.testing.postgres import ThrowawayPostgres
 
 MODEL = ModelRef(name="agegate-age", version="2026.11.22", sha256="0" * 64)
 THRESHOLDS = Thresholds(challenge_age=25, legal_age=18)
@@ -51,24 +51,17 @@ def topic(event, prefix="agegate") -> str:
     return f"{prefix}/{event.store_id}/{event.till_id}/{kind}"
 
 
-class Publisher:
-    """A QoS 1 publisher (a till's MQTT link, as far as the broker can tell)."""
+class EventPublisher(Publisher):
+    """A QoS 1 publisher of the till's events on their topics (a till's MQTT link, as far as the broker can tell)."""
 
     def __init__(self, broker, client_id: str | None = None):
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}")
-        self.client.connect(broker.host if hasattr(broker, "host") else "127.0.0.1", broker.port)
-        self.client.loop_start()
+        super().__init__(broker.host, broker.port, client_id=client_id)
 
     def send(self, event_or_topic, payload: bytes | None = None, retain: bool = False) -> None:
         if payload is None:
-            info = self.client.publish(topic(event_or_topic), event_or_topic.to_json(), qos=1, retain=retain)
+            self.publish(topic(event_or_topic), event_or_topic.to_json(), retain=retain)
         else:
-            info = self.client.publish(event_or_topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+            self.publish(event_or_topic, payload, retain=retain)
 
 
 class IngestProcess:
@@ -126,9 +119,6 @@ def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
 def postgres_or_skip():
     """A throwaway PostgreSQL, or a skip with the reason where it cannot run; never a skip in CI."""
     import pytest
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.services import ThrowawayPostgres
 
     try:
         return ThrowawayPostgres().start()

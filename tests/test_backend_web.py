@@ -13,12 +13,12 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from agegate.backend import db
 from backend_helpers import alert, status, summary
-from conftest import ROOT, free_port
-from test_console import CHROMIUM, CHROMIUM_ARGS
+from agegate.testing.browser import chromium
+from agegate.testing.net import free_port
 
 TOKEN = "backend-test-token-0c4e"
 
@@ -58,12 +58,9 @@ def served(tmp_path):
     proc.wait(10)
 
 
-def test_the_reports_page_in_a_browser(served):
-    if not os.path.exists(CHROMIUM):
-        raise RuntimeError("chromium is missing; `make test` installs it (apt-get install chromium)")
+def test_the_reports_page_in_a_browser(served, screenshot_dir):
     assert httpx.get(f"{served}/reports").status_code == 401  # the token guards the page
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"{served}/reports?token={TOKEN}")
         assert "token" not in page.url  # traded for a cookie, out of the address bar
@@ -82,7 +79,7 @@ def test_the_reports_page_in_a_browser(served):
         expect(page.locator("#rejected")).to_contain_text("1 payloads (1 distinct)")
         # The same style as the till console: its stylesheet, served from the till's package files.
         assert page.evaluate("getComputedStyle(document.querySelector('header')).backgroundColor") == "rgb(20, 33, 61)"
-        page.screenshot(path=str(ROOT / "docs" / "backend-reports.png"), full_page=True)
+        page.screenshot(path=str(screenshot_dir / "backend-reports.png"), full_page=True)  # docs/ by `make screenshots`
         # A longer range takes in the old sale.
         start = (datetime.now(timezone.utc) - timedelta(days=60)).date()
         page.fill("input[name=from]", start.isoformat())
@@ -95,7 +92,6 @@ def test_the_reports_page_in_a_browser(served):
             page.click("#table-integrity caption a:text('CSV')")
         rows = list(csv.reader(io.StringIO(open(download.value.path()).read())))
         assert rows[0][:4] == ["day", "store_id", "till_id", "operator_id"] and rows[1][3] == "op-9"
-        browser.close()
 
 
 def test_the_json_api_and_csv_exports(served):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from agegate.edge.demo import start_amqtt
-from mqtt_helpers import Subscriber, publish_once
+from agegate.testing.brokers import start_amqtt
+from agegate.testing.mqtt import Subscriber, publish_once
 
 
 def test_amqtt_fallback_broker_carries_messages():

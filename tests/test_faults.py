@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon_helpers import DaemonProcess
-from mqtt_helpers import Subscriber, publish_once
+from agegate.testing.daemon import DaemonProcess
+from agegate.testing.mqtt import Subscriber, publish_once
 
 BASE = "agegate/store-7/till-3"
 

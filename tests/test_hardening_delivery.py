@@ -21,7 +21,7 @@ from agegate.edge.model_store import SETTLE_S, InstallCancelled, ModelStore
 from agegate.edge.signing import sign_bundle
 from bundle_factory import make_constant_bundle
 from conftest import fill_disk
-from daemon_helpers import DaemonProcess
+from agegate.testing.daemon import DaemonProcess
 
 
 @pytest.fixture(scope="module")
