@@ -5,6 +5,7 @@ harness that the benchmarks and `make demo` share (agegate.testing, in testing/)
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,19 @@ SHARED = Path(os.environ.get("AGEGATE_SHARED_DIR", ROOT.parent / "shared"))
 UTKFACE = SHARED / "data" / "utkface-part1"
 ALL_AGE_FACES = SHARED / "data" / "all-age-faces"
 YUNET_MODEL = YUNET_SHIPPED  # shipped inside the package (edge/detectors/models/), so never missing
+
+
+# Markers that follow from a test's fixtures (pyproject.toml registers them), so that a new test gets
+# them without remembering: a broker means real servers on loopback, `browser` the headless Chromium.
+# Tests that start servers without these fixtures carry `network` themselves.
+MARKER_OF_FIXTURE = {"broker": "network", "persistent_broker": "network", "module_broker": "network",
+                     "mosquitto_binary": "network", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        for fixture in sorted(MARKER_OF_FIXTURE.keys() & set(item.fixturenames)):
+            item.add_marker(MARKER_OF_FIXTURE[fixture])
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +98,15 @@ def keys(tmp_path_factory):
     generate_keypair(d / "other.pem", d / "other.pub")
     return {"private": load_private_key(d / "signing.pem"), "public_path": d / "signing.pub",
             "public": load_public_key(d / "signing.pub"), "other": load_private_key(d / "other.pem")}
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    """A tiny tmpfs of ``size`` ("4m") on ``path`` (made if missing): a disk to fill or make read-only.
+    Needs root (tests marked `root`): skips, saying so, without it. The test unmounts it."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
 
 
 def fill_disk(path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 from sqlalchemy import create_engine, select
 
 from agegate.backend import db
@@ -43,6 +44,7 @@ def _event_ids(url: str) -> list[str]:
     return ids
 
 
+@pytest.mark.network
 def test_store_bridge_to_central_with_the_link_cut_delivers_every_event_once(tmp_path):
     central = durable_broker(tmp_path / "central").start()
     store = durable_broker(tmp_path / "store", extra=store_bridge_to(central.port)).start()
@@ -118,6 +120,7 @@ def test_the_till_daemons_own_events_reach_the_reports(tmp_path, broker, face_vi
     engine.dispose()
 
 
+@pytest.mark.network
 def test_events_published_while_the_backend_is_down_wait_in_its_session(tmp_path):
     broker = durable_broker(tmp_path / "broker").start()
     url = f"sqlite:///{tmp_path / 'down.sqlite3'}"
@@ -137,6 +140,7 @@ def test_events_published_while_the_backend_is_down_wait_in_its_session(tmp_path
         broker.stop()
 
 
+@pytest.mark.network
 def test_make_demo_ends_with_the_purchases_table_the_backend_built(tmp_path):
     """`make demo`'s last word: the backend's tables from the demo's own events (its three sales)."""
     import os

@@ -17,7 +17,6 @@ from playwright.sync_api import expect
 
 from agegate.backend import db
 from backend_helpers import alert, status, summary
-from agegate.testing.browser import chromium
 from agegate.testing.net import free_port
 
 TOKEN = "backend-test-token-0c4e"
@@ -25,6 +24,7 @@ TOKEN = "backend-test-token-0c4e"
 
 @pytest.fixture
 def served(tmp_path):
+    """`agegate-backend serve` on a free port, over a database of a few events."""
     url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
     engine = db.connect(url)
     now = datetime.now(timezone.utc)
@@ -58,10 +58,11 @@ def served(tmp_path):
     proc.wait(10)
 
 
-def test_the_reports_page_in_a_browser(served, screenshot_dir):
+@pytest.mark.network
+def test_the_reports_page_in_a_browser(served, browser, screenshot_dir):
     assert httpx.get(f"{served}/reports").status_code == 401  # the token guards the page
-    with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
         page.goto(f"{served}/reports?token={TOKEN}")
         assert "token" not in page.url  # traded for a cookie, out of the address bar
         purchases = page.locator("#table-purchases tbody tr")
@@ -92,8 +93,11 @@ def test_the_reports_page_in_a_browser(served, screenshot_dir):
             page.click("#table-integrity caption a:text('CSV')")
         rows = list(csv.reader(io.StringIO(open(download.value.path()).read())))
         assert rows[0][:4] == ["day", "store_id", "till_id", "operator_id"] and rows[1][3] == "op-9"
+    finally:
+        page.context.close()
 
 
+@pytest.mark.network
 def test_the_json_api_and_csv_exports(served):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     body = httpx.get(f"{served}/api/purchases", headers=auth).json()
