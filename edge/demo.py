@@ -26,6 +26,7 @@ from pathlib import Path
 from agegate.testing.brokers import start_local_broker
 from agegate.testing.daemon import Address, DaemonProcess
 from agegate.testing.mqtt import Subscriber
+from agegate.testing.net import wait_until
 from agegate.testing.videos import astronaut_bgr, write_demo_video
 
 DEMO_BACKEND_DB = Path(tempfile.gettempdir()) / "agegate-demo-backend.sqlite3"
@@ -56,7 +57,7 @@ def main() -> int:
 
     # The developer's own AGEGATE_* settings apply; the model is the shipped one unless they name another.
     daemon = DaemonProcess(workdir, broker=Address(host, port), camera=video, defaults={}, base_env=os.environ,
-                           stats_interval_s=2, log_level="ERROR")
+                           stats_interval_s=2, log_level="ERROR", log_to_terminal=True)
     url = daemon.url
     try:
         try:
@@ -67,7 +68,7 @@ def main() -> int:
         for tx, steps in DEMO_SALES:
             if tx == "T-1003":
                 print("(the customer steps away from the camera)")
-                _wait_for(daemon, lambda s: s["customer"] is None)
+                wait_until(lambda: daemon.status()["customer"] is None, what="the customer to step away")
             print(f"POS  transaction_start {tx}")
             daemon.request("POST", "/v1/pos", json={"type": "transaction_start", "transaction_id": tx,
                                                     "operator_id": DEMO_OPERATOR})
@@ -92,8 +93,6 @@ def main() -> int:
             _stop_backend(backend, [tx for tx, _ in DEMO_SALES])
         if stop_broker:
             stop_broker()
-        if daemon.log().strip():  # the daemon logs at ERROR level: anything here went wrong
-            print(f"the daemon's log:\n{daemon.log()}", file=sys.stderr)
 
     print("an independent MQTT subscriber received:")
     for topic, p, _retained in sub.messages:
@@ -160,12 +159,6 @@ def _print_backend_tables(ingester) -> None:
     print("\nChallenge 25 prompts and unverified sales per till and cashier login, today:\n")
     print(format_table(*integrity))
     print(f"\nBrowse them: agegate-backend --db sqlite:///{DEMO_BACKEND_DB} serve   (then http://127.0.0.1:8090/reports)")
-
-
-def _wait_for(daemon: DaemonProcess, condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not condition(daemon.status()):
-        time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,16 @@ class DaemonProcess:
     The environment starts from ``base_env`` (only PATH by default, so that a developer's AGEGATE_*
     variables do not leak in), then ``defaults``, then ``settings`` (``face_wait_s=1`` sets
     AGEGATE_FACE_WAIT_S), then ``env`` as given. ``self.env`` may still be changed before start().
-    With a ``token``, every request carries ``Authorization: Bearer`` as the POS's would."""
+    With a ``token``, every request carries ``Authorization: Bearer`` as the POS's would. Its output
+    goes to ``tmp/daemon.log``, or with ``log_to_terminal`` (the demo) to this process's own."""
 
     def __init__(self, tmp: Path, *, broker, camera: Path, model_dir: Path | None = None,
                  defaults: Mapping[str, object] = TEST_SETTINGS, base_env: Mapping[str, str] | None = None,
-                 env: Mapping[str, str] | None = None, token: str | None = None, **settings):
+                 env: Mapping[str, str] | None = None, token: str | None = None, log_to_terminal: bool = False,
+                 **settings):
         self.http_port = free_port()
         self.log_path = tmp / "daemon.log"
+        self.log_to_terminal = log_to_terminal
         if token:
             settings["http_token"] = token
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
@@ -61,9 +64,9 @@ class DaemonProcess:
 
     def launch(self) -> "DaemonProcess":
         """Start the process and return at once (start-up timing starts here)."""
-        self._log = open(self.log_path, "ab")
+        self._log = None if self.log_to_terminal else open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
+                                     stdout=self._log, stderr=self._log and subprocess.STDOUT, preexec_fn=self.preexec_fn)
         return self
 
     def start(self, wait_for_face: bool = False, wait_streaming: bool = True, wait_connected: bool = False,
@@ -114,7 +117,8 @@ class DaemonProcess:
                     self.proc.wait(10)
                     raise
         finally:
-            self._log.close()
+            if self._log is not None:
+                self._log.close()
         return self.proc.returncode
 
     def rss_kb(self) -> int:

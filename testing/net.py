@@ -32,3 +32,15 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, what: str = 
                 raise RuntimeError(f"{what} exited with {proc.returncode}: {tail}") from None
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on {HOST}:{port} within {timeout:g} s")
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition", every: float = 0.1):
+    """Poll ``condition()`` until it returns something truthy, and return that; AssertionError
+    naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -106,16 +106,6 @@ def count(url: str, table: str) -> int:
         engine.dispose()
 
 
-def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def postgres_or_skip():
     """A throwaway PostgreSQL, or a skip with the reason where it cannot run; never a skip in CI."""
     import pytest

@@ -14,7 +14,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
 from agegate.backend import db, reports
-from backend_helpers import IngestProcess, EventPublisher, alert, count, postgres_or_skip, status, summary, wait_until
+from agegate.testing.net import wait_until
+from backend_helpers import EventPublisher, IngestProcess, alert, count, postgres_or_skip, status, summary
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from sqlalchemy import create_engine, select
 
 from agegate.backend import db
 from agegate.testing.brokers import Mosquitto
-from backend_helpers import EventPublisher, IngestProcess, alert, count, status, summary, wait_until
+from agegate.testing.net import wait_until
+from backend_helpers import EventPublisher, IngestProcess, alert, count, status, summary
 from conftest import ROOT
 
 

@@ -18,19 +18,10 @@ import pytest
 
 from agegate.testing.daemon import DaemonProcess
 from agegate.testing.mqtt import Subscriber, publish_once
+from agegate.testing.net import wait_until
 from conftest import mount_tmpfs
 
 BASE = "agegate/store-7/till-3"
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def backend(broker) -> Subscriber:
