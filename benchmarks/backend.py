@@ -36,6 +36,7 @@ from tqdm import tqdm
 from agegate import __version__
 from agegate.backend import db
 from agegate.edge.events import AGE_BANDS, Alert, Estimate, ModelRef, Status, Thresholds, TransactionSummary
+from agegate.testing.backend import IngestProcess
 from agegate.testing.brokers import Mosquitto
 from agegate.testing.postgres import ThrowawayPostgres
 
@@ -105,16 +106,7 @@ def table_bytes(url: str) -> int:
 
 def run_one(name: str, url: str, events: list, workdir: Path, replay_share: float = 0.02) -> dict:
     broker = Mosquitto(workdir / f"broker-{name}", persistent=True, max_queued_messages=1_000_000).start()
-    log = workdir / f"ingest-{name}.log"
-    ingest = subprocess.Popen([sys.executable, "-m", "agegate.backend", "--db", url, "ingest", "--broker",
-                               f"127.0.0.1:{broker.port}", "--client-id", f"bench-{name}"],
-                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while b"connected to" not in log.read_bytes():
-        if ingest.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"ingest did not start: {log.read_text()}")
-        time.sleep(0.1)
-    time.sleep(0.5)
+    ingest = IngestProcess(workdir, url, [broker], client_id=f"bench-{name}").start(timeout=60, settle_s=0.5)
 
     rng = random.Random(7)
     replays = rng.sample(events, int(len(events) * replay_share))
@@ -152,17 +144,17 @@ def run_one(name: str, url: str, events: list, workdir: Path, replay_share: floa
     pub.loop_stop()
     time.sleep(1.0)  # late duplicates (redeliveries) would land now; they must change nothing
     stored, items = _stored(url)
-    ingest.terminate()
-    ingest.wait(30)
+    ingest.stop()
     broker.stop()
-    counts = re.findall(r"stopped: (\{.*\})", log.read_text())
+    log = ingest.log()
+    counts = re.findall(r"stopped: (\{.*\})", log)
     return {"database": name, "events": expected_events, "replays_sent": len(replays), "seconds": round(elapsed, 2),
             "events_per_s": round(expected_events / elapsed), "broker_restart_s": round(restart_s, 2),
             "stored_events": stored, "stored_category_rows": items, "expected_category_rows": expected_items,
             "lost": expected_events - stored if stored < expected_events else 0,
             "doubled": stored - expected_events if stored > expected_events else 0,
             "publisher_unacknowledged_at_end": unacknowledged,
-            "ingest_lost_broker": log.read_text().count("lost broker"),
+            "ingest_lost_broker": log.count("lost broker"),
             "payload_bytes_per_event": round(sum(len(e[1]) for e in events) / len(events)),
             "stored_bytes_per_event": round(table_bytes(url) / max(stored, 1)), "ingest_counts": counts[-1] if counts else None}
 

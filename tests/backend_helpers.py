@@ -1,16 +1,12 @@
-"""The backend's real parts for its tests: `agegate-backend ingest` as a process, a publisher of the
-till's events, a throwaway PostgreSQL (agegate.testing.postgres), and events made with the till's own models."""
+"""The backend's tests' own parts: a publisher of the till's events and events made with the till's own
+models; `agegate-backend ingest` as a process and a throwaway PostgreSQL come from the harness
+(agegate.testing)."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 
@@ -62,39 +58,6 @@ class EventPublisher(Publisher):
             self.publish(topic(event_or_topic), event_or_topic.to_json(), retain=retain)
         else:
             self.publish(event_or_topic, payload, retain=retain)
-
-
-class IngestProcess:
-    """`agegate-backend ingest` as its own process, as systemd would run it."""
-
-    def __init__(self, tmp: Path, url: str, brokers: list, client_id: str = "backend-test", extra: tuple[str, ...] = ()):
-        self.url, self.log_path = url, tmp / f"ingest-{uuid.uuid4().hex[:6]}.log"
-        self.args = [sys.executable, "-m", "agegate.backend", "--db", url, "ingest", "--client-id", client_id]
-        for b in brokers:
-            self.args += ["--broker", f"127.0.0.1:{b.port}"]
-        self.args += list(extra)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "IngestProcess":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while b"connected to" not in self.log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ingest did not connect:\n{self.log()}")
-            time.sleep(0.1)
-        time.sleep(0.3)  # the SUBACK
-        return self
-
-    def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self._log.close()
-        return self.proc.returncode if self.proc else 0
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def count(url: str, table: str) -> int:

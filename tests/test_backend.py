@@ -14,8 +14,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
 from agegate.backend import db, reports
+from agegate.testing.backend import IngestProcess
 from agegate.testing.net import wait_until
-from backend_helpers import EventPublisher, IngestProcess, alert, count, postgres_or_skip, status, summary
+from backend_helpers import EventPublisher, alert, count, postgres_or_skip, status, summary
 
 
 @pytest.fixture(scope="module")

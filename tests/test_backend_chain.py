@@ -12,8 +12,9 @@ from sqlalchemy import create_engine, select
 
 from agegate.backend import db
 from agegate.testing.brokers import Mosquitto
+from agegate.testing.backend import IngestProcess
 from agegate.testing.net import wait_until
-from backend_helpers import EventPublisher, IngestProcess, alert, count, status, summary
+from backend_helpers import EventPublisher, alert, count, status, summary
 from conftest import ROOT
 
 
