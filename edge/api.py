@@ -16,8 +16,8 @@ AGEGATE_HTTP_MAX_BODY → 413, whether it declares its length or comes chunked. 
 rejection is counted for the stats and logged.
 
 With AGEGATE_HTTP_TOKEN set, :class:`RequireToken` checks every request but ``/healthz``
-(the POS sends ``Authorization: Bearer <token>``); the till console's routers
-(edge/console) are mounted on the same app.
+(the POS sends ``Authorization: Bearer <token>``); the till console (edge/console), handed in
+as a :class:`Mount` by whoever starts the till, is served by the same app.
 
 Without a token, every route answers only requests addressed to 127.0.0.1, localhost or
 [::1] (``Host``, :class:`RequireLocalHost`), so a web page the till's browser visits cannot
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -53,10 +53,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
-from .api_models import ErrorAnswer, Health, TillStatus
+from .api_models import ErrorAnswer, Health
+from .status import TillStatus
 from .config import LOCAL_HOSTS
 from .events import PosAnswer, PosMessage
 from .http_token import TOKEN_COOKIE, RequireToken
+from .pydantic_errors import first_error
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=reason)
 
 
+class Mount(NamedTuple):
+    """Routes served beside the POS API (the console's), and body limits of their own paths."""
+
+    router: APIRouter
+    body_limits: Mapping[str, int] = {}
+
+
 UPLOADS_AT_ONCE = 2  # bodies on the paths with a limit of their own (photos) handled at the same time
 
 
@@ -227,15 +236,14 @@ async def _no_receive() -> Message:
 def create_app(
     *,
     handle_pos: Callable[[PosMessage], PosAnswer],
-    status: Callable[[], dict[str, Any]],
+    status: Callable[[], TillStatus],
     on_reject: Callable[[str], None],
     max_body: int,
-    routers: Sequence[APIRouter] = (),
-    body_limits: Mapping[str, int] | None = None,
+    mounts: Sequence[Mount] = (),
     token: str | None = None,
 ) -> FastAPI:
-    """The app; ``routers`` are mounted beside the POS API (the console), ``body_limits`` are
-    per-path body limits (else ``max_body``), and ``token``, when given, guards every route."""
+    """The app; ``mounts`` are served beside the POS API (the console) with their paths' own body
+    limits (else ``max_body``), and ``token``, when given, guards every route."""
     app = FastAPI(
         title="agegate till API",
         version=__version__,
@@ -251,9 +259,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
-        where = ".".join(str(p) for p in first["loc"])
-        return invalid(request, f"{where}: {first['msg']}")
+        return invalid(request, first_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -277,10 +283,10 @@ def create_app(
     def pos(message: PosMessage) -> PosAnswer:
         return handle_pos(message)
 
-    # exclude_unset: the answer is the daemon's dict as it is (a store with no rejection has no last_rejected key).
+    # exclude_unset: the model store's record as it is (a store with no rejection has no last_rejected key).
     @app.get("/v1/status", response_model=TillStatus, response_model_exclude_unset=True,
              summary="Camera, model, broker and decision counters")
-    def get_status() -> dict[str, Any]:
+    def get_status() -> TillStatus:
         return status()
 
     @app.get("/", include_in_schema=False)
@@ -305,8 +311,10 @@ def create_app(
         return FileResponse(_swagger_dir() / name, media_type=SWAGGER_ASSETS[name],
                             headers={"Cache-Control": "max-age=86400"})
 
-    for router in routers:
-        app.include_router(router)
+    body_limits: dict[str, int] = {}
+    for mount in mounts:
+        app.include_router(mount.router)
+        body_limits.update(mount.body_limits)
     app.openapi = lambda: _openapi(app, token_required=bool(token))  # type: ignore[method-assign]
     app.add_middleware(LimitBodySize, max_bytes=max_body, on_reject=on_reject, limits=body_limits)
     if token:  # added last, so it runs first: no body is read before the token is checked

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,9 @@ import numpy as np
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 # The validation figures live without OpenCV so the event models can carry them; re-exported here.
+from ..files import write_atomically
 from .model_figures import Calibration, FlagRates, SourceFigures, StrictModel, Validation  # noqa: F401
+from .pydantic_errors import first_error
 
 BUNDLE_FORMAT = "agegate-bundle/1"
 MANIFEST_FILE = "manifest.json"
@@ -88,9 +89,35 @@ class OutputSpec(_Strict):
 
 
 class TrainingInfo(_Strict):
+    """Where the model came from: provenance, for people and for ``agegate-export verify``.
+    A till decides nothing from it. Bundles written by other tools may carry only ``data``
+    and ``licence``; keys this version does not know are kept as they are."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
-    data: str = ""
-    licence: str = ""
+    data: str = ""  # the data sets by name and the sha256 of their labels (no machine's paths)
+    licence: str = ""  # the data's and the starting weights' terms
+    backbone: str | None = None
+    pretrained: str | None = None  # the starting weights
+    image_size: int | None = None
+    crop_margin: float | None = None
+    crop_shift_y: float | None = None
+    detector: str | None = None  # the detector that cropped the training faces
+    epochs: int | None = None
+    best_epoch: int | None = None
+    best_val_mae: float | None = None
+    seed: int | None = None
+    run: dict[str, Any] | None = None  # the run's FitConfig, data folders by name only
+
+
+class ServingSpec(_Strict):
+    """How the till feeds the model and reads its answer: everything a crop-and-estimate
+    needs, and nothing about where the model came from. Training and export use it on its
+    own (they crop faces as the till will); a :class:`Manifest` is one plus identity and provenance."""
+
+    input: InputSpec
+    preprocessing: Preprocessing = Preprocessing()
+    crop: CropSpec = CropSpec()
+    output: OutputSpec = OutputSpec()
 
 
 class SelfTest(_Strict):
@@ -140,7 +167,7 @@ def quality_problems(manifest: "Manifest", floors: QualityFloors, calibrated: bo
     return problems
 
 
-class Manifest(_Strict):
+class Manifest(ServingSpec):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     format: Literal["agegate-bundle/1"] = BUNDLE_FORMAT
@@ -150,10 +177,6 @@ class Manifest(_Strict):
     model_file: str = MODEL_FILE
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     variant: Literal[VARIANTS] = "float32"  # type: ignore[valid-type]
-    input: InputSpec
-    preprocessing: Preprocessing = Preprocessing()
-    crop: CropSpec = CropSpec()
-    output: OutputSpec = OutputSpec()
     training: TrainingInfo = TrainingInfo()
     metrics: dict[str, Any] = Field(default_factory=dict)
     validation: Validation | None = None
@@ -214,9 +237,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise BundleError(f"{manifest_path}: {where}: {first['msg']}") from None
+        raise BundleError(f"{manifest_path}: {first_error(exc, 'manifest')}") from None
     model_path = path / manifest.model_file
     try:
         model_bytes = model_path.read_bytes()
@@ -273,29 +294,15 @@ def write_bundle(
         faces, ages = np.ascontiguousarray(golden[0], dtype=np.uint8), np.asarray(golden[1], dtype=np.float32)
         buf = io.BytesIO()
         np.savez_compressed(buf, faces=faces, ages=ages)
-        _atomic_write(path / GOLDEN_FILE, buf.getvalue())
+        write_atomically(path / GOLDEN_FILE, buf.getvalue())
         manifest_fields["self_test"] = SelfTest(sha256=sha256_bytes(buf.getvalue()), faces=len(ages),
                                                 tolerance=golden_tolerance)
     manifest = Manifest(sha256=sha256_bytes(model_bytes), **manifest_fields)
-    _atomic_write(path / manifest.model_file, model_bytes)
+    write_atomically(path / manifest.model_file, model_bytes)
     text = json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
     (path / SIGNATURE_FILE).unlink(missing_ok=True)  # it signed the manifest being replaced
-    _atomic_write(path / MANIFEST_FILE, text.encode("utf-8"))
+    write_atomically(path / MANIFEST_FILE, text.encode("utf-8"))
     return manifest
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # bundles are not secret; the till's service user must read them
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- The one crop-and-preprocess path -------------------------------------------------
@@ -310,15 +317,15 @@ def crop_box(box: tuple[float, float, float, float], crop: CropSpec) -> tuple[in
     return int(round(cx - s / 2.0)), int(round(cy - s / 2.0)), s, s
 
 
-def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], manifest: Manifest) -> np.ndarray:
+def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], spec: ServingSpec) -> np.ndarray:
     """Crop the face at ``box`` from a BGR frame and resize it to the model's input.
 
-    Returns uint8 ``(height, width, 3)`` in the manifest's colour order. Training caches
+    Returns uint8 ``(height, width, 3)`` in the spec's colour order. Training caches
     these arrays; serving feeds them to :func:`normalise`.
     """
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"expected a BGR image of shape (h, w, 3), got {image_bgr.shape}")
-    x, y, s, _ = crop_box(box, manifest.crop)
+    x, y, s, _ = crop_box(box, spec.crop)
     ih, iw = image_bgr.shape[:2]
     # Pad only as much as the square sticks out of the frame.
     left, top = max(0, -x), max(0, -y)
@@ -328,10 +335,10 @@ def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], 
         raise ValueError(f"face box {box} lies outside the {iw}x{ih} image")
     if left or top or right or bottom:
         region = cv2.copyMakeBorder(region, top, bottom, left, right, cv2.BORDER_REPLICATE)
-    size = (manifest.input.width, manifest.input.height)
+    size = (spec.input.width, spec.input.height)
     interpolation = cv2.INTER_AREA if region.shape[0] > size[1] else cv2.INTER_LINEAR
     face = cv2.resize(region, size, interpolation=interpolation)
-    if manifest.input.color == "RGB":
+    if spec.input.color == "RGB":
         face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
     return face
 

@@ -50,6 +50,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .timing import Pacer
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FILE_FPS = 15.0
@@ -89,29 +91,6 @@ def describe_source(source: str) -> str:
 def backoff_delay(failures: int, min_s: float, max_s: float) -> float:
     """Seconds to wait after ``failures`` consecutive failures (1, 2, …): min_s doubling up to max_s."""
     return min(max_s, min_s * 2.0 ** max(0, failures - 1))
-
-
-class Pacer:
-    """Lets events through at most ``fps`` times a second (every one when ``fps`` is 0 or None).
-
-    Due times lie on a fixed grid, so a source whose frames arrive a little early (jitter)
-    still gives the asked rate rather than skipping to the next frame; a quarter period of
-    slack is allowed. After a hold-up the grid restarts from now instead of bursting.
-    """
-
-    SLACK = 0.25
-
-    def __init__(self, fps: float | None):
-        self.period = 1.0 / fps if fps else 0.0
-        self._next = -math.inf
-
-    def due(self, now: float) -> bool:
-        if not self.period:
-            return True
-        if now < self._next - self.SLACK * self.period:
-            return False
-        self._next = self._next + self.period if now - self._next < self.period else now + self.period
-        return True
 
 
 _PR_SET_NAME = 15  # prctl(2)

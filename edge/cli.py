@@ -95,10 +95,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from .console import create_console
     from .daemon import Daemon, StartupError
 
     try:
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, console=create_console)
         daemon.start()
     except StartupError as exc:
         print(f"agegate-edge: {exc}", file=sys.stderr)

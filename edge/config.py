@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from ..ages import CHALLENGE_AGE, LEGAL_AGE
 from .envfile import parse_env_file
 
 from .bundle import QualityFloors
@@ -90,8 +91,8 @@ class Settings(BaseSettings):
     face_min_frames: int = Field(default=3, ge=1, le=100)
 
     # Decision
-    challenge_age: float = Field(default=25.0, ge=1, le=100)
-    legal_age: float = Field(default=18.0, ge=1, le=100)
+    challenge_age: float = Field(default=CHALLENGE_AGE, ge=1, le=100)
+    legal_age: float = Field(default=LEGAL_AGE, ge=1, le=100)
     face_wait_s: float = Field(default=1.5, ge=0, le=30)
     max_spread: float = Field(default=8.0, gt=0)
     # challenge_age: flag estimates under the challenge age. calibrated: under the model's

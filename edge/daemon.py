@@ -8,8 +8,15 @@ Threads (each documented in its module):
 - paho's network loop and ``mqtt-pos``, the MQTT POS worker (mqtt.py)
 - ``models``   installs what arrives in incoming/ and follows the model store (model_store.py):
   an install may take long (a big archive, the self-test) and must never hold up the main loop
-- the main thread: start-up, housekeeping once a second (idle transactions, stats), shutdown;
-  no exception from a housekeeping step ends it, so the till keeps answering and pinging
+- the main thread: start-up, housekeeping once a second (idle transactions, stats, threads),
+  shutdown; no exception from a housekeeping step ends it, so the till keeps answering and
+  pinging. A thread that died is started again; the vision thread with a growing delay while it
+  keeps dying soon after each start (:class:`RestartGate`), never in a tight loop
+
+What the till reports (``/v1/status``, ``/metrics``, the stats event, systemd's status line) is
+read in status.py. The console is not imported here: whoever starts the till (the CLI's ``run``)
+hands in a factory for its routes (``console=``), so the daemon depends on the console only
+through :class:`console.ConsoleHost`, which it satisfies.
 
 Start-up fails fast with a clear message when the model, detector or HTTP port is unusable;
 a camera or broker that is down at start-up is retried in the background instead, because
@@ -23,29 +30,29 @@ import resource
 import socket
 import threading
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import uvicorn
 
-from .. import __version__
-from .api import create_app, guarded_protocol
+from .api import Mount, create_app, guarded_protocol
 from .bundle import BundleError
-from .capture import Camera
+from .capture import Camera, backoff_delay
 from .config import ConfigError, Settings
-from .console import BODY_LIMITS, ZoneStore, create_console_router
 from .decision import TransactionBook, decision_thresholds
 from .events import Alert, Event, ModelRef, PosAnswer, PosMessage, Stats
 from .history import open_history
 from .loader import StartupError, StateDirUnusable, load_detector, load_model, open_model_store
-from .metrics import Metrics, live_from
 from .mqtt import MqttLink
 from .notify import SystemdNotifier
-from .outbox import ALERT, SUMMARY, Outbox, OutboxError
+from .outbox import Outbox, OutboxError
+from .prometheus import Metrics
+from .status import StatusReporter, TillStatus, status_line
+from .timing import StageTimer
 from .tracker import Tracker
-from .vision import StageTimer, VisionLoop
+from .vision import VisionLoop
+from .zone import ZoneStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,11 @@ MODEL_SCAN_S = 2.0  # how often incoming/ and the model store are looked at
 FD_RESERVE = 128
 HTTP_BACKLOG = 16
 FAULT_LOG_EVERY_S = 60.0  # a housekeeping step that keeps failing is logged once a minute
+# A vision thread that died is started again after VISION_RESTART_MIN_S, the delay doubling up to
+# VISION_RESTART_MAX_S while it keeps dying within VISION_STABLE_S of its start.
+VISION_RESTART_MIN_S = 1.0
+VISION_RESTART_MAX_S = 60.0
+VISION_STABLE_S = 60.0
 
 
 def bind_http(settings: Settings) -> socket.socket:
@@ -104,8 +116,42 @@ def open_outbox(settings: Settings) -> Outbox | None:
         return None
 
 
+class RestartGate:
+    """When a thread that died may be started again.
+
+    A thread that dies on every start (a camera library that raises, a model that breaks the
+    loop) must not be restarted in a tight loop: each start costs a thread, a log line and CPU
+    the POS answers need. After a death the next start waits ``min_s``, doubling up to ``max_s``
+    for each death that follows within ``stable_s`` of its start; a thread that ran longer than
+    that counts as healthy again and waits ``min_s``.
+    """
+
+    def __init__(self, min_s: float, max_s: float, stable_s: float):
+        self.min_s, self.max_s, self.stable_s = min_s, max_s, stable_s
+        self.started_at = time.monotonic()
+        self.quick_deaths = 0  # deaths in a row, each within stable_s of its start
+        self.restarts = 0
+        self.next_start: float | None = None  # set while the thread is dead
+
+    def died(self, now: float) -> float:
+        """Record a death seen at ``now``; the delay before the next start."""
+        self.quick_deaths = self.quick_deaths + 1 if now - self.started_at < self.stable_s else 1
+        delay = backoff_delay(self.quick_deaths, self.min_s, self.max_s)
+        self.next_start = now + delay
+        return delay
+
+    def due(self, now: float) -> bool:
+        return self.next_start is not None and now >= self.next_start
+
+    def started(self, now: float) -> None:
+        self.started_at, self.next_start = now, None
+        self.restarts += 1
+
+
 class Daemon:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, console: Callable[[Daemon], Mount] | None = None):
+        """``console``: makes the console's routes for this daemon (console.create_console; the CLI's
+        ``run`` passes it); without it the till serves the POS API alone."""
         self.settings = s = settings
         self.started_at = time.monotonic()
         try:
@@ -131,8 +177,10 @@ class Daemon:
                                min_hits=s.face_min_frames)
         self.zones = ZoneStore(s.state_dir, default=s.zone)  # zone.json saved from the console wins
         self.model_lock = threading.Lock()  # the vision loop and the console's photo upload share the model
-        self.metrics = Metrics(live_from(self))
+        self.report = StatusReporter(self)
+        self.metrics = Metrics(self.status)
         self.vision = self._new_vision()
+        self.vision_restarts = RestartGate(VISION_RESTART_MIN_S, VISION_RESTART_MAX_S, VISION_STABLE_S)
         self.thresholds = decision_thresholds(s, self.model.manifest)
         self.outbox = open_outbox(s)  # before the book: it keeps the open transactions too
         self.book = TransactionBook(
@@ -159,7 +207,7 @@ class Daemon:
             model_quality=self.model_quality,
         )
         self.app = create_app(handle_pos=self.handle_pos, status=self.status, on_reject=self.reject,
-                              max_body=s.http_max_body, routers=[create_console_router(self)], body_limits=BODY_LIMITS,
+                              max_body=s.http_max_body, mounts=[console(self)] if console else [],
                               token=s.http_token.get_secret_value() if s.http_token else None)
         protocol = guarded_protocol(http_connection_cap(s.http_max_connections), s.http_request_timeout_s)
         # log_config=None: uvicorn's messages go through our handler (journald priorities, JSON), not its own.
@@ -172,8 +220,6 @@ class Daemon:
                                              name="http", daemon=True)
         self.notifier = SystemdNotifier.from_env()
         self._stop = threading.Event()
-        self._counts: Counter[str] = Counter()
-        self._counts_lock = threading.Lock()
         self._faults: dict[str, float] = {}  # housekeeping step -> when its failure was last logged
         self._models_thread = self._new_models_thread()
 
@@ -186,7 +232,7 @@ class Daemon:
         """Every event the daemon emits passes here: counted, logged when an alert, and handed to
         the MQTT link, which keeps it in the durable outbox until the broker acknowledges it."""
         if isinstance(event, Alert):
-            self._count("alerts")
+            self.report.count("alerts")
             self.metrics.alerts.labels(event.type).inc()
             log.warning("alert %s for transaction %s: %s", event.type, event.transaction_id, event.reason)
         started = time.perf_counter()
@@ -204,7 +250,7 @@ class Daemon:
         return load_detector(self.settings)
 
     def _new_vision(self) -> VisionLoop:
-        return VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker, self.zones.current,
+        return VisionLoop(self.camera, self.detector, lambda: self.model, self.tracker, lambda: self.zones.current,
                           face_stale_s=self.settings.face_stale_s, observe=self.metrics.stage_observers(),
                           model_lock=self.model_lock, estimate_fps=self.settings.estimate_fps)
 
@@ -213,7 +259,7 @@ class Daemon:
         self.metrics.decision_seconds.observe(seconds)
 
     def reject(self, reason: str) -> None:
-        self._count("pos_rejected")
+        self.report.count("pos_rejected")
         self.metrics.pos_rejected.inc()
         log.warning("%s", reason)
 
@@ -228,37 +274,11 @@ class Daemon:
         """What the till decides with, and the model's recorded validation figures that justify it."""
         return {"thresholds": self.thresholds, "model_validation": self.model.manifest.validation}
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "store_id": self.settings.store_id,
-            "till_id": self.settings.till_id,
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "camera": {"state": self.camera.state.value, "fps": round(self.camera.fps, 1),
-                       "processed_fps": round(self.metrics.processed_fps(), 1),
-                       "reconnects": self.camera.reconnects, "last_error": self.camera.last_error},
-            "detector": self.detector.name,
-            "model": {**self.model.identity, "variant": self.model.manifest.variant, "runtime": self.model.runtime,
-                      "validation": v.model_dump() if (v := self.model.manifest.validation) else None},
-            "thresholds": self.thresholds.model_dump(),
-            "mqtt": {"connected": self.mqtt.connected.is_set(), "host": self.settings.mqtt_host,
-                     "port": self.settings.mqtt_port},
-            "outbox": self._outbox_figures(),
-            "model_store": self.store.status() if self.store else None,
-            "last_model_rejection": self.last_model_rejection,
-            "customer": (e.model_dump() if (e := self.vision.customer_estimate()) else None),
-            "open_transactions": self.book.open_count,
-            "decisions": self.book.decision_counts(),
-            "vision_errors": self.vision.errors,
-            "stages": self.stage_totals(),
-        }
+    def status(self) -> TillStatus:
+        return self.report.status()
 
-    def stage_totals(self) -> dict[str, dict[str, float]]:
-        """Per stage, how many items and seconds since start-up (detect per frame; crop, infer per face)."""
-        v = self.vision
-        timers = {"capture": self.timers["capture"], "frames": v.frames, "detect": v.detect, "crop": v.crop,
-                  "infer": v.infer, "decide": self.timers["decide"], "publish": self.timers["publish"]}
-        return {name: t.totals() for name, t in timers.items()}
+    def stats(self, interval_s: float) -> Stats:
+        return self.report.stats(interval_s)
 
     # --- life cycle ----------------------------------------------------------------------------------
 
@@ -287,15 +307,8 @@ class Daemon:
         self.notifier.ready(self.status_line())
 
     def status_line(self) -> str:
-        """One line for systemd's STATUS=: what an operator needs at a glance."""
-        m = self.model.manifest
-        broker = "connected" if self.mqtt.connected.is_set() else "disconnected"
-        pending = len(self.outbox) if self.outbox is not None else "n/a"
-        in_memory = self.mqtt.pending_in_memory
-        memory = f" + {in_memory} in memory only" if in_memory else ""
-        durable = "" if self._outbox_durable() else " (NOT DURABLE)"
-        return (f"camera {self.camera.state.value}, broker {broker}, outbox {pending} pending{memory}{durable}, "
-                f"model {m.name} {m.version}")
+        """systemd's STATUS= line (status.status_line)."""
+        return status_line(self.status())
 
     def run(self) -> None:
         """Housekeeping until stop(): idle transactions, outbox, stats, thread health, watchdog.
@@ -335,11 +348,20 @@ class Daemon:
             return None
 
     def _revive_threads(self) -> None:
-        if not self.vision.alive:
-            log.critical("the vision thread died; restarting it")
-            self.vision = self._new_vision()
-            self.book.vision = self.vision
-            self.vision.start()
+        gate = self.vision_restarts
+        if not self.vision.alive and not self._stop.is_set():
+            now = time.monotonic()
+            if gate.next_start is None:  # a death not seen before
+                delay = gate.died(now)
+                log.critical("the vision thread died (%s) after %.0f s; restarting it in %.0f s (%d death(s) in a row "
+                             "within %.0f s of a start)", self.vision.death or "no reason recorded",
+                             now - gate.started_at, delay, gate.quick_deaths, gate.stable_s)
+            if gate.due(now):
+                self.vision = self._new_vision()
+                self.book.vision = self.vision
+                self.vision.start()
+                gate.started(now)
+                log.warning("vision thread restarted (restart %d since start-up)", gate.restarts)
         if not self._models_thread.is_alive() and not self._stop.is_set():
             log.critical("the model thread died; restarting it")
             self._models_thread = self._new_models_thread()
@@ -411,56 +433,5 @@ class Daemon:
         self._http_socket.close()
         self.notifier.close()
         log.info("stopped")
-
-    # --- stats -----------------------------------------------------------------------------------------
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._counts_lock:
-            self._counts[key] += n
-
-    def stats(self, interval_s: float) -> Stats:
-        frames, _ = self.vision.frames.take()
-        detects, detect_s = self.vision.detect.take()
-        infers, infer_s = self.vision.infer.take()
-        with self._counts_lock:
-            counts, self._counts = self._counts, Counter()
-        decisions = self.book.take_decision_counts()
-        return Stats(
-            store_id=self.settings.store_id,
-            till_id=self.settings.till_id,
-            model=self.model_ref(),
-            interval_s=round(interval_s, 2),
-            uptime_s=round(time.monotonic() - self.started_at, 1),
-            camera_state=self.camera.state.value,  # type: ignore[arg-type]
-            camera_fps=round(self.camera.fps, 2),
-            camera_reconnects=self.camera.reconnects,
-            processed_fps=round(frames / interval_s, 2) if interval_s > 0 else 0.0,
-            detect_ms=round(1000 * detect_s / detects, 2) if detects else None,
-            infer_ms=round(1000 * infer_s / infers, 2) if infers else None,
-            faces_estimated=infers,
-            decisions=decisions,
-            pos_rejected=counts["pos_rejected"],
-            alerts_published=counts["alerts"],
-            publish_failures=self.mqtt.failures,
-            **{f"outbox_{k}": v for k, v in self._outbox_figures().items()},
-        )
-
-    def _outbox_durable(self) -> bool:
-        """Whether an alert decided now would be stored on disk (the reserve covers alerts on a full disk)."""
-        box = self.outbox
-        return box is not None and not box.broken and (box.reserve.exists() or self.mqtt.outbox_failures == 0)
-
-    def _outbox_figures(self) -> dict[str, Any]:
-        box = self.outbox
-        return {
-            "ok": box is not None and self.mqtt.outbox_failures == 0 and not box.broken,
-            "durable": self._outbox_durable(),
-            "pending": len(box) if box else 0,
-            "pending_in_memory": self.mqtt.pending_in_memory,
-            "dropped_alerts": box.dropped[ALERT] if box else 0,
-            "dropped_summaries": box.dropped[SUMMARY] if box else 0,
-            "quarantined": box is not None and box.quarantined is not None,
-        }
-
 
 __all__ = ["ConfigError", "Daemon", "StartupError"]

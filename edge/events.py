@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import ages
+from ..ages import AGE_BANDS, BAND_NAMES  # noqa: F401  (AGE_BANDS: re-exported for the event consumers)
 from .model_figures import Validation
 
 # 2 (agegate 0.3): summaries count items per POS category and may carry the cashier's operator_id;
@@ -28,27 +30,13 @@ from .model_figures import Validation
 SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)
 
-# Age bands used for the anonymous analytics and for error reporting in the model card.
-AGE_BANDS: tuple[tuple[str, float, float], ...] = (
-    ("0-12", 0, 13),
-    ("13-17", 13, 18),
-    ("18-24", 18, 25),
-    ("25-34", 25, 35),
-    ("35-49", 35, 50),
-    ("50-64", 50, 65),
-    ("65+", 65, float("inf")),
-)
-AGE_BAND_NAMES: tuple[str, ...] = (*(name for name, _, _ in AGE_BANDS), "unknown")  # in age order, unknown last
+# The payload's age bands: agegate.ages's table, plus "unknown" for a customer never estimated.
+AGE_BAND_NAMES: tuple[str, ...] = (*BAND_NAMES, "unknown")  # in age order, unknown last
 AgeBand = Literal[AGE_BAND_NAMES]  # type: ignore[valid-type]  # built from AGE_BANDS: one definition
 
 
 def age_band(age: float | None) -> AgeBand:
-    if age is None:
-        return "unknown"
-    for name, lo, hi in AGE_BANDS:
-        if lo <= age < hi:
-            return name  # type: ignore[return-value]
-    return "0-12"  # negative ages cannot come out of to_age(); keep the type total
+    return "unknown" if age is None else ages.age_band(age)  # type: ignore[return-value]
 
 
 def utcnow() -> datetime:

@@ -49,8 +49,10 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
 
+from ..files import write_atomically
 from .age_model import AgeModel, self_test
 from .bundle import MANIFEST_FILE, SIGNATURE_FILE, BundleError, Manifest, QualityFloors, load_bundle, quality_problems
+from .pydantic_errors import first_error
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +266,7 @@ class ModelStore:
             return {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(state, indent=2) + "\n")
-            os.replace(tmp, self.state_file)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # half a state file must not stay behind on a full disk
-            raise
+        write_atomically(self.state_file, json.dumps(state, indent=2) + "\n")  # on a full disk: OSError, old file kept
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -354,10 +350,7 @@ def parse_manifest(data: bytes, where: Path) -> Manifest:
     except RecursionError:
         raise BundleError(f"{where}: unreadable: nested too deeply") from None
     except ValueError as exc:  # pydantic's ValidationError
-        errors = getattr(exc, "errors", None)
-        first = errors()[0] if callable(errors) else {"loc": (), "msg": str(exc)}
-        loc = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise BundleError(f"{where}: {loc}: {first['msg']}") from None
+        raise BundleError(f"{where}: {first_error(exc, 'manifest')}") from None
 
 
 def _named_files(manifest: Manifest) -> list[str]:

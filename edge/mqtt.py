@@ -43,6 +43,7 @@ from .. import __version__
 from .config import Settings
 from .events import Alert, Event, ModelRef, PosMessage, Stats, Status, TransactionSummary
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
+from .pydantic_errors import first_error
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ class MqttLink:
         try:
             msg = PosMessage.model_validate_json(message.payload)
         except ValueError as exc:
-            self.on_pos_rejected(f"MQTT POS message rejected: {_first_error(exc)}")
+            self.on_pos_rejected(f"MQTT POS message rejected: {first_error(exc)}")
             return
         try:
             self._pos_queue.put_nowait(msg)
@@ -371,11 +372,3 @@ def make_client(settings: Settings, client_id_suffix: str = "") -> AgegateClient
         )
     return client
 
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        return f"{where}: {e['msg']}"
-    return str(exc)

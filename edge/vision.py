@@ -19,49 +19,15 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .age_model import AgeModel
-from .capture import Camera, CameraState, Pacer, name_os_thread
+from .capture import Camera, CameraState, name_os_thread
 from .detectors import Detector, Zone, customer_faces
 from .events import Estimate
+from .timing import Pacer, StageTimer
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 VISION_THREAD = "agegate-vision"  # the loop's thread name as the system shows it (top -H, /proc)
-
-
-class StageTimer:
-    """Running totals for one stage: read and reset by the stats publisher (:meth:`take`), and
-    kept since start-up for the status and benchmarks (:meth:`totals`)."""
-
-    def __init__(self, observe: Callable[[float], None] | None = None) -> None:
-        self._lock = threading.Lock()
-        self.count = 0
-        self.total_s = 0.0
-        self._all_count = 0
-        self._all_s = 0.0
-        self.observe = observe  # also told each measurement (seconds per item), e.g. a metrics histogram
-
-    def add(self, seconds: float, count: int = 1) -> None:
-        with self._lock:
-            self.count += count
-            self.total_s += seconds
-            self._all_count += count
-            self._all_s += seconds
-        if self.observe is not None:
-            for _ in range(count):
-                self.observe(seconds / count)
-
-    def take(self) -> tuple[int, float]:
-        """(count, total seconds) since the last take."""
-        with self._lock:
-            out = (self.count, self.total_s)
-            self.count, self.total_s = 0, 0.0
-            return out
-
-    def totals(self) -> dict[str, float]:
-        """Count and seconds since start-up (never reset)."""
-        with self._lock:
-            return {"count": self._all_count, "total_s": round(self._all_s, 6)}
 
 
 @dataclass(frozen=True)
@@ -81,7 +47,7 @@ class VisionLoop:
         detector: Detector,
         model: Callable[[], AgeModel],
         tracker: Tracker,
-        zone: Zone,
+        zone: Callable[[], Zone],
         *,
         max_faces: int = 2,
         face_stale_s: float = 1.5,
@@ -93,7 +59,7 @@ class VisionLoop:
         self.detector = detector
         self.model = model  # read each frame, so a model swapped in by the daemon is picked up
         self.tracker = tracker
-        self.zone = zone
+        self.current_zone = zone  # read each frame: the zone store's (edge/zone.py), so a saved zone applies at once
         self.max_faces = max_faces
         self.face_stale_s = face_stale_s
         # Ages at most this often (0: every frame): the tracker follows faces in between, and
@@ -110,6 +76,7 @@ class VisionLoop:
         self.last_error: str | None = None
         self._failing: str | None = None  # set while the latest frame failed, cleared by a good one
         self._assessed = False  # whether the latest frame ran the model (or had no face for it)
+        self.death: str | None = None  # why the thread ended, when something outside a frame's step ended it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
 
@@ -137,6 +104,13 @@ class VisionLoop:
         return self._failing
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the daemon's supervisor restarts the loop and says why it died
+            self.death = f"{type(exc).__name__}: {exc}".strip()
+            log.critical("the vision loop ended: %s", self.death, exc_info=True)
+
+    def _loop(self) -> None:
         name_os_thread(VISION_THREAD)
         seq = -1
         while not self._stop.is_set():
@@ -162,7 +136,7 @@ class VisionLoop:
         t1 = time.perf_counter()
         self.detect.add(t1 - t0)
         h, w = image.shape[:2]
-        zone = self.zone
+        zone = self.current_zone()
         in_zone = customer_faces(faces, zone, w, h)[: self.max_faces]
         boxes = [f.box for f in in_zone]
         observations: list[tuple[tuple[int, int, int, int], float | None]] = [(box, None) for box in boxes]

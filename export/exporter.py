@@ -41,7 +41,7 @@ from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
 from agegate.training.model import load_inference_model
-from agegate.training.run import PRETRAINED, FitConfig, RunDir, read_history, serving_manifest, write_json
+from agegate.training.run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
 
 from .convert import convert, saved_model
 from .measure import Measurement, measure_bundle, measure_keras
@@ -91,7 +91,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
     variants, data, limit, challenge_age = o.variants, o.data, o.limit, o.challenge_age
     run, out = RunDir(run_dir), Path(out_dir)
     config = run.load_config()
-    spec = serving_manifest(config)
+    spec = serving_spec(config)
     taken = [out / v for v in variants if (out / v).exists()]
     if taken and not o.overwrite:
         raise ExportError(f"{', '.join(map(str, taken))} already exist(s): choose another --out or pass --overwrite")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from agegate.edge.age_model import AgeModel
-from agegate.edge.bundle import Manifest
+from agegate.edge.bundle import ServingSpec
 from agegate.training import metrics
 
 
@@ -41,7 +41,7 @@ def _summary(true_ages: np.ndarray, ages: np.ndarray, challenge_age: float, sour
     return metrics.summarise_sources(true_ages, ages, sources, challenge_age)
 
 
-def measure_keras(model, faces: np.ndarray, true_ages: np.ndarray, spec: Manifest, challenge_age: float, file_bytes: int | None = None,
+def measure_keras(model, faces: np.ndarray, true_ages: np.ndarray, spec: ServingSpec, challenge_age: float, file_bytes: int | None = None,
                   sources: np.ndarray | None = None) -> Measurement:
     from agegate.training.model import predict_ages
 

@@ -99,7 +99,7 @@ def _check_recorded_mae(model: AgeModel, path: Path, data) -> str:
     from agegate.training.metrics import mae
 
     m = model.manifest
-    run = (m.training.model_extra or {}).get("run", {})
+    run = m.training.run or {}
     if m.metrics.get("mae") is None or not run:
         raise VerifyError(f"{path}: the manifest records no test MAE or run settings to check against")
     limit, seed = m.metrics.get("limit"), int(run.get("seed", 1234))

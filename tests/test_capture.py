@@ -17,11 +17,11 @@ from agegate.edge.capture import (
     Camera,
     CameraError,
     CameraState,
-    Pacer,
     backoff_delay,
     describe_source,
     parse_source,
 )
+from agegate.edge.timing import Pacer
 
 WIDTH, HEIGHT = FRAME_SIZE
 

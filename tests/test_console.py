@@ -418,7 +418,7 @@ def test_local_till_without_token_keeps_its_zone_across_restarts(tmp_path, modul
 
 @pytest.mark.parametrize("content", ['{"customer_zone": "0.9,0,0.1,1"}', "not json", '{"zone": 1}', '{"customer_zone": 7}'])
 def test_a_saved_zone_that_is_not_one_falls_back_to_the_default(tmp_path, caplog, content):
-    from agegate.edge.console.zone import ZoneStore
+    from agegate.edge.zone import ZoneStore
     from agegate.edge.detectors import Zone
 
     (tmp_path / "zone.json").write_text(content)
@@ -471,7 +471,8 @@ API_PATHS = {"/v1/pos", "/v1/status", "/healthz", "/console/api/status", "/conso
 
 
 def test_openapi_describes_every_route_its_security_and_its_refusals(till: ConsoleDaemon):
-    from agegate.edge.api_models import ConsoleStatus, LiveView, TillStatus
+    from agegate.edge.api_models import ConsoleStatus, LiveView
+    from agegate.edge.status import TillStatus
 
     doc = till.get("/openapi.json").json()
     assert set(doc["paths"]) == API_PATHS

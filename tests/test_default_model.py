@@ -25,7 +25,7 @@ def test_shipped_bundles_load_self_test_and_record_their_figures(bundle):
     self_test(model)  # the golden faces (the public-domain astronaut photo) give their recorded ages
     m = model.manifest
     assert sum(p.stat().st_size for p in bundle.iterdir()) < 12 * 1024 * 1024
-    assert (m.input.height, m.input.width) == (64, 64) and m.training.model_extra["detector"] == "yunet"
+    assert (m.input.height, m.input.width) == (64, 64) and m.training.detector == "yunet"
     assert (m.crop.margin, m.crop.shift_y) == (-0.05, 0.08)  # the dlib chip's framing of a YuNet box
     # Measured on every source's test and validation faces, through the till's interpreter.
     assert set(m.metrics["sources"]) == set(SOURCES) == set(m.validation.sources)
@@ -37,7 +37,7 @@ def test_the_default_clears_the_tills_own_quality_floors_and_says_its_licence():
     m = AgeModel.from_dir(DEFAULT_BUNDLE_DIR).manifest
     assert quality_problems(m, QualityFloors()) == []
     assert "non-commercial research" in m.training.licence and "CC0" in m.training.licence  # the data's, the weights'
-    assert m.training.model_extra["backbone"] == "dlibresnet10" and m.training.model_extra["epochs"] >= 1
+    assert m.training.backbone == "dlibresnet10" and m.training.epochs >= 1
     part1 = m.metrics["sources"]["utkface-part1"]
     assert part1["n"] == 1919 and part1["mae"] < 6.0  # the project's comparison split (the old default: 5.88)
     assert m.metrics["challenge"]["under18_flagged"] >= 0.97
@@ -49,7 +49,7 @@ def test_the_default_clears_the_tills_own_quality_floors_and_says_its_licence():
 def test_the_cc0_bundle_holds_no_non_commercial_data():
     m = AgeModel.from_dir(CC0_BUNDLE_DIR).manifest
     assert m.training.licence.startswith("CC0-1.0") and "non-commercial" not in m.training.licence
-    assert m.training.data.startswith("none") and m.training.model_extra["epochs"] == 0
+    assert m.training.data.startswith("none") and m.training.epochs == 0
     # Its golden faces are the public-domain astronaut's, not faces from research data.
     assert m.self_test.faces == 2
     # Below the default floor at the challenge age: the model card says so, and what calibrated mode costs.

@@ -18,7 +18,7 @@ from agegate.export.cli import main
 from agegate.training import metrics
 from agegate.training.data import read_sources
 from agegate.training.faces import find_face
-from agegate.training.run import RunDir, serving_manifest
+from agegate.training.run import RunDir, serving_spec
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
@@ -67,7 +67,7 @@ def _predictions(out):
 
 def test_all_four_variants_are_written_with_a_manifest_describing_them(run, exported):
     config = RunDir(run).load_config()
-    spec = serving_manifest(config)
+    spec = serving_spec(config)
     report = json.loads((exported / "export-report.json").read_text())
     keras_mae = report["keras"]["mae"]
     sizes = {}
@@ -83,8 +83,8 @@ def test_all_four_variants_are_written_with_a_manifest_describing_them(run, expo
         # Validation figures, measured on this very file: what a till shows, uses and checks.
         assert m.validation.faces == 48 and m.validation.split == "val" and m.validation.prediction_spread > 0
         assert m.validation.calibrated.under18_flagged >= 0.99 and set(m.validation.sources) == {"utkface-part1"}
-        extra = m.training.model_extra
-        assert extra["backbone"] == "resnet50" and extra["epochs"] == 2 and extra["image_size"] == 32 and extra["run"]["seed"] == config.seed
+        t = m.training
+        assert (t.backbone, t.epochs, t.image_size, t.run["seed"]) == ("resnet50", 2, 32, config.seed) and not t.model_extra
         assert m.metrics["n"] == 48 and set(m.metrics["mae_by_band"]) == set(metrics.BAND_NAMES)
         assert m.metrics["keras_mae"] == pytest.approx(keras_mae)
         assert m.metrics["mae_vs_keras"] == pytest.approx(m.metrics["mae"] - keras_mae)

@@ -26,7 +26,7 @@ from agegate.training.data import (
 )
 from agegate.training.distribute import plan
 from agegate.training.faces import DetectorSpec, find_face, prepare_faces
-from agegate.training.run import FitConfig, RunDir, serving_manifest
+from agegate.training.run import FitConfig, RunDir, serving_spec
 
 TINY = ["--backbone", "resnet50", "--image-size", "32", "--limit", "48", "--epochs", "3", "--batch-size", "8"]
 
@@ -139,7 +139,7 @@ def test_reader_skips_bad_labels_and_corrupt_images_with_a_report(tmp_path, capl
     assert {r.split for r in data.records} == {"train", "val"}
 
     config = FitConfig(data=str(tmp_path), image_size=32, target_offset=0.0, target_scale=1.0)
-    crops = prepare_faces(data.records, serving_manifest(config), name="all")
+    crops = prepare_faces(data.records, serving_spec(config), name="all")
     assert [(p.file, p.problem) for p in crops.problems] == [("corrupt.jpg", "unreadable image")]
     assert len(crops) == len(faces) and crops.images.shape == (len(faces), 32, 32, 3)
     assert sorted(crops.files) == sorted(p.name for p in faces)
@@ -182,7 +182,7 @@ def test_training_crops_are_the_tills_crops(tmp_path):
     """A training crop is prepare_face(photo, box found by the till's own detector)."""
     photos = _real_faces(4)
     records = [Record(p.name, p, float(parse_utkface_name(p.name)), split="test") for p in photos]
-    spec = serving_manifest(FitConfig(data="x", image_size=64, margin=0.1, target_offset=0.0, target_scale=1.0))
+    spec = serving_spec(FitConfig(data="x", image_size=64, margin=0.1, target_offset=0.0, target_scale=1.0))
     crops = prepare_faces(records, spec, DetectorSpec("haar"), cache_dir=tmp_path, name="test")
     detector = create_detector("haar")
     for i, photo in enumerate(photos):
@@ -356,7 +356,7 @@ def test_checkpoint_restores_model_and_optimizer_exactly(interrupted_run):
     # The loss (with its Huber delta) and metric come back too: same figures on the same batch.
     config = RunDir(run).load_config()
     records = [r for r in records_of(read_sources(config.data), 24, config.seed) if r.split == "val"]
-    val = crops_of(records, serving_manifest(config), config.detector_spec, default_cache_dir(), name="val")
+    val = crops_of(records, serving_spec(config), config.detector_spec, default_cache_dir(), name="val")
     x, y = val.images[:16].astype(np.float32), ((val.ages[:16] - config.target_offset) / config.target_scale)[:, None]
     before = result.model.evaluate(x, y, verbose=0, return_dict=True)
     after = restored.evaluate(x, y, verbose=0, return_dict=True)

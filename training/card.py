@@ -126,14 +126,14 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     """A run trained on all sources but one, measured on the test split of the one it never saw."""
     from .evaluate import split_faces
     from .model import load_inference_model, predict_ages
-    from .run import RunDir, serving_manifest
+    from .run import RunDir, serving_spec
 
     r = RunDir(run)
     config = r.load_config()
     trained_on = {Path(d).name for d in config.data}
     held_out = [d for d in all_sources if Path(d).name not in trained_on]
     faces = split_faces(config, held_out, "test", limit)
-    predicted = predict_ages(load_inference_model(r), faces.images, serving_manifest(config))
+    predicted = predict_ages(load_inference_model(r), faces.images, serving_spec(config))
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on),
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}

@@ -22,6 +22,7 @@ import sys
 from typing import Sequence
 
 from agegate import __version__
+from agegate.ages import CHALLENGE_AGE
 
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "detector", "detector_model", "epochs", "batch_size",
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", nargs="+", help="data folder(s) (default: the ones the run trained on)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--limit", type=int, metavar="N", help="only N faces of the split")
-    ev.add_argument("--challenge-age", type=float, default=25.0, help="flag customers estimated under this age (default 25)")
+    ev.add_argument("--challenge-age", type=float, default=CHALLENGE_AGE, help=f"flag customers estimated under this age (default {CHALLENGE_AGE:g})")
     ev.add_argument("--batch-size", type=int, default=64)
     return p
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agegate.ages import MAX_AGE
+
 from .metrics import BAND_NAMES, band_of
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,6 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 PERSON_COLUMNS = ("person_id", "person", "subject_id", "subject", "identity")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-MAX_AGE = 120.0
 UTKFACE_NAME = re.compile(r"^(\d{1,3})_(\d+)_(\d+)_(\d+)")
 
 

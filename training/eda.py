@@ -22,7 +22,7 @@ from . import plots
 from .data import SPLITS, limit_per_split, read_data, split_counts
 from .faces import DetectorSpec, crop_faces, default_cache_dir, scan_cached, typical_box
 from .metrics import BAND_NAMES, band_of
-from .run import FitConfig, serving_manifest, write_json
+from .run import FitConfig, serving_spec, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def explore(
     relative = typical_box(readable)
 
     # Sample crops per band, cut by the same code as training.
-    spec = serving_manifest(FitConfig(data=str(data), image_size=image_size, margin=margin, target_offset=0.0, target_scale=1.0))
+    spec = serving_spec(FitConfig(data=str(data), image_size=image_size, margin=margin, target_offset=0.0, target_scale=1.0))
     rng = np.random.default_rng(seed)
     by_band: dict[str, list] = defaultdict(list)
     for s in readable:

@@ -19,7 +19,7 @@ from . import metrics, plots
 from .data import read_sources, records_of
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import load_inference_model, predict_ages
-from .run import FitConfig, RunDir, read_history, serving_manifest, write_json
+from .run import FitConfig, RunDir, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def split_faces(config: FitConfig, data: str | Path | list | None = None, split:
     records = [r for r in records_of(read_sources(folders, seed=config.seed), limit, config.seed) if r.split == split]
     if not records:
         raise ValueError(f"{folders}: no faces in the {split!r} split")
-    return prepare_faces(records, serving_manifest(config), config.detector_spec, default_cache_dir(), name=split)
+    return prepare_faces(records, serving_spec(config), config.detector_spec, default_cache_dir(), name=split)
 
 
 def evaluate(
@@ -48,7 +48,7 @@ def evaluate(
     """Measure ``RUN/model.keras`` on a split; write metrics.json, predictions.csv and plots/."""
     run = RunDir(run_dir)
     config = run.load_config()
-    spec = serving_manifest(config)
+    spec = serving_spec(config)
     faces = split_faces(config, data, split, limit)
     model = load_inference_model(run)
     log.info("predicting %d %s faces with %s", len(faces), split, run.model)

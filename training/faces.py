@@ -40,7 +40,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from agegate.edge.bundle import Manifest, prepare_face
+from agegate.edge.bundle import ServingSpec, prepare_face
+from agegate.files import replacing, write_atomically
 from agegate.edge.detectors import DEFAULT_KIND, PHOTO_PAD, Detector, create_detector, detect_in_photo
 
 from .data import Problem, Record
@@ -212,10 +213,7 @@ def _load_scans(path: Path) -> dict[str, list]:
 
 
 def _save_scans(path: Path, scans: dict[str, list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(scans), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(scans))
 
 
 def typical_box(scans: Sequence[FaceScan]) -> tuple[float, float, float]:
@@ -243,7 +241,7 @@ def fallback_box(height: int, width: int, relative: tuple[float, float, float]) 
 
 def prepare_faces(
     records: Sequence[Record],
-    spec: Manifest,
+    spec: ServingSpec,
     detector: DetectorSpec = DetectorSpec(),
     cache_dir: Path | None = None,
     name: str = "faces",
@@ -252,7 +250,7 @@ def prepare_faces(
     """The crops of ``records`` as the till would cut them, from the cache when it has them.
 
     ``spec`` is the run's serving manifest (input size, colour order, crop margin); see
-    :func:`agegate.training.run.serving_manifest`.
+    :func:`agegate.training.run.serving_spec`.
     """
     cache = _cache_path(records, spec, detector, cache_dir, name)
     if cache is not None and cache.exists():
@@ -269,7 +267,7 @@ def prepare_faces(
     return faces
 
 
-def crop_faces(scans: Sequence[FaceScan], spec: Manifest, typical: dict[str, tuple[float, float, float]], workers: int | None = None, name: str = "faces") -> FaceSet:
+def crop_faces(scans: Sequence[FaceScan], spec: ServingSpec, typical: dict[str, tuple[float, float, float]], workers: int | None = None, name: str = "faces") -> FaceSet:
     """Cut each scanned photo's face with ``prepare_face``; photos without a face get their source's
     typical box (``typical``: {source: relative box}, see :func:`typical_box`)."""
 
@@ -304,7 +302,7 @@ def crop_faces(scans: Sequence[FaceScan], spec: Manifest, typical: dict[str, tup
     return faces
 
 
-def _cache_path(records: Sequence[Record], spec: Manifest, detector: DetectorSpec, cache_dir: Path | None, name: str) -> Path | None:
+def _cache_path(records: Sequence[Record], spec: ServingSpec, detector: DetectorSpec, cache_dir: Path | None, name: str) -> Path | None:
     if cache_dir is None:
         return None
     identity = {
@@ -320,9 +318,7 @@ def _cache_path(records: Sequence[Record], spec: Manifest, detector: DetectorSpe
 
 
 def _save(path: Path, faces: FaceSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path, mode=0o644) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             images=faces.images,
@@ -332,7 +328,6 @@ def _save(path: Path, faces: FaceSet) -> None:
             sources=np.array([str(x) for x in faces.sources], dtype=str),
             problems=np.array(json.dumps([[p.file, p.problem] for p in faces.problems])),
         )
-    os.replace(tmp, path)
 
 
 def _load(path: Path) -> FaceSet:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -29,12 +28,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from agegate.files import replacing
+
 from . import pipeline
 from .data import read_sources, records_of, split_counts
 from .distribute import choose_strategy
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import build_model, compile_model
-from .run import PRETRAINED, FitConfig, RunDir, read_history, serving_manifest, write_json
+from .run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def fit(
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
 
-    spec = serving_manifest(config)
+    spec = serving_spec(config)
     faces = {
         split: prepare_faces([r for r in records if r.split == split], spec, config.detector_spec, cache_dir, name=split)
         for split in ("train", "val")
@@ -269,9 +270,8 @@ class StopAfter(keras.callbacks.Callback):
 
 
 def _save_atomically(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with replacing(path, mode=0o644) as tmp:  # keeps the .keras suffix Keras insists on
+        model.save(tmp)
 
 
 # --- history.csv -----------------------------------------------------------------------

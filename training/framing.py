@@ -24,7 +24,7 @@ from pathlib import Path
 from . import metrics
 from .data import read_sources, records_of
 from .faces import DetectorSpec, default_cache_dir, prepare_faces
-from .run import PRETRAINED, FitConfig, serving_manifest, write_json
+from .run import PRETRAINED, FitConfig, serving_spec, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def measure(data: list[str], margins=MARGINS, shifts=SHIFTS, split: str = "val",
     for shift in shifts:
         for margin in margins:
             config = FitConfig(data=data, backbone=PRETRAINED, image_size=64, margin=margin, shift_y=shift, target_offset=0.0, target_scale=1.0)
-            spec = serving_manifest(config)
+            spec = serving_spec(config)
             faces = prepare_faces(records, spec, detector, default_cache_dir(), name=split)
             predicted = predict_ages(model, faces.images, spec)
             summary = metrics.summarise_sources(faces.ages, predicted, faces.sources)

@@ -18,15 +18,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from agegate.edge.events import AGE_BANDS
-
-# Age bands as (name, lowest age, first age of the next band): the same bands the till
-# reports in its anonymous transaction summaries, defined once in agegate.edge.events.
-BANDS: tuple[tuple[str, float, float], ...] = AGE_BANDS
-BAND_NAMES = tuple(name for name, _, _ in BANDS)
-
-CHALLENGE_AGE = 25.0
-MINOR_AGE = 18.0  # under this: must be flagged
+from agegate.ages import AGE_BANDS as BANDS  # noqa: F401  (the till's bands, defined once)
+from agegate.ages import BAND_NAMES, BAND_STARTS, CHALLENGE_AGE
+from agegate.ages import LEGAL_AGE as MINOR_AGE  # under this: must be flagged
 TEEN_AGE = 13.0  # 13-17: the teenagers who actually try to buy alcohol
 FALSE_ALARM_AGE = 30.0  # this or older and flagged: a false alarm
 CALIBRATION_TARGET = 0.99  # share of under-18s a calibrated threshold flags
@@ -36,9 +30,8 @@ CURVE_THRESHOLDS = tuple(float(t) for t in range(14, 41))
 
 def band_of(ages: np.ndarray | Iterable[float]) -> np.ndarray:
     """The band name of each age (an array of str)."""
-    ages = np.asarray(ages, dtype=np.float64)
-    edges = np.array([lo for _, lo, _ in BANDS[1:]])
-    return np.asarray(BAND_NAMES, dtype=object)[np.searchsorted(edges, ages, side="right")]
+    ages = np.asarray(ages, dtype=np.float64)  # searchsorted "right" is agegate.ages.band_index, vectorised
+    return np.asarray(BAND_NAMES, dtype=object)[np.searchsorted(np.array(BAND_STARTS), ages, side="right")]
 
 
 def mae(true: np.ndarray, pred: np.ndarray) -> float | None:

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from agegate.edge.bundle import Manifest, normalise, to_age
+from agegate.ages import CHALLENGE_AGE
+from agegate.edge.bundle import ServingSpec, normalise, to_age
 
 from . import pretrained as pretrained_net  # its layers are registered here, so its runs load
 from .run import FitConfig, RunDir
@@ -87,7 +88,7 @@ class ChallengeHuberLoss(HuberLoss):
     Targets and predictions are normalised ages; ``offset`` and ``scale`` map them to years.
     """
 
-    def __init__(self, delta: float = 1.0, penalty: float = 0.0, challenge_age: float = 25.0, offset: float = 0.0,
+    def __init__(self, delta: float = 1.0, penalty: float = 0.0, challenge_age: float = CHALLENGE_AGE, offset: float = 0.0,
                  scale: float = 1.0, name: str = "challenge_huber_loss", reduction: str = "sum_over_batch_size"):
         super().__init__(delta=delta, name=name, reduction=reduction)
         self.penalty, self.challenge_age, self.offset, self.scale = float(penalty), float(challenge_age), float(offset), float(scale)
@@ -188,7 +189,7 @@ def load_inference_model(run: RunDir, path: Path | None = None) -> keras.Model:
     return plain
 
 
-def predict_ages(model: keras.Model, images: np.ndarray, spec: Manifest, batch_size: int = 64) -> np.ndarray:
+def predict_ages(model: keras.Model, images: np.ndarray, spec: ServingSpec, batch_size: int = 64) -> np.ndarray:
     """Ages in years for uint8 crops, through the bundle's own normalise and to_age."""
     ages = np.empty(len(images), dtype=np.float32)
     for start in range(0, len(images), batch_size):

@@ -14,7 +14,7 @@ Everything a run produces lives in one directory::
       plots/             learning curves, predicted vs true, error by band, threshold curve
 
 The serving half of the model bundle's manifest (input size, preprocessing, crop margin,
-output mapping) is derived from the config in one place, :func:`serving_manifest`, used
+output mapping) is derived from the config in one place, :func:`serving_spec`, used
 to cut training crops and to write the exported bundle.
 """
 
@@ -29,15 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agegate.edge.bundle import CropSpec, InputSpec, Manifest, OutputSpec, Preprocessing
+from agegate.edge.bundle import CropSpec, InputSpec, OutputSpec, Preprocessing, ServingSpec
 
 from agegate.edge.detectors import DEFAULT_KIND
+from agegate.ages import MAX_AGE
+from agegate.files import write_atomically
 
 from .faces import DetectorSpec
 
 BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small", "dlibresnet10")
 PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), 64 px
-MAX_AGE = 120.0
 
 
 @dataclass
@@ -130,20 +131,17 @@ class FitConfig:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-def serving_manifest(config: FitConfig) -> Manifest:
+def serving_spec(config: FitConfig) -> ServingSpec:
     """The till's view of this run's model: input, preprocessing, crop and output.
 
     The model takes RGB pixel values 0-255 and carries its backbone's own normalisation
     as layers, so the bundle's preprocessing is the identity (scale 1, mean 0, std 1).
-    It answers the normalised age, which ``output`` maps back to years. The name, version
-    and hash are placeholders: export fills them in for the file it writes.
+    It answers the normalised age, which ``output`` maps back to years. Export writes
+    these into each bundle's manifest, beside the model's identity and provenance.
     """
     if config.target_offset is None or config.target_scale is None:
         raise ValueError("the run has no age normalisation yet (it is set when fit starts)")
-    return Manifest(
-        name="unexported",
-        version="0",
-        sha256="0" * 64,
+    return ServingSpec(
         input=InputSpec(height=config.image_size, width=config.image_size, color="RGB"),
         preprocessing=Preprocessing(scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
         crop=CropSpec(margin=config.margin, shift_y=config.shift_y),
@@ -193,10 +191,7 @@ class RunDir:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def read_history(path: Path) -> list[dict[str, float]]:

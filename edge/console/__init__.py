@@ -1,7 +1,9 @@
 """The till console: local web pages for the installer and the engineer, and ``/metrics``.
 
-Served by the daemon's own HTTP server (api.py mounts :func:`create_console_router`), so it
-shares the POS API's port, body limits and token. Pages are rendered on the server
+Served by the daemon's own HTTP server, so it shares the POS API's port, body limits and token:
+the CLI's ``run`` hands :func:`create_console` to the daemon, which calls it with itself (a
+:class:`ConsoleHost`) and mounts what it returns (api.Mount). Nothing else in the till imports
+the console. Pages are rendered on the server
 (Jinja2) and work without JavaScript; a small vanilla script (static/console.js) refreshes
 the status, draws the installer view and the photo results. No npm, no build step.
 
@@ -55,17 +57,20 @@ from starlette.concurrency import run_in_threadpool
 
 from ... import __version__
 from ..age_model import AgeModel
-from ..api_models import ConsoleStatus, ErrorAnswer, HistoryPage, LiveView, PhotoResult, ZoneView
+from ..api import Mount
+from ..api_models import (ConsoleModelStatus, ConsoleStatus, ErrorAnswer, HistoryPage, HistoryRow, LiveView,
+                          PhotoResult, ZoneView)
 from ..bundle import MANIFEST_FILE
 from ..capture import Camera
 from ..config import Settings
 from ..detectors import Detector, Zone
 from ..events import Decision
 from ..history import COLUMNS, DecisionLog, Query, Row
-from ..metrics import CONTENT_TYPE_LATEST, Metrics
+from ..prometheus import CONTENT_TYPE_LATEST, Metrics
+from ..status import TillStatus
 from ..vision import VisionLoop
+from ..zone import ZoneStore, zone_dict, zone_text
 from .photo import BODY_LIMIT, PhotoError, PhotoEstimator, read_upload
-from .zone import ZoneStore, zone_dict, zone_text
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ MAX_PAGE = 1_000_000  # far past the history's own bound (1,000,000 rows); page 
 DECISIONS = get_args(Decision)
 NO_STORE = {"Cache-Control": "no-store"}
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
-# Uploads may be larger than AGEGATE_HTTP_MAX_BODY; api.create_app(body_limits=...) takes this.
+# Uploads may be larger than AGEGATE_HTTP_MAX_BODY; handed to the app with the routes (create_console).
 BODY_LIMITS = {"/console/photo": BODY_LIMIT, "/console/api/photo": BODY_LIMIT}
 
 
@@ -107,7 +112,7 @@ class ConsoleHost(Protocol):
     history: DecisionLog | None
     metrics: Metrics
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> TillStatus: ...
 
     def new_detector(self) -> Detector: ...
 
@@ -119,6 +124,11 @@ class ZoneIn(BaseModel):
     y0: float = Field(ge=0, le=1)
     x1: float = Field(ge=0, le=1)
     y1: float = Field(ge=0, le=1)
+
+
+def create_console(host: ConsoleHost) -> Mount:
+    """The console's routes for ``host``, and the body limits of its uploads (what Daemon(console=) takes)."""
+    return Mount(create_console_router(host), BODY_LIMITS)
 
 
 def create_console_router(host: ConsoleHost) -> APIRouter:
@@ -138,17 +148,19 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
 
     # --- status ------------------------------------------------------------------------------------
 
+    # The pages are given the status as plain data, exactly what /console/api/status answers.
     @router.get("/console", response_class=HTMLResponse, include_in_schema=False)
     def status_page(request: Request):
-        return page(request, "status.html", s=status_view(host), nav="status")
+        return page(request, "status.html", s=status_view(host).model_dump(exclude_unset=True), nav="status")
 
     @router.get("/console/status-panel", response_class=HTMLResponse, include_in_schema=False)
     def status_panel(request: Request):
-        return page(request, "_status_panel.html", s=status_view(host))
+        return page(request, "_status_panel.html", s=status_view(host).model_dump(exclude_unset=True))
 
+    # exclude_unset: the model store's record as it is (see api.py's /v1/status).
     @router.get("/console/api/status", response_model=ConsoleStatus, response_model_exclude_unset=True,
                 summary="The status page's figures")
-    def status_api() -> dict[str, Any]:
+    def status_api() -> ConsoleStatus:
         return status_view(host)
 
     # --- installer view ------------------------------------------------------------------------------
@@ -173,7 +185,6 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
             host.zones.save(zone)
         except OSError as exc:
             raise HTTPException(503, f"cannot save the zone to {host.zones.path}: {exc.strerror or exc}") from None
-        host.vision.zone = zone  # the vision loop reads it on its next frame
         return zone_view(host)
 
     @router.delete("/console/api/zone", response_model=ZoneView, responses=NOT_SAVED,
@@ -183,7 +194,6 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
             host.zones.reset()
         except OSError as exc:
             raise HTTPException(503, f"cannot remove {host.zones.path}: {exc.strerror or exc}") from None
-        host.vision.zone = host.zones.current
         return zone_view(host)
 
     # --- history -------------------------------------------------------------------------------------
@@ -272,24 +282,30 @@ def create_console_router(host: ConsoleHost) -> APIRouter:
 # --- views ---------------------------------------------------------------------------------------------------
 
 
-def status_view(host: ConsoleHost) -> dict[str, Any]:
+def status_view(host: ConsoleHost) -> ConsoleStatus:
+    """The till's status (status.TillStatus) extended with what the console's status page shows."""
     s = host.status()
-    bundle, manifest = host.model.bundle, host.model.manifest
+    model = host.model
+    bundle, manifest = model.bundle, model.manifest
     try:
         installed = _local_iso((bundle.path / MANIFEST_FILE).stat().st_mtime)
     except OSError:
         installed = None
-    s["model"].update(created_at=manifest.created_at.isoformat(timespec="seconds"), installed_at=installed,
-                      path=str(bundle.path))
-    s["zone"] = zone_view(host)
     try:
-        s["last_decisions"] = [row_dict(r) for r in host.history.page(limit=10)[0]] if host.history else []
-        s["history_available"] = host.history is not None
+        last = [HistoryRow(**row_dict(r)) for r in host.history.page(limit=10)[0]] if host.history else []
+        available = host.history is not None
     except sqlite3.Error as exc:  # a failing disk must not take the status page with it
         log.error("decision history: cannot read: %s", exc)
-        s["last_decisions"], s["history_available"] = [], False
-    s["token_required"] = host.settings.http_token is not None
-    return s
+        last, available = [], False
+    # dict(s): the status's fields as they are (nested models keep which of their fields were set).
+    return ConsoleStatus(
+        **{**dict(s), "model": ConsoleModelStatus(**dict(s.model), path=str(bundle.path), installed_at=installed,
+                                                  created_at=manifest.created_at.isoformat(timespec="seconds"))},
+        zone=ZoneView(**zone_view(host)),
+        last_decisions=last,
+        history_available=available,
+        token_required=host.settings.http_token is not None,
+    )
 
 
 def zone_view(host: ConsoleHost) -> dict[str, Any]:
@@ -376,4 +392,4 @@ def _duration(seconds: float) -> str:
     return f"{d} d {h} h" if d else f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
-__all__ = ["BODY_LIMITS", "ConsoleHost", "ZoneStore", "create_console_router"]
+__all__ = ["BODY_LIMITS", "ConsoleHost", "create_console", "create_console_router"]

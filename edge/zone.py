@@ -4,21 +4,23 @@ The saved zone is ``{state_dir}/zone.json`` (``{"customer_zone": "x0,y0,x1,y1", 
 written atomically; the env file stays the source of the default. At start-up a saved zone
 wins; one that cannot be read or is invalid is logged and the default used instead.
 
-Threading: the console (HTTP workers) saves and resets, the daemon reads :attr:`current`
-when it (re)creates the vision loop; one lock orders the writes.
+The vision loop reads :attr:`ZoneStore.current` on every frame, so a zone saved or reset takes
+effect at the next frame; nothing else hands the zone to the loop.
+
+Threading: the console (HTTP workers) saves and resets, the vision thread reads
+:attr:`current` (one attribute, replaced whole); one lock orders the writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..detectors import Zone
+from ..files import write_atomically
+from .detectors import Zone
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +64,7 @@ class ZoneStore:
         body = json.dumps({"customer_zone": zone_text(zone),
                            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{FILE_NAME}.")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(body)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(self.path, body)
             self.current, self.saved = zone, True
         log.info("customer zone set to %s from the console", zone_text(zone))
 

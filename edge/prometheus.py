@@ -4,8 +4,8 @@ Counters and histograms are updated where the daemon already measures: the visio
 stage timers (frames, detect and per-face inference latency), the decision hook and its timer
 (decision latency), ``Daemon.publish`` (alerts) and ``Daemon.reject`` (refused POS messages).
 Values another part already keeps (camera reconnects and fps, outbox depth and drops, publish
-failures, broker connection, the loaded model) are read at scrape time through callbacks, so
-there is one source of truth for each.
+failures, broker connection, the loaded model) are rendered at scrape time from the till's
+status (status.TillStatus), so there is one source of truth for each.
 
 Beside them, prometheus-client's standard ``process_*`` series (CPU seconds, resident memory,
 open descriptors, ``process_start_time_seconds`` for uptime), ``python_info``, and
@@ -14,15 +14,14 @@ open descriptors, ``process_start_time_seconds`` for uptime), ``python_info``, a
 A registry per :class:`Metrics` rather than prometheus-client's global default, so that
 several daemons (or tests) in one process never collide.
 
-Threading: prometheus-client's instruments are thread-safe; the callbacks are called from
-the HTTP worker serving the scrape and must be quick and safe from any thread.
+Threading: prometheus-client's instruments are thread-safe; the status is read from the HTTP
+worker serving the scrape (status.StatusReporter reads each part afresh, from any thread).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, get_args
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, Info, PlatformCollector,
@@ -33,9 +32,9 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from .events import AlertType, Decision
-from .outbox import ALERT, SUMMARY
+from .status import TillStatus
 
-__all__ = ["CONTENT_TYPE_LATEST", "Live", "Metrics", "live_from"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 DETECT_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 INFER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5)
@@ -44,69 +43,43 @@ PROCESSED_FPS_WINDOW_S = 5.0
 DECISION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
-@dataclass
-class Live:
-    """Callbacks for the values other parts keep; each answers now, from any thread."""
+class _StatusCollector(Collector):
+    """The series read from the till's status at scrape time (one snapshot per scrape)."""
 
-    camera_reconnects: Callable[[], int] = lambda: 0
-    camera_fps: Callable[[], float] = lambda: 0.0
-    camera_streaming: Callable[[], bool] = lambda: False
-    mqtt_connected: Callable[[], bool] = lambda: False
-    outbox_pending: Callable[[], int] = lambda: 0
-    outbox_dropped: Callable[[], dict[str, int]] = field(default=lambda: {"alert": 0, "summary": 0})
-    publish_failures: Callable[[], int] = lambda: 0
-    vision_errors: Callable[[], int] = lambda: 0
-    model: Callable[[], dict[str, str]] = field(default=lambda: {})
-
-
-def live_from(daemon) -> Live:
-    """The callbacks for a daemon.Daemon (read lazily: its parts may be replaced while it runs)."""
-    d = daemon
-    return Live(
-        camera_reconnects=lambda: d.camera.reconnects,
-        camera_fps=lambda: d.camera.fps,
-        camera_streaming=lambda: d.camera.state.value == "streaming",
-        mqtt_connected=lambda: d.mqtt.connected.is_set(),
-        outbox_pending=lambda: len(d.outbox) if d.outbox is not None else 0,
-        outbox_dropped=lambda: {"alert": d.outbox.dropped[ALERT], "summary": d.outbox.dropped[SUMMARY]}
-        if d.outbox is not None else {"alert": 0, "summary": 0},
-        publish_failures=lambda: d.mqtt.failures,
-        vision_errors=lambda: d.vision.errors,
-        model=lambda: {**d.model.identity, "variant": d.model.manifest.variant, "runtime": d.model.runtime},
-    )
-
-
-class _LiveCollector(Collector):
-    def __init__(self, live: Live):
-        self.live = live
+    def __init__(self, status: Callable[[], TillStatus]):
+        self.status = status
 
     def collect(self) -> Iterable[Metric]:
-        v = self.live
+        s = self.status()
         yield CounterMetricFamily("agegate_camera_reconnects", "Times the camera source failed and was reopened",
-                                  value=v.camera_reconnects())
+                                  value=s.camera.reconnects)
         yield CounterMetricFamily("agegate_vision_errors", "Frames on which the detector or model failed",
-                                  value=v.vision_errors())
-        yield GaugeMetricFamily("agegate_camera_fps", "Frames per second from the camera", value=v.camera_fps())
+                                  value=s.vision_errors)
+        yield GaugeMetricFamily("agegate_camera_fps", "Frames per second from the camera", value=s.camera.fps)
         yield GaugeMetricFamily("agegate_camera_streaming", "1 while the camera delivers frames",
-                                value=float(v.camera_streaming()))
+                                value=float(s.camera.state == "streaming"))
         yield GaugeMetricFamily("agegate_mqtt_connected", "1 while connected to the broker",
-                                value=float(v.mqtt_connected()))
+                                value=float(s.mqtt.connected))
         yield GaugeMetricFamily("agegate_outbox_pending",
                                 "Alerts and transaction summaries in the outbox, not yet acknowledged by the broker",
-                                value=v.outbox_pending())
+                                value=s.outbox.pending)
         dropped = CounterMetricFamily("agegate_outbox_dropped",
                                       "Events the full outbox dropped (oldest summaries first, alerts last)",
                                       labels=["kind"])
-        for kind, n in v.outbox_dropped().items():
-            dropped.add_metric([kind], n)
+        dropped.add_metric(["alert"], s.outbox.dropped_alerts)
+        dropped.add_metric(["summary"], s.outbox.dropped_summaries)
         yield dropped
         yield CounterMetricFamily("agegate_publish_failures", "Messages paho refused to queue for the broker",
-                                  value=v.publish_failures())
-        yield InfoMetricFamily("agegate_model", "The age model in use", value=v.model())
+                                  value=s.mqtt.publish_failures)
+        m = s.model
+        yield InfoMetricFamily("agegate_model", "The age model in use", value={
+            "name": m.name, "version": m.version, "sha256": m.sha256, "variant": m.variant, "runtime": m.runtime})
 
 
 class Metrics:
-    def __init__(self, live: Live | None = None):
+    def __init__(self, status: Callable[[], TillStatus] | None = None):
+        """``status``: the till's status, read at each scrape for the series other parts keep;
+        without it (a Metrics of its own, as the benchmarks use) only the instruments are served."""
         disable_created_metrics()  # no *_created series: noise on a till's dashboard (process-wide setting)
         self.registry = CollectorRegistry()
         r = self.registry
@@ -131,11 +104,11 @@ class Metrics:
         for t in get_args(AlertType):
             self.alerts.labels(t)
         self._frame_times: deque[float] = deque(maxlen=4096)  # when recent frames were done: processed_fps
-        self.live = live or Live()
-        r.register(_LiveCollector(self.live))
+        if status is not None:
+            r.register(_StatusCollector(status))
 
     def stage_observers(self) -> dict[str, Callable[[float], None]]:
-        """What the vision loop's stage timers report to (see vision.StageTimer)."""
+        """What the vision loop's stage timers report to (see timing.StageTimer)."""
         return {"frames": self._frame_done, "detect": self.detect_seconds.observe,
                 "infer": self.infer_seconds.observe}
 
