@@ -8,11 +8,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Re-install when the dependencies change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-fast bench bench-backend schemas clean help tools
+.PHONY: demo test test-fast screenshots bench bench-backend schemas clean help tools
 
 help:
 	@echo "make demo   run the till daemon on a demo video with a simulated POS and a local broker"
 	@echo "make test   install what is needed and run the test suite"
+	@echo "make test-fast  the suite without the slow, browser, root-only and network tests (under 3 minutes)"
+	@echo "make screenshots  retake the docs' screenshots (docs/console-*.png, docs/backend-reports.png)"
 	@echo "make bench  measure the till pipeline on this machine (BENCH_ARGS='--bundles DIR ...')"
 	@echo "make bench-backend  events/s that agegate-backend ingests into SQLite and PostgreSQL, broker restarted mid-run"
 
@@ -45,9 +47,24 @@ demo: $(STAMP)
 test: $(STAMP) tools
 	$(PY) -m pytest -ra
 
-# Skip the tests that train or export models.
+# Leaves out the tests marked slow (training, export, TensorFlow), browser (Chromium), root (tmpfs
+# mounts) and network (brokers, the daemon's process, agegate-backend, PostgreSQL); markers in
+# pyproject.toml, tests/conftest.py adds them from the fixtures. What stays is the till's logic on
+# real parts in one process: decisions, tracker, capture from video files, the detectors and
+# .tflite models, config and env files, the outbox and history on SQLite, model delivery, the CLI
+# and its `check`, systemd's unit and notify protocol, the docs' checks, the install's resolution.
+FAST_MARKERS ?= not slow and not browser and not root and not network
 test-fast: $(STAMP) tools
-	$(PY) -m pytest -ra -m "not slow"
+	$(PY) -m pytest -ra -m "$(FAST_MARKERS)"
+
+# Tests write screenshots into a temporary folder, so that a test run leaves the tree as it found
+# it; this takes them again into one and copies them into docs/ (README, console.md, backend.md show them).
+SCREENSHOT_TESTS := tests/test_console.py::test_screenshots_of_the_shipped_model \
+                    tests/test_backend_web.py::test_the_reports_page_in_a_browser
+screenshots: $(STAMP) tools
+	@shots=$$(mktemp -d) && \
+	AGEGATE_SCREENSHOT_DIR=$$shots $(PY) -m pytest -ra $(SCREENSHOT_TESTS) && \
+	cp -v $$shots/*.png docs/ && rm -rf $$shots
 
 # The till pipeline on this machine: isolated costs, the real daemon with a real broker, the
 # peers (docs/performance.md). Writes bench-results/bench.json and bench.md. The shipped

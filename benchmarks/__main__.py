@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "bundles": [str(b) for b in bundles],
         "notes": notes,
     }
-    from agegate.edge.demo import astronaut_bgr, face_frame
+    from agegate.testing.videos import astronaut_bgr, face_frame
 
     frame = face_frame(astronaut_bgr())
     print(f"benchmark: {len(bundles)} bundle(s); parts: {', '.join(p for p in PARTS if p not in skip)}", file=sys.stderr)

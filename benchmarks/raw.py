@@ -1,7 +1,7 @@
 """Raw costs in isolation: face detection per 640x480 frame, and the age model per face.
 
 Each is measured on its own in this process, on the frame the pipeline's video is made of
-(the astronaut photo in a 640x480 scene, edge/demo.py), through the daemon's own code: the
+(the astronaut photo in a 640x480 scene, agegate.testing.videos), through the daemon's own code: the
 detectors of ``agegate.edge.detectors``, and ``AgeModel.prepare`` (crop and resize) then
 ``AgeModel.predict_prepared`` (normalise and the LiteRT interpreter), one face at a time as
 the till runs it. Thread counts: OpenCV's (``cv2.setNumThreads``) for the detectors, the

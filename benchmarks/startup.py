@@ -23,9 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from agegate.edge.demo import astronaut_bgr, start_local_broker, write_face_video
+from agegate.testing.brokers import start_local_broker
+from agegate.testing.videos import astronaut_bgr, write_face_video
 
-from .pipeline import DaemonUnderTest
+from .pipeline import bench_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +54,8 @@ def measure_startup(*, bundle: Path, runs: int, camera_fps: float, env: dict[str
             sock_path = run_dir / "notify.sock"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.bind(str(sock_path))
-            daemon = DaemonUnderTest(run_dir, video=video, bundle=bundle, broker_port=port,
-                                     env={**env, "NOTIFY_SOCKET": str(sock_path)})
+            daemon = bench_daemon(run_dir, video=video, bundle=bundle, broker_port=port,
+                                  env={**env, "NOTIFY_SOCKET": str(sock_path)})
             try:
                 started = time.perf_counter()
                 daemon.launch()
@@ -79,7 +80,7 @@ def measure_startup(*, bundle: Path, runs: int, camera_fps: float, env: dict[str
                 ready_s.append(ready)
                 estimate_s.append(first)
             finally:
-                daemon.stop()
+                daemon.stop(timeout=30)
                 sock.close()
     finally:
         stop_broker()

@@ -1,23 +1,19 @@
-"""The backend's real parts for its tests: `agegate-backend ingest` as a process, a QoS 1 publisher,
-PostgreSQL from benchmarks/services.py, and events made with the till's own models."""
+"""The backend's tests' own parts: a publisher of the till's events and events made with the till's own
+models; `agegate-backend ingest` as a process and a throwaway PostgreSQL come from the harness
+(agegate.testing)."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, func, select
 
 from agegate.backend import db
 from agegate.edge.events import Alert, Estimate, ModelRef, Status, Thresholds, TransactionSummary
+from agegate.testing.mqtt import Publisher
+from agegate.testing.postgres import ThrowawayPostgres
 
 MODEL = ModelRef(name="agegate-age", version="2026.11.22", sha256="0" * 64)
 THRESHOLDS = Thresholds(challenge_age=25, legal_age=18)
@@ -51,57 +47,17 @@ def topic(event, prefix="agegate") -> str:
     return f"{prefix}/{event.store_id}/{event.till_id}/{kind}"
 
 
-class Publisher:
-    """A QoS 1 publisher (a till's MQTT link, as far as the broker can tell)."""
+class EventPublisher(Publisher):
+    """A QoS 1 publisher of the till's events on their topics (a till's MQTT link, as far as the broker can tell)."""
 
     def __init__(self, broker, client_id: str | None = None):
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}")
-        self.client.connect(broker.host if hasattr(broker, "host") else "127.0.0.1", broker.port)
-        self.client.loop_start()
+        super().__init__(broker.host, broker.port, client_id=client_id)
 
     def send(self, event_or_topic, payload: bytes | None = None, retain: bool = False) -> None:
         if payload is None:
-            info = self.client.publish(topic(event_or_topic), event_or_topic.to_json(), qos=1, retain=retain)
+            self.publish(topic(event_or_topic), event_or_topic.to_json(), retain=retain)
         else:
-            info = self.client.publish(event_or_topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-class IngestProcess:
-    """`agegate-backend ingest` as its own process, as systemd would run it."""
-
-    def __init__(self, tmp: Path, url: str, brokers: list, client_id: str = "backend-test", extra: tuple[str, ...] = ()):
-        self.url, self.log_path = url, tmp / f"ingest-{uuid.uuid4().hex[:6]}.log"
-        self.args = [sys.executable, "-m", "agegate.backend", "--db", url, "ingest", "--client-id", client_id]
-        for b in brokers:
-            self.args += ["--broker", f"127.0.0.1:{b.port}"]
-        self.args += list(extra)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "IngestProcess":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while b"connected to" not in self.log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ingest did not connect:\n{self.log()}")
-            time.sleep(0.1)
-        time.sleep(0.3)  # the SUBACK
-        return self
-
-    def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self._log.close()
-        return self.proc.returncode if self.proc else 0
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+            self.publish(event_or_topic, payload, retain=retain)
 
 
 def count(url: str, table: str) -> int:
@@ -113,22 +69,9 @@ def count(url: str, table: str) -> int:
         engine.dispose()
 
 
-def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def postgres_or_skip():
     """A throwaway PostgreSQL, or a skip with the reason where it cannot run; never a skip in CI."""
     import pytest
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.services import ThrowawayPostgres
 
     try:
         return ThrowawayPostgres().start()

@@ -1,18 +1,18 @@
-"""Real parts for the tests: a Mosquitto broker on a free loopback port, small real
-.tflite bundles, video files with a real face, and the shared data when it exists."""
+"""The tests' fixtures: a Mosquitto broker on a free loopback port, small real .tflite bundles,
+video files with a real face, the shared data when it exists. The parts themselves are the
+harness that the benchmarks and `make demo` share (agegate.testing, in testing/)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from agegate.edge.detectors import YUNET_MODEL as YUNET_SHIPPED
+from agegate.testing.brokers import Mosquitto
+from agegate.testing.brokers import mosquitto_binary as find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AGEGATE_SHARED_DIR", ROOT.parent / "shared"))
@@ -21,72 +21,38 @@ ALL_AGE_FACES = SHARED / "data" / "all-age-faces"
 YUNET_MODEL = YUNET_SHIPPED  # shipped inside the package (edge/detectors/models/), so never missing
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Markers that follow from a test's fixtures (pyproject.toml registers them), so that a new test gets
+# them without remembering: a broker means real servers on loopback, `browser` the headless Chromium.
+# Tests that start servers without these fixtures carry `network` themselves.
+MARKER_OF_FIXTURE = {"broker": "network", "persistent_broker": "network", "module_broker": "network",
+                     "mosquitto_binary": "network", "browser": "browser"}
 
 
-class Broker:
-    """A real Mosquitto process listening on 127.0.0.1:port; stop() and start() it to test faults."""
-
-    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False):
-        self.port = port or free_port()
-        self.host = "127.0.0.1"
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            + (f"persistence true\npersistence_location {workdir}/\n" if persistent else "persistence false\n")
-            + f"log_dest file {workdir / 'mosquitto.log'}\nmax_inflight_messages 100\n" + self.run_as
-        )
-
-    # Started as root, mosquitto switches to its own user, which cannot read pytest's private tmp dirs.
-    run_as = "user root\n" if os.geteuid() == 0 else ""
-
-    def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited with {self.proc.returncode}; see {self.workdir}/mosquitto.log")
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening within 10 s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        for fixture in sorted(MARKER_OF_FIXTURE.keys() & set(item.fixturenames)):
+            item.add_marker(MARKER_OF_FIXTURE[fixture])
 
 
 @pytest.fixture(scope="session")
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (os.path.exists("/usr/sbin/mosquitto") and "/usr/sbin/mosquitto")
+    found = find_mosquitto()
     if not found:
         raise RuntimeError("mosquitto is missing; `make test` installs it (apt-get install mosquitto)")
     return found
 
 
 @pytest.fixture
-def broker(tmp_path_factory, mosquitto_binary) -> Broker:
-    b = Broker(tmp_path_factory.mktemp("broker"))
-    b.start()
+def broker(tmp_path_factory, mosquitto_binary) -> Mosquitto:
+    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
     yield b
     b.stop()
 
 
 @pytest.fixture
-def persistent_broker(tmp_path_factory, mosquitto_binary) -> Broker:
+def persistent_broker(tmp_path_factory, mosquitto_binary) -> Mosquitto:
     """A broker that keeps sessions and queued messages across its restarts, as a store broker should."""
-    b = Broker(tmp_path_factory.mktemp("broker"), persistent=True)
-    b.start()
+    b = Mosquitto(tmp_path_factory.mktemp("broker"), persistent=True).start()
     yield b
     b.stop()
 
@@ -103,22 +69,21 @@ def constant_bundles(tmp_path_factory) -> dict[int, Path]:
 @pytest.fixture(scope="session")
 def astronaut_bgr():
     """The public-domain astronaut photo scikit-image ships (Eileen Collins), as BGR."""
-    import cv2
-    from skimage import data
+    from agegate.testing.videos import astronaut_bgr
 
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return astronaut_bgr()
 
 
 @pytest.fixture(scope="session")
 def face_video(tmp_path_factory, astronaut_bgr) -> Path:
-    from video_factory import write_face_video
+    from agegate.testing.videos import write_face_video
 
     return write_face_video(tmp_path_factory.mktemp("video") / "face.avi", astronaut_bgr)
 
 
 @pytest.fixture(scope="session")
 def empty_video(tmp_path_factory) -> Path:
-    from video_factory import write_empty_video
+    from agegate.testing.videos import write_empty_video
 
     return write_empty_video(tmp_path_factory.mktemp("video") / "empty.avi")
 
@@ -133,6 +98,15 @@ def keys(tmp_path_factory):
     generate_keypair(d / "other.pem", d / "other.pub")
     return {"private": load_private_key(d / "signing.pem"), "public_path": d / "signing.pub",
             "public": load_public_key(d / "signing.pub"), "other": load_private_key(d / "other.pem")}
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    """A tiny tmpfs of ``size`` ("4m") on ``path`` (made if missing): a disk to fill or make read-only.
+    Needs root (tests marked `root`): skips, saying so, without it. The test unmounts it."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
 
 
 def fill_disk(path: Path) -> None:
@@ -169,3 +143,24 @@ def require_utkface() -> Path:
         pytest.skip(f"shared UTKFace data not found at {UTKFACE} (set AGEGATE_SHARED_DIR); it is not shipped with the project")
     return UTKFACE
 
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory) -> Path:
+    """Where the page tests save the docs' screenshots: $AGEGATE_SCREENSHOT_DIR when `make screenshots`
+    runs them (it then copies them into docs/), else a temporary folder, so that a test run leaves the
+    tree as it found it."""
+    wanted = os.environ.get("AGEGATE_SCREENSHOT_DIR")
+    if not wanted:
+        return tmp_path_factory.mktemp("screenshots")
+    Path(wanted).mkdir(parents=True, exist_ok=True)
+    return Path(wanted)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, through Playwright (agegate.testing.browser)."""
+    from agegate.testing.browser import chromium
+
+    with chromium() as b:
+        yield b

@@ -1,5 +1,5 @@
 """agegate-backend on real parts: Mosquitto, `agegate-backend ingest` as a process, SQLite and a
-throwaway PostgreSQL (benchmarks/services.py starts one with initdb), the till daemon itself."""
+throwaway PostgreSQL (agegate.testing.postgres starts one with initdb), the till daemon itself."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
 from agegate.backend import db, reports
-from backend_helpers import IngestProcess, Publisher, alert, count, postgres_or_skip, status, summary, wait_until
+from agegate.testing.backend import IngestProcess
+from agegate.testing.net import wait_until
+from backend_helpers import EventPublisher, alert, count, postgres_or_skip, status, summary
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def postgres():
     pg.remove()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.network)])
 def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'backend.sqlite3'}"
@@ -50,7 +52,7 @@ def test_the_migrations_build_exactly_the_declared_tables(database_url):
 
 def test_ingest_stores_each_event_once_and_keeps_what_is_invalid(tmp_path, broker, database_url):
     ingest = IngestProcess(tmp_path, database_url, [broker]).start()
-    pub = Publisher(broker)
+    pub = EventPublisher(broker)
     try:
         sales = [summary(band="18-24", items={"beer": 2, "bakery": 1}, restricted={"beer": 2}, operator="op-1",
                          decision="clear", outcome="clear"),
@@ -102,7 +104,7 @@ def test_two_ingesters_sharing_a_subscription_split_the_events_and_write_each_on
     """A chain's scale-out: `--share` ingesters on one database; each event goes to one of them."""
     a = IngestProcess(tmp_path, database_url, [broker], client_id="ingest-a", extra=("--share", "backend")).start()
     b = IngestProcess(tmp_path, database_url, [broker], client_id="ingest-b", extra=("--share", "backend")).start()
-    pub = Publisher(broker)
+    pub = EventPublisher(broker)
     try:
         for i in range(60):
             pub.send(summary(tx=f"S{i}", items={"beer": 1}))

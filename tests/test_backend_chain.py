@@ -7,14 +7,21 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 from sqlalchemy import create_engine, select
 
 from agegate.backend import db
-from backend_helpers import IngestProcess, Publisher, alert, count, status, summary, wait_until
+from agegate.testing.brokers import Mosquitto
+from agegate.testing.backend import IngestProcess
+from agegate.testing.net import wait_until
+from backend_helpers import EventPublisher, alert, count, status, summary
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT))
-from benchmarks.services import Mosquitto  # noqa: E402
+
+
+def durable_broker(workdir, **kw) -> Mosquitto:
+    """A store's or the centre's broker: sessions and queued messages kept across restarts, room for a backlog."""
+    return Mosquitto(workdir, persistent=True, max_queued_messages=1_000_000, **kw)
 
 BRIDGE = ROOT / "docs" / "mosquitto-store-bridge.conf"
 
@@ -39,12 +46,13 @@ def _event_ids(url: str) -> list[str]:
     return ids
 
 
+@pytest.mark.network
 def test_store_bridge_to_central_with_the_link_cut_delivers_every_event_once(tmp_path):
-    central = Mosquitto(tmp_path / "central").start()
-    store = Mosquitto(tmp_path / "store", extra=store_bridge_to(central.port)).start()
+    central = durable_broker(tmp_path / "central").start()
+    store = durable_broker(tmp_path / "store", extra=store_bridge_to(central.port)).start()
     url = f"sqlite:///{tmp_path / 'chain.sqlite3'}"
     ingest = IngestProcess(tmp_path, url, [central]).start()
-    till = Publisher(store, client_id="till-1")
+    till = EventPublisher(store, client_id="till-1")
     sent: list[str] = []
     try:
         def publish(n: int, tag: str) -> None:
@@ -81,7 +89,7 @@ def test_the_till_daemons_own_events_reach_the_reports(tmp_path, broker, face_vi
     from datetime import date, timedelta
 
     from agegate.backend import reports
-    from daemon_helpers import DaemonProcess
+    from agegate.testing.daemon import DaemonProcess
 
     url = f"sqlite:///{tmp_path / 'till.sqlite3'}"
     ingest = IngestProcess(tmp_path, url, [broker]).start()
@@ -114,10 +122,11 @@ def test_the_till_daemons_own_events_reach_the_reports(tmp_path, broker, face_vi
     engine.dispose()
 
 
+@pytest.mark.network
 def test_events_published_while_the_backend_is_down_wait_in_its_session(tmp_path):
-    broker = Mosquitto(tmp_path / "broker").start()
+    broker = durable_broker(tmp_path / "broker").start()
     url = f"sqlite:///{tmp_path / 'down.sqlite3'}"
-    pub = Publisher(broker)
+    pub = EventPublisher(broker)
     try:
         ingest = IngestProcess(tmp_path, url, [broker]).start()  # subscribes: the session exists from now on
         assert ingest.stop() == 0
@@ -133,6 +142,7 @@ def test_events_published_while_the_backend_is_down_wait_in_its_session(tmp_path
         broker.stop()
 
 
+@pytest.mark.network
 def test_make_demo_ends_with_the_purchases_table_the_backend_built(tmp_path):
     """`make demo`'s last word: the backend's tables from the demo's own events (its three sales)."""
     import os

@@ -13,18 +13,18 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from agegate.backend import db
 from backend_helpers import alert, status, summary
-from conftest import ROOT, free_port
-from test_console import CHROMIUM, CHROMIUM_ARGS
+from agegate.testing.net import free_port
 
 TOKEN = "backend-test-token-0c4e"
 
 
 @pytest.fixture
 def served(tmp_path):
+    """`agegate-backend serve` on a free port, over a database of a few events."""
     url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
     engine = db.connect(url)
     now = datetime.now(timezone.utc)
@@ -58,13 +58,11 @@ def served(tmp_path):
     proc.wait(10)
 
 
-def test_the_reports_page_in_a_browser(served):
-    if not os.path.exists(CHROMIUM):
-        raise RuntimeError("chromium is missing; `make test` installs it (apt-get install chromium)")
+@pytest.mark.network
+def test_the_reports_page_in_a_browser(served, browser, screenshot_dir):
     assert httpx.get(f"{served}/reports").status_code == 401  # the token guards the page
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
         page.goto(f"{served}/reports?token={TOKEN}")
         assert "token" not in page.url  # traded for a cookie, out of the address bar
         purchases = page.locator("#table-purchases tbody tr")
@@ -82,7 +80,7 @@ def test_the_reports_page_in_a_browser(served):
         expect(page.locator("#rejected")).to_contain_text("1 payloads (1 distinct)")
         # The same style as the till console: its stylesheet, served from the till's package files.
         assert page.evaluate("getComputedStyle(document.querySelector('header')).backgroundColor") == "rgb(20, 33, 61)"
-        page.screenshot(path=str(ROOT / "docs" / "backend-reports.png"), full_page=True)
+        page.screenshot(path=str(screenshot_dir / "backend-reports.png"), full_page=True)  # docs/ by `make screenshots`
         # A longer range takes in the old sale.
         start = (datetime.now(timezone.utc) - timedelta(days=60)).date()
         page.fill("input[name=from]", start.isoformat())
@@ -95,9 +93,11 @@ def test_the_reports_page_in_a_browser(served):
             page.click("#table-integrity caption a:text('CSV')")
         rows = list(csv.reader(io.StringIO(open(download.value.path()).read())))
         assert rows[0][:4] == ["day", "store_id", "till_id", "operator_id"] and rows[1][3] == "op-9"
-        browser.close()
+    finally:
+        page.context.close()
 
 
+@pytest.mark.network
 def test_the_json_api_and_csv_exports(served):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     body = httpx.get(f"{served}/api/purchases", headers=auth).json()

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from video_factory import FRAME_SIZE, face_frame, write_empty_video
+from agegate.testing.videos import FRAME_SIZE, face_frame, write_empty_video
 
 from agegate.edge.capture import (
     Camera,

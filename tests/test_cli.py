@@ -39,7 +39,7 @@ def test_estimate_fails_when_every_input_fails(tmp_path, constant_bundles):
 
 
 def test_check_passes_on_a_working_till(tmp_path, broker, face_video, constant_bundles):
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     r = run_cli("check", camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host,
                 mqtt_port=broker.port, http_port=free_port(), state_dir=tmp_path / "state")
@@ -57,7 +57,7 @@ def test_check_passes_on_a_working_till(tmp_path, broker, face_video, constant_b
 
 
 def test_check_names_what_fails(tmp_path, constant_bundles):
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     r = run_cli("check", "--timeout", "1", camera=tmp_path / "gone.avi", model_dir=constant_bundles[40],
                 mqtt_port=free_port(), http_port=free_port(), state_dir=tmp_path / "state")
@@ -70,7 +70,7 @@ def test_check_names_what_fails(tmp_path, constant_bundles):
 def test_bad_bundle_stops_start_up_with_its_reason(tmp_path, constant_bundles):
     import shutil
 
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     bad = tmp_path / "bundle"
     shutil.copytree(constant_bundles[40], bad)
@@ -112,7 +112,7 @@ def test_version(tmp_path):
 
 
 def test_check_json(tmp_path, broker, face_video, constant_bundles):
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     r = run_cli("check", "--json", camera=face_video, model_dir=constant_bundles[40], mqtt_host=broker.host,
                 mqtt_port=broker.port, http_port=free_port(), state_dir=tmp_path / "state")
@@ -169,7 +169,7 @@ def test_check_fails_what_run_would_refuse_a_taken_port_and_an_unusable_state_di
 def test_check_says_why_the_broker_is_unreachable(tmp_path, broker, face_video, constant_bundles):
     import socket
 
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     common = dict(camera=face_video, model_dir=constant_bundles[40], http_port=free_port(), state_dir=tmp_path)
     assert _failed_checks(**common, mqtt_host="no-such-broker.invalid")["broker"].startswith(
@@ -189,7 +189,7 @@ def test_check_says_why_the_broker_is_unreachable(tmp_path, broker, face_video, 
 
 def test_logs_in_journald_form_under_systemd_and_json_when_asked(tmp_path, constant_bundles):
     """systemd points stderr at the journal and says so in JOURNAL_STREAM (device:inode of that stream)."""
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     common = {"PATH": os.environ.get("PATH", ""), "AGEGATE_CAMERA": str(tmp_path / "gone.avi"),
               "AGEGATE_MODEL_DIR": str(constant_bundles[40]), "AGEGATE_STATE_DIR": str(tmp_path / "state"),
@@ -220,7 +220,7 @@ def test_logs_in_journald_form_under_systemd_and_json_when_asked(tmp_path, const
 
 
 def test_check_and_estimate_hide_native_library_noise(tmp_path, astronaut_bgr, constant_bundles):
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     # A camera index with no device: OpenCV itself prints "[ WARN:…] … can't open camera by index".
     r = run_cli("check", "--timeout", "1", camera="9", model_dir=constant_bundles[40], http_port=free_port(),

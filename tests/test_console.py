@@ -1,14 +1,14 @@
 """The till console in a real headless Chromium (Debian's, driven by Playwright) against the
 real daemon fed by a video of a real face, with a real .tflite bundle and a real broker:
 the status page, the installer view and its zone, the decision history, trying a photo,
-/metrics, and the token. Each page's screenshot is kept as docs/console-*.png.
+/metrics, and the token. The docs' screenshots (docs/console-*.png) are taken here of the shipped
+model; `make screenshots` copies them into docs/, a test run leaves them in a temporary folder.
 
 `make test` installs chromium when it is missing (apt-get install chromium)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,66 +19,24 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from agegate.edge.config import EX_CONFIG
 from agegate.edge.history import DecisionLog
-from conftest import Broker
-from daemon_helpers import DaemonProcess
+from agegate.testing.brokers import Mosquitto
+from agegate.testing.daemon import DaemonProcess
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "console-test-token-5f2c9a1e"
 FACE_RGB = (0, 230, 118)  # FACE_COLOUR in console.js
 MODEL_VERSION = "2026.11.22"
 
 
 class ConsoleDaemon(DaemonProcess):
-    """The real daemon; with a token, every call carries ``Authorization: Bearer`` as the POS's would."""
-
-    def __init__(self, tmp: Path, *, token: str | None = None, host: str = "127.0.0.1", **kw):
-        if token:
-            kw["http_token"] = token
-        super().__init__(tmp, http_host=host, **kw)
-        self.url = f"http://{host}:{self.http_port}"
-        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def get(self, path: str, **kw) -> httpx.Response:
-        return httpx.get(self.url + path, headers=self.auth, timeout=30, **kw)
-
-    def request(self, method: str, path: str, **kw) -> httpx.Response:
-        return httpx.request(method, self.url + path, headers={**self.auth, **kw.pop("headers", {})}, timeout=30, **kw)
-
-    def pos(self, type_: str, tx: str, restricted: bool = False, category: str = "alcohol") -> httpx.Response:
-        return self.request("POST", "/v1/pos", json={"type": type_, "transaction_id": tx, "category": category,
-                                                     "restricted": restricted})
-
-    def status(self) -> dict:
-        return self.get("/v1/status").json()
+    """The real daemon; its console pages are tested once it has seen the face."""
 
     def start(self, wait_for_face: bool = True) -> "ConsoleDaemon":
-        """Run `agegate-edge run`; ready once it streams (and has seen the face), asked with the token."""
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agegate.edge.cli", "run"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        for _ in range(300):
-            if self._ready(wait_for_face):
-                return self
-            time.sleep(0.2)
-        raise RuntimeError(f"daemon not ready in 60 s:\n{self.log()}")
-
-    def _ready(self, wait_for_face: bool) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-        try:
-            status = self.status()
-        except httpx.HTTPError:
-            return False
-        return status["camera"]["state"] == "streaming" and bool(status["customer"] or not wait_for_face)
+        return super().start(wait_for_face=wait_for_face)
 
 
 # --- fixtures: one broker, bundle, daemon and browser for the module ------------------------------------------
@@ -87,7 +45,7 @@ class ConsoleDaemon(DaemonProcess):
 
 @pytest.fixture(scope="module")
 def module_broker(tmp_path_factory, mosquitto_binary):
-    b = Broker(tmp_path_factory.mktemp("broker"))
+    b = Mosquitto(tmp_path_factory.mktemp("broker"))
     b.start()
     yield b
     b.stop()
@@ -126,16 +84,6 @@ def till(tmp_path_factory, module_broker, face_video, bundle21):
     d.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        raise RuntimeError("chromium is missing; `make test` installs it (apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Browser, till: ConsoleDaemon):
     """A browser tab that has signed in with the token once (/console?token=…), as an engineer would."""
@@ -150,9 +98,9 @@ def page(browser: Browser, till: ConsoleDaemon):
     assert not errors, errors
 
 
-def shot(tab: Page, name: str) -> None:
-    """docs/console-<name>.png (README and console.md show them): taken by test_screenshots_of_the_shipped_model."""
-    tab.screenshot(path=str(DOCS / f"console-{name}.png"), full_page=True)
+def shot(tab: Page, folder: Path, name: str) -> None:
+    """console-<name>.png in ``folder``; `make screenshots` puts them in docs/ (README and console.md show them)."""
+    tab.screenshot(path=str(folder / f"console-{name}.png"), full_page=True)
 
 
 def astronaut_jpeg(astronaut_bgr) -> bytes:
@@ -439,7 +387,7 @@ def test_listening_beyond_loopback_needs_a_token(tmp_path):
 
 def test_a_till_on_another_address_serves_the_pos_with_its_token(tmp_path, module_broker, face_video, bundle21):
     # 127.0.0.2 is loopback on Linux but not one of the names that may go without a token.
-    d = ConsoleDaemon(tmp_path, token=TOKEN, host="127.0.0.2", broker=module_broker, camera=face_video,
+    d = ConsoleDaemon(tmp_path, token=TOKEN, http_host="127.0.0.2", broker=module_broker, camera=face_video,
                       model_dir=bundle21, till_id="till-4").start()
     try:
         assert d.pos("item", "A-1", restricted=True).json()["decision"] == "age_check_required"
@@ -580,7 +528,8 @@ def test_docs_page_works_without_internet(browser: Browser, till: ConsoleDaemon)
 # --- the docs' screenshots ---------------------------------------------------------------------------------------
 
 
-def test_screenshots_of_the_shipped_model(tmp_path, browser: Browser, module_broker, face_video, astronaut_bgr):
+def test_screenshots_of_the_shipped_model(tmp_path, browser: Browser, module_broker, face_video, astronaut_bgr,
+                                          screenshot_dir):
     """docs/console-*.png as a retailer will see them: the model shipped in the package (edge/default_bundle),
     not a test bundle, on the demo video's face; every page checked before it is photographed."""
     from agegate.edge.bundle import load_bundle
@@ -602,15 +551,15 @@ def test_screenshots_of_the_shipped_model(tmp_path, browser: Browser, module_bro
         expect(tab.locator("#h-model + dl")).to_contain_text(shipped.variant)
         expect(tab.locator("[data-field=model-validation]")).to_contain_text(f"on {shipped.validation.faces} faces")
         expect(tab.locator("table.decisions tbody tr").first).to_contain_text("T-1001", timeout=10_000)
-        shot(tab, "status")
+        shot(tab, screenshot_dir, "status")
 
         tab.get_by_role("link", name="Installer view").click()
         expect(tab.locator("#faces")).to_contain_text("in the customer zone", timeout=10_000)
-        shot(tab, "installer")
+        shot(tab, screenshot_dir, "installer")
 
         tab.get_by_role("link", name="Decision history").click()
         expect(tab.locator("table.decisions tbody tr").first).to_contain_text("T-1001")
-        shot(tab, "history")
+        shot(tab, screenshot_dir, "history")
 
         tab.get_by_role("link", name="Try a photo").click()
         tab.get_by_label("Photo", exact=True).set_input_files(
@@ -618,7 +567,7 @@ def test_screenshots_of_the_shipped_model(tmp_path, browser: Browser, module_bro
         tab.get_by_role("button", name="Estimate").click()
         expect(tab.locator("#photo-msg")).to_contain_text("1 face found", timeout=15_000)
         expect(tab.locator("#photo-msg")).to_contain_text(shipped.version)
-        shot(tab, "photo")
+        shot(tab, screenshot_dir, "photo")
     finally:
         context.close()
         d.stop()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
-from agegate.edge.demo import start_amqtt
-from mqtt_helpers import Subscriber, publish_once
+import pytest
+
+from agegate.testing.brokers import start_amqtt
+from agegate.testing.mqtt import Subscriber, publish_once
 
 
+@pytest.mark.network
 def test_amqtt_fallback_broker_carries_messages():
     port, described, stop = start_amqtt()
     try:

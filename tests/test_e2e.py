@@ -11,8 +11,8 @@ import httpx
 import jsonschema
 import pytest
 
-from daemon_helpers import DaemonProcess
-from mqtt_helpers import Subscriber, publish_once
+from agegate.testing.daemon import DaemonProcess
+from agegate.testing.mqtt import Subscriber, publish_once
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {p.name.removesuffix(".schema.json"): json.loads(p.read_text()) for p in (ROOT / "docs" / "schemas").glob("*.schema.json")}

@@ -12,25 +12,16 @@ import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
-from daemon_helpers import DaemonProcess
-from mqtt_helpers import Subscriber, publish_once
+from agegate.testing.daemon import DaemonProcess
+from agegate.testing.mqtt import Subscriber, publish_once
+from agegate.testing.net import wait_until
+from conftest import mount_tmpfs
 
 BASE = "agegate/store-7/till-3"
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def backend(broker) -> Subscriber:
@@ -189,14 +180,8 @@ def test_flood_of_pos_messages_keeps_memory_bounded(tmp_path, broker, face_video
         d.stop()
 
 
-def _mount_tmpfs(path: Path, options: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to make a read-only/full state directory: {r.stderr.strip()}")
-
-
-@pytest.mark.parametrize("fault", ["read-only", "full"])
+# As root both mount a tmpfs; without root the read-only one is a directory without write permission.
+@pytest.mark.parametrize("fault", ["read-only", pytest.param("full", marks=pytest.mark.root)])
 def test_unusable_state_dir_alerts_still_go_out_live(tmp_path, broker, face_video, constant_bundles, fault):
     state = tmp_path / "state"
     if os.geteuid() != 0:
@@ -205,7 +190,7 @@ def test_unusable_state_dir_alerts_still_go_out_live(tmp_path, broker, face_vide
         state.mkdir()
         state.chmod(0o500)
     else:
-        _mount_tmpfs(state, "size=64k" if fault == "full" else "size=1m")
+        mount_tmpfs(state, "64k" if fault == "full" else "1m")
         if fault == "full":
             with open(state / "filler", "wb") as f:
                 try:

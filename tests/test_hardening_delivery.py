@@ -20,8 +20,8 @@ from agegate.edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Bundl
 from agegate.edge.model_store import SETTLE_S, InstallCancelled, ModelStore
 from agegate.edge.signing import sign_bundle
 from bundle_factory import make_constant_bundle
-from conftest import fill_disk
-from daemon_helpers import DaemonProcess
+from conftest import fill_disk, mount_tmpfs
+from agegate.testing.daemon import DaemonProcess
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +158,10 @@ def test_only_the_files_the_manifest_names_are_installed(tmp_path, keys, good):
     assert "pad.bin" not in {p.name for p in Path(record["path"]).iterdir()}
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-
-
+@pytest.mark.root
 def test_the_signature_is_checked_before_anything_is_unpacked(tmp_path, keys, good):
     state = tmp_path / "state"
-    _mount_tmpfs(state, "8m")
+    mount_tmpfs(state, "8m")
     try:
         store = ModelStore(state, keys["public"])
         forged = _copy(good, tmp_path / "forged")
@@ -181,9 +175,10 @@ def test_the_signature_is_checked_before_anything_is_unpacked(tmp_path, keys, go
         subprocess.run(["umount", str(state)], capture_output=True)
 
 
+@pytest.mark.root
 def test_a_full_state_disk_cannot_stop_a_rejection(tmp_path, keys, good):
     state = tmp_path / "state"
-    _mount_tmpfs(state, "4m")
+    mount_tmpfs(state, "4m")
     try:
         store = ModelStore(state, keys["public"])
         unsigned = store.incoming / "unsigned"

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from daemon_helpers import DaemonProcess
+from agegate.testing.daemon import DaemonProcess
 
 FD_LIMIT = 256  # well under the flood below: the old server ran out of descriptors and exited
 

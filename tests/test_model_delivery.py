@@ -18,8 +18,8 @@ import pytest
 from agegate.edge.bundle import MODEL_FILE
 from agegate.edge.signing import sign_bundle
 from bundle_factory import make_constant_bundle, stand_in_validation
-from daemon_helpers import DaemonProcess
-from mqtt_helpers import Subscriber
+from agegate.testing.daemon import DaemonProcess
+from agegate.testing.mqtt import Subscriber
 
 BASE = "agegate/store-7/till-3"
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from conftest import Broker
-from daemon_helpers import DaemonProcess
+from agegate.testing.brokers import Mosquitto
+from agegate.testing.daemon import DaemonProcess
 
 BASE = "agegate/store-7/till-3"
 
@@ -33,8 +33,8 @@ def pki(tmp_path_factory):
     return d
 
 
-def secure_broker(tmp_path, pki, require_cert: bool) -> Broker:
-    b = Broker(tmp_path)
+def secure_broker(tmp_path, pki, require_cert: bool) -> Mosquitto:
+    b = Mosquitto(tmp_path)
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "till-3", "correct horse"], check=True,
                    capture_output=True)
@@ -91,7 +91,7 @@ def test_wrong_password_is_refused_and_logged(tmp_path, pki, face_video, constan
 
 
 def test_last_will_says_offline_when_the_daemon_dies(tmp_path, broker, face_video, constant_bundles):
-    from mqtt_helpers import Subscriber
+    from agegate.testing.mqtt import Subscriber
 
     sub = Subscriber(broker.host, broker.port, f"{BASE}/status")
     d = run_till(tmp_path, broker, face_video, constant_bundles[40])
@@ -127,7 +127,7 @@ def _wait_status(d, timeout=15):
 def test_check_names_an_auth_refusal(tmp_path, pki, face_video, constant_bundles, mosquitto_binary):
     from test_cli import run_cli
 
-    from conftest import free_port
+    from agegate.testing.net import free_port
 
     broker = secure_broker(tmp_path, pki, require_cert=False)
     try:

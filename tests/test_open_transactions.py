@@ -8,8 +8,8 @@ from __future__ import annotations
 import signal
 import sqlite3
 
-from daemon_helpers import DaemonProcess
-from mqtt_helpers import Subscriber
+from agegate.testing.daemon import DaemonProcess
+from agegate.testing.mqtt import Subscriber
 from test_faults import backend
 
 

@@ -6,7 +6,7 @@ import os
 import sqlite3
 
 import pytest
-from conftest import fill_disk
+from conftest import fill_disk, mount_tmpfs
 
 from agegate.edge.outbox import ALERT, SUMMARY, Outbox, OutboxError
 
@@ -101,13 +101,12 @@ def test_whole_file_garbage_is_quarantined_too(tmp_path):
     assert len(box) == 1
 
 
+@pytest.mark.root
 def test_on_a_full_state_disk_the_reserve_keeps_room_for_alerts_not_summaries(tmp_path):
     import subprocess
 
     state = tmp_path / "state"
-    state.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs (needs root)")
+    mount_tmpfs(state, "4m")
     try:
         box = Outbox(state)
         box.add("before", ALERT, "alerts", b"a" * 500, 1)

@@ -1,7 +1,9 @@
-"""The till's install stays small: the `edge` extra must not pull TensorFlow."""
+"""The till's install stays small: the `edge` extra must not pull TensorFlow, nor need the test harness."""
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import subprocess
 import sys
@@ -12,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def resolve(extra: str) -> set[str]:
+@functools.cache
+def resolve(extra: str) -> frozenset[str]:
     """Names pip would install for agegate[extra] into an empty environment (resolved, not installed)."""
     r = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", "-",
@@ -22,7 +25,7 @@ def resolve(extra: str) -> set[str]:
     if r.returncode != 0:
         pytest.fail(f"pip could not resolve agegate[{extra}]: {r.stderr[-2000:]}")
     report = json.loads(r.stdout)
-    return {item["metadata"]["name"].lower().replace("_", "-") for item in report["install"]}
+    return frozenset(item["metadata"]["name"].lower().replace("_", "-") for item in report["install"])
 
 
 def test_edge_install_has_no_tensorflow():
@@ -30,6 +33,37 @@ def test_edge_install_has_no_tensorflow():
     assert {"ai-edge-litert", "opencv-python-headless", "paho-mqtt", "fastapi"} <= names
     heavy = {n for n in names if n.startswith(("tensorflow", "keras", "tf-keras", "torch", "jax"))}
     assert not heavy, f"the edge extra pulls {sorted(heavy)}"
+
+
+# What agegate.testing (testing/) uses beyond the till's own packages: the tests', benchmarks' and
+# `make demo`'s, from the dev extra.
+HARNESS_ONLY = {"scikit-image", "amqtt", "playwright", "psycopg", "pytest", "httpx"}
+
+
+def _agegate_imports(path: Path) -> set[str]:
+    """The agegate.* modules that a source file imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("agegate"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("agegate"))
+    return found
+
+
+def test_the_till_needs_no_test_harness():
+    """agegate.testing (brokers, daemon processes, videos, browsers for the tests, the benchmarks and the
+    demo) stays out of the till: no module of agegate.edge but the developer's demo imports it, and
+    what it needs beyond the till's packages is not part of the edge extra."""
+    till_modules = [p for p in (ROOT / "edge").rglob("*.py") if p != ROOT / "edge" / "demo.py"]
+    assert len(till_modules) > 20
+    importers = sorted(str(p.relative_to(ROOT)) for p in till_modules
+                       if any(m == "agegate.testing" or m.startswith("agegate.testing.") for m in _agegate_imports(p)))
+    assert importers == [], f"the till's modules import the test harness: {importers}"
+    assert "agegate.testing.daemon" in _agegate_imports(ROOT / "edge" / "demo.py")  # the check above sees imports
+    names = resolve("edge")
+    assert not names & HARNESS_ONLY, f"the edge extra pulls the harness's {sorted(names & HARNESS_ONLY)}"
+    assert HARNESS_ONLY <= resolve("dev"), "the dev extra installs what the harness needs"
 
 
 def _imported_by(module: str, watched: tuple[str, ...]) -> list[str]:

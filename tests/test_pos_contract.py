@@ -13,15 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon_helpers import DaemonProcess
+from agegate.testing.daemon import DaemonProcess
 
 
 @pytest.fixture(scope="module")
 def till(tmp_path_factory, mosquitto_binary, face_video, constant_bundles):
-    from conftest import Broker
+    from agegate.testing.brokers import Mosquitto
 
     tmp = tmp_path_factory.mktemp("pos-contract")
-    broker = Broker(tmp)
+    broker = Mosquitto(tmp)
     broker.start()
     # A short face wait: schemathesis sends many restricted items.
     d = DaemonProcess(tmp, broker=broker, camera=face_video, model_dir=constant_bundles[40], face_wait_s=0.2).start()

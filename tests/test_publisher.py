@@ -7,25 +7,16 @@ from __future__ import annotations
 import time
 import uuid
 
-from mqtt_helpers import Subscriber
-
 from agegate.edge.config import Settings
 from agegate.edge.events import Alert, ModelRef, Stats, Thresholds, TransactionSummary
 from agegate.edge.mqtt import MqttTransport
 from agegate.edge.outbox import Outbox
 from agegate.edge.publisher import INFLIGHT_MAX, Publisher
+from agegate.testing.mqtt import Subscriber
+from agegate.testing.net import wait_until
 
 MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
 BASE = "agegate/store-7/till-3"
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def publisher_for(broker, outbox: Outbox | None) -> Publisher:

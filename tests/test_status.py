@@ -18,18 +18,13 @@ import httpx
 from agegate.edge.api_models import ConsoleStatus
 from agegate.edge.config import Settings
 from agegate.edge.status import TillStatus, status_line
-from conftest import free_port
-from daemon_helpers import DaemonProcess
-from mqtt_helpers import Subscriber
+from agegate.testing.daemon import DaemonProcess
+from agegate.testing.mqtt import Subscriber
+from agegate.testing.net import free_port, wait_until
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := predicate():
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what, every=0.05)  # the predicates here drive the supervisor
 
 
 def _metric(text: str, name: str) -> float:

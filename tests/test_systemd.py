@@ -23,9 +23,9 @@ import pytest
 from agegate.edge.config import EX_CONFIG, Settings
 from agegate.edge.events import Event, Stats, Status
 from agegate.edge.notify import SEND_TIMEOUT_S, SystemdNotifier
-from conftest import free_port
-from daemon_helpers import DaemonProcess
-from mqtt_helpers import Subscriber
+from agegate.testing.net import free_port
+from agegate.testing.daemon import DaemonProcess
+from agegate.testing.mqtt import Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "agegate-edge.service"

@@ -1,8 +1,5 @@
-"""Throwaway servers on loopback for the backend's tests and benchmark: PostgreSQL and Mosquitto.
-
-Both are the real programs from Debian's packages (`make tools` installs them), started in a
-temporary directory on a free port and removed afterwards.
-"""
+"""A throwaway PostgreSQL on a free loopback port for the backend's tests and benchmark: the real
+server from Debian's package (`make tools` installs it), in a temporary folder, removed afterwards."""
 
 from __future__ import annotations
 
@@ -10,30 +7,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:] if log.exists() else ''}")
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
+from .net import free_port, wait_listening
 
 
 def postgres_bin() -> Path | None:
@@ -80,7 +59,7 @@ class ThrowawayPostgres:
             [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
              "-k", str(self.dir), *fast],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        _wait_listening(self.port, self.proc, "postgres", self.log)
+        wait_listening(self.port, self.proc, "postgres", self.log)
         import psycopg
 
         deadline = time.monotonic() + 30
@@ -116,31 +95,3 @@ class ThrowawayPostgres:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Mosquitto:
-    """A real Mosquitto on 127.0.0.1:port with persistence, restartable; ``extra`` config lines (a bridge)."""
-
-    def __init__(self, workdir: Path, extra: str = "", port: int | None = None):
-        self.port = port or free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.log = workdir / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {workdir}/\n"
-            f"log_dest file {self.log}\nmax_queued_messages 1000000\nmax_inflight_messages 100\n"
-            + ("user root\n" if os.geteuid() == 0 else "") + extra)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Mosquitto":
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_listening(self.port, self.proc, "mosquitto", self.log)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto writes its persistence file (sessions, queued messages) first
-            self.proc.wait(30)
-        self.proc = None
