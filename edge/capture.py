@@ -123,8 +123,6 @@ class Camera:
         stall_timeout_s: float = 5.0,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
-        width: int | None = None,
-        height: int | None = None,
         on_read: Callable[[float], None] | None = None,
         max_fps: float | None = None,
     ):
@@ -135,8 +133,6 @@ class Camera:
         self.stall_timeout_s = stall_timeout_s
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
-        self.width = width  # asked of devices and streams; a file keeps its own size
-        self.height = height
         self.on_read = on_read  # told the seconds each published frame took to read and decode (with the skipped)
         self.max_fps = max_fps  # decode and publish at most this many frames a second; None or 0: every frame
         self._target = parse_source(source)
@@ -230,7 +226,7 @@ class Camera:
 
     @classmethod
     def probe(
-        cls, source: str, timeout: float = 5.0, *, width: int | None = None, height: int | None = None
+        cls, source: str, timeout: float = 5.0
     ) -> Frame:
         """Open ``source``, take one frame and close it again: for ``agegate-edge check``.
 
@@ -243,8 +239,6 @@ class Camera:
             stall_timeout_s=timeout,
             reconnect_min_s=0.2,
             reconnect_max_s=1.0,
-            width=width,
-            height=height,
         )
         camera.start()
         try:
@@ -255,13 +249,6 @@ class Camera:
             why = camera.last_error or f"{describe_source(source)}: no frame yet"
             raise CameraError(f"no frame within {timeout:g} s: {why}")
         return frame
-
-    def __enter__(self) -> "Camera":
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # --- The capture thread -------------------------------------------------------
 
@@ -359,12 +346,7 @@ class Camera:
         if not cap.isOpened():
             cap.release()
             raise _SourceLost("OpenCV cannot open it")
-        if not self._is_file:
-            if self.width:
-                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
-            if self.height:
-                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-        return cap
+        return cap  # at the size the device, stream or file gives
 
     def _publish(self, image: np.ndarray) -> None:
         image.flags.writeable = False  # shared by every consumer

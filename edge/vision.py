@@ -129,7 +129,7 @@ class VisionLoop:
                     log.error("vision step failed (%d so far): %s", self.errors, reason)
                 self.last_error = self._failing = reason
 
-    def process(self, image, now: float) -> list[tuple[tuple[int, int, int, int], float | None]]:
+    def process(self, image, now: float) -> None:
         """One frame: detect, keep the customer zone, estimate the largest faces (when due), track."""
         t0 = time.perf_counter()
         faces = self.detector.detect(image)
@@ -156,4 +156,3 @@ class VisionLoop:
         self.frames.add(time.perf_counter() - t0)
         aged = dict(zip(boxes, latest))
         self.live = LiveView(image, tuple((f.box, aged.get(f.box), zone.contains(f, w, h)) for f in faces), zone, now)
-        return observations
