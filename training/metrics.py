@@ -18,7 +18,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from agegate.ages import AGE_BANDS as BANDS  # noqa: F401  (the till's bands, defined once)
 from agegate.ages import BAND_NAMES, BAND_STARTS, CHALLENGE_AGE
 from agegate.ages import LEGAL_AGE as MINOR_AGE  # under this: must be flagged
 TEEN_AGE = 13.0  # 13-17: the teenagers who actually try to buy alcohol
