@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+
+from .processes import stop_process
 
 
 class IngestProcess:
@@ -35,11 +36,10 @@ class IngestProcess:
         return self
 
     def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self._log.close()
-        return self.proc.returncode if self.proc else 0
+        try:
+            return stop_process(self.proc, hang_is_fault=True) or 0
+        finally:
+            self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

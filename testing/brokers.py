@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from .net import HOST, free_port, wait_listening
+from .processes import stop_process
 
 
 def mosquitto_binary() -> str | None:
@@ -54,13 +55,7 @@ class Mosquitto:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto writes its persistence file (sessions, queued messages) first
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)  # SIGTERM: mosquitto writes its persistence file (sessions, queued messages) first
         self.proc = None
 
 

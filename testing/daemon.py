@@ -14,6 +14,7 @@ from typing import Mapping, NamedTuple
 import httpx
 
 from .net import HOST, free_port
+from .processes import stop_process
 
 # What the tests run the daemon with: their own till, a short face wait, a stats event every second.
 TEST_SETTINGS = {"store_id": "store-7", "till_id": "till-3", "face_wait_s": 3, "stats_interval_s": 1, "log_level": "INFO"}
@@ -105,21 +106,11 @@ class DaemonProcess:
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
         """Signal it and wait for its exit status; one that does not exit in ``timeout`` s is killed and
         the wait's TimeoutExpired raised (a hang at shutdown is a fault)."""
-        if self.proc is None:
-            return 0
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-                    raise
+            return stop_process(self.proc, sig, timeout, hang_is_fault=True) or 0
         finally:
             if self._log is not None:
                 self._log.close()
-        return self.proc.returncode
 
     def rss_kb(self) -> int:
         for line in open(f"/proc/{self.proc.pid}/status"):

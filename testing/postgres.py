@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .net import free_port, wait_listening
+from .processes import stop_process
 
 
 def postgres_bin() -> Path | None:
@@ -83,13 +84,7 @@ class ThrowawayPostgres:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: smart shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)  # SIGTERM: smart shutdown
         self.proc = None
 
     def remove(self) -> None:
