@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from agegate import __version__
 from agegate.backend import db
-from agegate.edge.events import AGE_BANDS, Alert, Estimate, ModelRef, Status, Thresholds, TransactionSummary
+from agegate.ages import AGE_BANDS
+from agegate.edge.events import Alert, Estimate, ModelRef, Status, Thresholds, TransactionSummary
 from agegate.testing.backend import IngestProcess
 from agegate.testing.brokers import Mosquitto
 from agegate.testing.postgres import ThrowawayPostgres

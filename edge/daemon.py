@@ -203,7 +203,7 @@ class Daemon:
         # Decision → publisher → transport, one way; the MQTT POS adapter shares the transport.
         self.mqtt = MqttTransport(s)
         self.publisher = Publisher(s, self.mqtt, outbox=self.outbox, model_ref=self.model_ref,
-                                   camera_state=lambda: self.camera.state.value, model_quality=self.model_quality)
+                                   camera_state=lambda: self.camera.state.value, online_fields=self.online_fields)
         self.pos_mqtt = MqttPosListener(self.mqtt, f"{s.topic_base}/pos", on_pos=self.book.handle,
                                         on_rejected=self.reject, max_body=s.http_max_body)
         self.app = create_app(handle_pos=self.handle_pos, status=self.status, on_reject=self.reject,
@@ -271,9 +271,11 @@ class Daemon:
             answer = answer.model_copy(update={"durable": False})
         return answer
 
-    def model_quality(self) -> dict[str, Any]:
-        """What the till decides with, and the model's recorded validation figures that justify it."""
-        return {"thresholds": self.thresholds, "model_validation": self.model.manifest.validation}
+    def online_fields(self) -> dict[str, Any]:
+        """What an ``online`` status says besides the publisher's own fields: what the till decides
+        with, the model's recorded validation figures that justify it, and the last model refused."""
+        return {"thresholds": self.thresholds, "model_validation": self.model.manifest.validation,
+                "last_model_rejection": self.last_model_rejection}
 
     def status(self) -> TillStatus:
         return self.report.status()
@@ -390,7 +392,7 @@ class Daemon:
         if rejected and rejected != self._announced_rejection:
             self._announced_rejection = rejected
             self.last_model_rejection = f"{rejected['source']}: rejected: {rejected['reason']}"
-            self.publisher.publish_status(self.last_model_rejection)
+            self.publisher.publish_status()
         active = self.store.active_dir()
         # No installed model active (none yet, or rolled back past the first install): the set-up bundle.
         target = active or self.settings.bundle_dir
@@ -401,7 +403,7 @@ class Daemon:
         except (BundleError, StartupError) as exc:
             self.last_model_rejection = f"{target.name}: {exc}"
             log.error("cannot switch to model %s: %s; keeping %s", target, exc, self.model.manifest.name)
-            self.publisher.publish_status(self.last_model_rejection)
+            self.publisher.publish_status()
             return
         with self.model_lock:  # the vision loop finishes its current face with the old model
             old, self.model = self.model, new
@@ -411,7 +413,7 @@ class Daemon:
         # An expected event (an install or rollback someone asked for): INFO; failures above are errors.
         log.info("model swapped: %s %s -> %s %s (sha256 %s…)", old.manifest.name, old.manifest.version,
                  new.manifest.name, new.manifest.version, new.manifest.sha256[:12])
-        self.publisher.publish_status(self.last_model_rejection)
+        self.publisher.publish_status()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import ages
-from ..ages import AGE_BANDS, BAND_NAMES  # noqa: F401  (AGE_BANDS: re-exported for the event consumers)
+from ..ages import BAND_NAMES
 from .model_figures import Validation
 
 # 2 (agegate 0.3): summaries count items per POS category and may carry the cashier's operator_id;

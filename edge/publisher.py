@@ -75,7 +75,7 @@ class Publisher:
         outbox: Outbox | None,
         model_ref: Callable[[], ModelRef | None],
         camera_state: Callable[[], str | None],
-        model_quality: Callable[[], dict] = dict,
+        online_fields: Callable[[], dict] = dict,
     ):
         self.settings = settings
         self.transport = transport
@@ -83,8 +83,9 @@ class Publisher:
         self.base = settings.topic_base
         self.model_ref = model_ref
         self.camera_state = camera_state
-        self.model_quality = model_quality  # the status fields on the model in service: thresholds, model_validation
-        self.last_model_rejection: str | None = None  # kept so a reconnect re-announces it too
+        # The daemon's fields of an ``online`` status (thresholds, model_validation, last_model_rejection),
+        # read at each announcement, so a reconnect announces what holds then.
+        self.online_fields = online_fields
         self.outbox_failures = 0
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # message id -> outbox row, handed over and not acknowledged
@@ -155,12 +156,10 @@ class Publisher:
             return
         self._wake.set()
 
-    def publish_status(self, last_model_rejection: str | None = None) -> None:
+    def publish_status(self) -> None:
         """Re-announce ``online`` (retained), e.g. after the model changed or a bundle was refused.
 
         While the broker is away nothing is sent: the next connection announces the same status."""
-        if last_model_rejection is not None:
-            self.last_model_rejection = last_model_rejection
         if self.transport.connected.is_set():
             self._announce_online()
 
@@ -216,8 +215,7 @@ class Publisher:
             state=state,  # type: ignore[arg-type]
             camera_state=self.camera_state(),  # type: ignore[arg-type]
             version=__version__,
-            **(self.model_quality() if state == "online" else {}),
-            **({"last_model_rejection": self.last_model_rejection} if state == "online" else {}),
+            **(self.online_fields() if state == "online" else {}),
         )
 
     # --- the transport's callbacks (paho's network thread) -----------------------------------------------
