@@ -107,6 +107,7 @@ class TrainingInfo(_Strict):
     best_val_mae: float | None = None
     seed: int | None = None
     run: dict[str, Any] | None = None  # the run's FitConfig, data folders by name only
+    mirror_average: bool | None = None  # the .tflite averages the face's and its mirror image's estimates (twice the cost)
 
 
 class ServingSpec(_Strict):

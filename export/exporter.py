@@ -40,7 +40,7 @@ from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
-from agegate.training.model import load_inference_model
+from agegate.training.model import load_inference_model, with_mirror_average
 from agegate.training.run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
 
 from .convert import convert, saved_model
@@ -110,10 +110,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
         log.info("int8 calibration on %d training faces", len(calibration))
 
     model = load_inference_model(run)
+    if o.mirror_average:
+        model = with_mirror_average(model)
     keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size, sources=test.sources)
     log.info("keras: %s", metrics.headline(keras.summary))
 
     fields = _manifest_fields(run, config, spec, o.name, o.version)
+    fields["training"]["mirror_average"] = o.mirror_average
     scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
     try:
         saved = saved_model(model, scratch / "saved_model")

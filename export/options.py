@@ -35,6 +35,7 @@ class ExportOptions:
     sign_key: str | Path | None = None  # Ed25519 private key (PEM)
     floors: QualityFloors = field(default_factory=QualityFloors)
     calibrated: bool = False  # the under-18 floor judged at the model's calibrated threshold
+    mirror_average: bool = False  # the bundle answers the mean of the face's and its mirror image's estimates
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]

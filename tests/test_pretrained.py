@@ -41,3 +41,17 @@ def test_the_class_weights_and_licence_come_from_the_package():
     assert len(weights) == 81 and weights[0] == 0.25 and weights[1:4] == (1.0, 2.0, 3.0) and weights[-1] == 80.0
     notice = next((pretrained.package_dir() / "notices").glob("*.md")).read_text()
     assert "CC0" in notice or "public domain" in notice.lower()
+
+
+def test_the_mirror_average_answers_the_mean_of_a_face_and_its_mirror_image(crops):
+    from agegate.training import pretrained
+    from agegate.training.model import with_mirror_average
+
+    model = pretrained.pretrained_model()
+    plain = model.predict(crops.astype(np.float32), verbose=0).reshape(-1)
+    mirrored = model.predict(crops[:, :, ::-1].astype(np.float32), verbose=0).reshape(-1)
+    averaged = with_mirror_average(model).predict(crops.astype(np.float32), verbose=0).reshape(-1)
+    assert np.abs(plain - mirrored).max() > 0.1  # the net does answer a mirror image differently
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-3)
+    # crops come in pairs (face, its mirror image): both now get one answer
+    np.testing.assert_allclose(averaged[0::3], averaged[1::3], atol=1e-3)

@@ -60,6 +60,25 @@ def test_metrics_on_a_hand_made_example():
     assert max(curve) == 40.0
 
 
+def test_the_loss_weighs_the_errors_a_till_pays_for():
+    """Huber (delta 5 years) on years; wrong_side triples a minor estimated over 23 and a person
+    30+ estimated under 27; the overestimate penalty doubles any over-estimate of the under-25s."""
+    from agegate.training.model import ChallengeHuberLoss
+
+    true = np.array([[16.0], [16.0], [40.0], [40.0], [10.0], [22.0]], dtype=np.float32)
+    pred = np.array([[20.0], [24.0], [30.0], [26.0], [14.0], [24.0]], dtype=np.float32)
+    huber = np.array([8.0, 27.5, 37.5, 57.5, 8.0, 2.0])  # 0.5 e^2 within 5 years, 5 |e| - 12.5 beyond
+    wrong_side = ChallengeHuberLoss(delta=5.0, wrong_side=2.0)
+    np.testing.assert_allclose(np.asarray(wrong_side.call(true, pred)), huber * [1, 3, 1, 3, 1, 1])
+    over = ChallengeHuberLoss(delta=5.0, penalty=1.0)
+    np.testing.assert_allclose(np.asarray(over.call(true, pred)), huber * [2, 2, 1, 1, 2, 2])
+    # normalised targets give the same weights: the ages are recovered with offset and scale
+    normalised = ChallengeHuberLoss(delta=0.5, wrong_side=2.0, offset=30.0, scale=10.0)
+    np.testing.assert_allclose(np.asarray(normalised.call((true - 30) / 10, (pred - 30) / 10)), huber / 100 * [1, 3, 1, 3, 1, 1], rtol=1e-5)
+    restored = ChallengeHuberLoss.from_config(wrong_side.get_config())
+    assert (restored.wrong_side, restored.margin, restored.delta) == (2.0, 2.0, 5.0)
+
+
 def test_plots_say_what_they_show():
     from agegate.training import plots
 

@@ -27,7 +27,7 @@ from agegate.ages import CHALLENGE_AGE
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
-    "balance", "epoch_size", "overestimate_penalty",
+    "balance", "epoch_size", "overestimate_penalty", "wrong_side_penalty",
 )  # fmt: skip
 
 
@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--mixed-precision", choices=("auto", "on", "off"), help="auto: on when GPUs are present (default)")
     fit.add_argument("--overestimate-penalty", type=float, metavar="K",
                      help=f"an over-estimate of someone under 25 counts 1+K times in the loss (default {d.overestimate_penalty})")
+    fit.add_argument("--wrong-side-penalty", type=float, metavar="K",
+                     help=f"an under-18 estimated over 23, or someone 30+ under 27, counts 1+K times in the loss (default {d.wrong_side_penalty})")
     fit.add_argument("--balance", type=float, metavar="P", help=f"draw faces with weight 1/(faces in their age band)^P: 0 as they come, 1 equal bands (default {d.balance})")
     fit.add_argument("--epoch-size", type=int, metavar="N", help="faces drawn per epoch (default: the training set's size)")
     fit.add_argument("--keep-checkpoints", type=int, metavar="N", help=f"epoch checkpoints to keep (default {d.keep_checkpoints})")

@@ -61,6 +61,7 @@ class FitConfig:
     dropout: float = 0.2
     huber_delta: float = 5.0  # years: errors beyond this count linearly
     overestimate_penalty: float = 0.0  # an over-estimate of someone under 25 counts 1 + this times
+    wrong_side_penalty: float = 0.0  # an under-18 estimated 23+ or someone 30+ estimated under 27 counts 1 + this times
     mixed_precision: str = "auto"  # auto: on with GPUs; on; off
     keep_checkpoints: int = 2
     balance: float = 0.5  # sample faces with weight 1 / (faces in the band) ** balance; 0: as they come
@@ -117,6 +118,8 @@ class FitConfig:
             raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights at 64 px: drop --weights and use --image-size 64")
         if not 0.0 <= self.overestimate_penalty <= 10.0:
             raise ValueError(f"--overestimate-penalty {self.overestimate_penalty}: must be 0-10")
+        if not 0.0 <= self.wrong_side_penalty <= 10.0:
+            raise ValueError(f"--wrong-side-penalty {self.wrong_side_penalty}: must be 0-10")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"--balance {self.balance}: must be 0-1")
         if self.epoch_size is not None and self.epoch_size < self.batch_size:
