@@ -118,6 +118,32 @@ def test_without_an_outbox_events_go_out_from_memory_and_say_so(broker):
         sub.close()
 
 
+def test_events_with_no_durable_copy_wait_in_memory_for_the_broker_to_come_back(persistent_broker):
+    """No outbox (an unusable state disk): alerts decided while the broker is away are held in
+    paho's bounded queue, counted as pending in memory, and delivered when it is back."""
+    sub = Subscriber(persistent_broker.host, persistent_broker.port, f"{BASE}/alerts",
+                     client_id=f"backend-{uuid.uuid4().hex[:6]}", persistent=True)
+    pub = publisher_for(persistent_broker, None)
+    pub.start()
+    pub.transport.start()
+    try:
+        wait_until(pub.transport.connected.is_set, what="connected")
+        persistent_broker.stop()
+        wait_until(lambda: not pub.transport.connected.is_set(), what="the broker to be gone")
+        events = [alert(i) for i in range(5)]
+        for e in events:
+            pub.publish(e)
+        assert pub.pending_in_memory == 5 and not any(pub.durable(str(e.event_id)) for e in events)
+        persistent_broker.start()
+        wanted = [str(e.event_id) for e in events]
+        sub.wait_for(lambda m: len(m) >= len(wanted) or None, timeout=30)
+        assert sub.event_ids("alerts") == wanted
+        wait_until(lambda: pub.pending_in_memory == 0, what="the broker's PUBACKs")
+    finally:
+        pub.stop(timeout_s=1)
+        sub.close()
+
+
 @pytest.mark.root
 def test_the_outbox_status_says_how_the_disk_is_now_not_since_start(tmp_path, broker):
     """A full state disk is said (ok false, the event counted in memory); once there is room
