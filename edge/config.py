@@ -163,7 +163,9 @@ class Settings(BaseSettings):
         Zone.parse(v)  # raises ValueError with the reason
         return v
 
-    @field_validator("http_token")
+    # The unit's LoadCredential= needs both files to exist: an empty one means no secret. (The
+    # secrets directory is read without env_ignore_empty, which covers the environment only.)
+    @field_validator("http_token", "mqtt_password")
     @classmethod
     def _unset_if_empty(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value() else None

@@ -4,7 +4,7 @@ Layout under ``{AGEGATE_STATE_DIR}``::
 
     incoming/              drop a bundle here (a directory or a .tar.gz): the daemon picks it up
     models/bundles/<id>/   installed bundles, each an unpacked copy
-    models/rejected/       what failed, with reason.txt beside it
+    models/rejected/       <time>-<name>/reason.txt for each refusal (the delivery is not kept)
     models/state.json      {"active": …, "previous": …, "last_rejected": …}
 
 A bundle is taken into service only after every check passes: sha256 of each file, the
@@ -12,7 +12,8 @@ Ed25519 signature when the till has a public key (without one: a warning that si
 are off), a manifest this software understands, a model whose input matches it, and the
 self-test — the golden faces packed at export must come back with their recorded ages.
 Then ``state.json`` is replaced atomically (previous := active, active := new). A bundle
-failing any check is moved to ``rejected/`` with its reason and the running model stays.
+failing any check is removed from ``incoming/``, its reason recorded in ``rejected/``, and the
+running model stays.
 
 Nothing delivered is trusted before its signature is checked. An entry in ``incoming/``
 must be a regular file (a .tar.gz) or a directory, never a link, FIFO or device. A .tar.gz is

@@ -87,6 +87,7 @@ class Publisher:
         # read at each announcement, so a reconnect announces what holds then.
         self.online_fields = online_fields
         self.outbox_failures = 0
+        self.outbox_failing = False  # the last store failed: the status says so until one succeeds again
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # message id -> outbox row, handed over and not acknowledged
         self._sent_rows: set[int] = set()  # rows handed over whose delete is not done yet (acknowledged or not)
@@ -151,9 +152,11 @@ class Publisher:
         except OutboxError as exc:
             # Cannot store it: still send it live, and say so loudly.
             self.outbox_failures += 1
+            self.outbox_failing = True
             log.error("%s; publishing %s live without a durable copy", exc, event.event_id)
             self._send_from_memory(str(event.event_id), topic, payload, qos, retain)
             return
+        self.outbox_failing = False
         self._wake.set()
 
     def publish_status(self) -> None:

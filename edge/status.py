@@ -212,21 +212,7 @@ class StatusReporter:
         return {name: timer.totals() for name, timer in timers.items()}
 
     def _outbox(self) -> OutboxStatus:
-        box, publisher = self.parts.outbox, self.parts.publisher
-        broken = box is None or box.broken
-        # An alert decided now is stored on disk unless the outbox is gone or broken, or the disk is
-        # full (writes fail) with no reserve left to cover alerts.
-        durable = not broken and (box.reserve.exists() or publisher.outbox_failures == 0)  # type: ignore[union-attr]
-        return OutboxStatus(
-            available=box is not None,
-            ok=not broken and publisher.outbox_failures == 0,
-            durable=durable,
-            pending=len(box) if box is not None else 0,
-            pending_in_memory=publisher.pending_in_memory,
-            dropped_alerts=box.dropped[ALERT] if box is not None else 0,
-            dropped_summaries=box.dropped[SUMMARY] if box is not None else 0,
-            quarantined=box is not None and box.quarantined is not None,
-        )
+        return outbox_status(self.parts.outbox, self.parts.publisher)
 
     def stats(self, interval_s: float) -> Stats:
         """The ``stats`` event: the status's camera, broker and outbox figures, and what the
@@ -267,5 +253,24 @@ class StatusReporter:
         )
 
 
+def outbox_status(box: Outbox | None, publisher: Publisher) -> OutboxStatus:
+    """The outbox as the status shows it, from the outbox and the publisher that stores into it."""
+    broken = box is None or box.broken
+    # An alert decided now is stored on disk unless the outbox is gone or broken, or the disk is
+    # full (writes fail) with no reserve left to cover alerts. Both say how it is now: a disk that
+    # was full and has room again is ok again.
+    durable = not broken and (box.reserve.exists() or not publisher.outbox_failing)  # type: ignore[union-attr]
+    return OutboxStatus(
+        available=box is not None,
+        ok=not broken and not publisher.outbox_failing,
+        durable=durable,
+        pending=len(box) if box is not None else 0,
+        pending_in_memory=publisher.pending_in_memory,
+        dropped_alerts=box.dropped[ALERT] if box is not None else 0,
+        dropped_summaries=box.dropped[SUMMARY] if box is not None else 0,
+        quarantined=box is not None and box.quarantined is not None,
+    )
+
+
 __all__ = ["CameraStatus", "ModelStatus", "ModelStoreStatus", "MqttStatus", "OutboxStatus", "StatusReporter",
-           "TillParts", "TillStatus", "status_line"]
+           "TillParts", "TillStatus", "outbox_status", "status_line"]

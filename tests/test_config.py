@@ -85,6 +85,21 @@ def test_password_from_credentials_directory(tmp_path, monkeypatch):
     assert "s3cret" not in repr(s)
 
 
+def test_credential_files_as_deploy_md_writes_them(tmp_path, monkeypatch):
+    """The unit loads both credentials, so both files exist: `openssl rand -hex 32 >` leaves a
+    newline, and an empty file is a till without that secret (no token; a broker without passwords)."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "AGEGATE_HTTP_TOKEN").write_text("0123456789abcdef0123456789abcdef\n")
+    (creds / "AGEGATE_MQTT_PASSWORD").write_text("")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    s = load_settings()
+    assert s.http_token.get_secret_value() == "0123456789abcdef0123456789abcdef"
+    assert s.mqtt_password is None  # was "set but AGEGATE_MQTT_USERNAME is not"
+    (creds / "AGEGATE_HTTP_TOKEN").write_text("")
+    assert load_settings().http_token is None
+
+
 def test_cli_exits_78_with_one_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "AGEGATE_HTTP_PORT": "0"}
     r = subprocess.run([sys.executable, "-m", "agegate.edge.cli", "run"], env=env, capture_output=True, text=True, timeout=60)

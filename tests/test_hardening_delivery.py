@@ -22,6 +22,7 @@ from agegate.edge.signing import sign_bundle
 from bundle_factory import make_constant_bundle
 from conftest import fill_disk, mount_tmpfs
 from agegate.testing.daemon import DaemonProcess
+from agegate.testing.net import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,29 @@ def test_fifos_and_links_in_incoming_are_rejected_once_and_removed(tmp_path, key
     assert _scan_settled(store) == []
 
 
+@pytest.mark.root
+def test_a_rejected_entry_that_cannot_be_removed_is_not_tried_again_until_it_changes(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    mount_tmpfs(store.incoming, "4m")
+    try:
+        unsigned = _copy(good, store.incoming / "unsigned")
+        (unsigned / SIGNATURE_FILE).unlink()
+        for p in (unsigned, *unsigned.iterdir()):
+            _aged(p)
+        subprocess.run(["mount", "-o", "remount,ro", str(store.incoming)], check=True)
+        assert dict(_scan_settled(store))["unsigned"].startswith("rejected")
+        assert unsigned.exists()  # a read-only incoming/: it stays
+        assert _scan_settled(store) == []  # remembered: not checked (and logged) again every scan
+        subprocess.run(["mount", "-o", "remount,rw", str(store.incoming)], check=True)
+        (unsigned / "note.txt").write_text("changed")  # a new delivery under the same name
+        _aged(unsigned / "note.txt")
+        _aged(unsigned)
+        assert dict(_scan_settled(store))["unsigned"].startswith("rejected")
+        assert not unsigned.exists()
+    finally:
+        subprocess.run(["umount", str(store.incoming)], capture_output=True)
+
+
 def test_crafted_archives_are_refused_with_their_reason(tmp_path, keys, good):
     store = ModelStore(tmp_path / "state", keys["public"])
     bundle = _files(good, "b/")
@@ -205,6 +229,34 @@ def test_shutdown_interrupts_an_install_and_leaves_the_delivery(tmp_path, keys, 
     assert archive.exists() and store.active_dir() is None and "last_rejected" not in store.status()
 
 
+class _StopAfter(threading.Event):
+    """The daemon's stop event, set by the install's own n-th look at it: a shutdown that lands
+    mid-copy every run, where a timer would race the copy."""
+
+    def __init__(self, looks: int):
+        super().__init__()
+        self.looks = looks
+
+    def is_set(self) -> bool:
+        self.looks -= 1
+        if self.looks == 0:
+            self.set()
+        return super().is_set()
+
+
+def test_shutdown_interrupts_an_install_mid_copy_and_leaves_nothing_half_done(tmp_path, keys, good):
+    store = ModelStore(tmp_path / "state", keys["public"])
+    big = _copy(good, tmp_path / "big")
+    with open(big / MODEL_FILE, "r+b") as f:  # 64 MiB: copied in 64 steps (its hash is checked only after)
+        f.truncate(64 << 20)
+    # One look per file and per MiB copied: the 20th is inside the model's copy. An install that
+    # did not look while copying would finish it and be refused for the hash instead.
+    with pytest.raises(InstallCancelled):
+        store.install(big, cancel=_StopAfter(looks=20))
+    assert (big / MODEL_FILE).stat().st_size == 64 << 20 and store.active_dir() is None
+    assert "last_rejected" not in store.status() and not list(store.root.glob(".staging-*"))
+
+
 def test_hostile_incoming_entries_never_stop_the_running_daemon(tmp_path, broker, face_video, good, keys):
     d = DaemonProcess(tmp_path, broker=broker, camera=face_video, model_dir=good,
                       model_public_key=keys["public_path"])
@@ -228,5 +280,20 @@ def test_hostile_incoming_entries_never_stop_the_running_daemon(tmp_path, broker
         assert "fifo.tar.gz rejected" in log and "deep rejected" in log and "many.tar.gz rejected" in log
         assert d.proc.poll() is None
         assert d.pos("item", "AFTER", restricted=True).json()["decision"] == "clear"
+
+        # incoming/ itself unlistable (EMFILE ended the daemon this way): the step fails, is
+        # logged, and the daemon and its model thread carry on.
+        shutil.rmtree(incoming)
+        incoming.write_text("not a folder")
+        wait_until(lambda: "housekeeping step 'model store' failed (NotADirectoryError" in d.log(),
+                   what="the failed scan to be logged")
+        assert d.proc.poll() is None
+        incoming.unlink()
+        incoming.mkdir()
+        _copy(good, incoming / ".later")
+        os.replace(incoming / ".later", incoming / "later")
+        wait_until(lambda: "incoming model later: installed" in d.log(), timeout=60, what="the later delivery")
+        assert d.log().count("housekeeping step 'model store' failed") == 1  # once a minute, not every scan
+        assert d.pos("item", "LATER", restricted=True).json()["decision"] == "clear"
     finally:
         d.stop()
