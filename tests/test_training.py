@@ -445,6 +445,14 @@ def test_eval_writes_metrics_consistent_with_its_predictions(interrupted_run, ca
     assert m["calibrated"]["under18_flagged"] >= 0.99
     for name in ("learning_curves", "predicted_vs_true", "error_by_band", "threshold_curve"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 5000
+    # --mirror-average: the mean of the face's and its mirror image's answers, recorded as such
+    assert m["mirror_average"] is False
+    assert main(["eval", str(run), "--limit", "24", "--mirror-average"]) == 0
+    mirrored = json.loads((run / "metrics.json").read_text())
+    with open(run / "predictions.csv") as f:
+        averaged = np.array([float(r["predicted_age"]) for r in csv.DictReader(f)])
+    assert mirrored["mirror_average"] is True and mirrored["n"] == 48
+    assert 0 < np.abs(averaged - pred).max() < 20  # the same faces, answered a little differently
 
 
 @pytest.mark.slow

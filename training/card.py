@@ -122,10 +122,11 @@ def measure_bundle(bundle: Path, sources, challenge_age: float, limit: int | Non
     return result
 
 
-def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int | None) -> dict[str, Any]:
-    """A run trained on all sources but one, measured on the test split of the one it never saw."""
+def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int | None, mirror_average: bool = False) -> dict[str, Any]:
+    """A run trained on all sources but one, measured on the test split of the one it never saw
+    (``mirror_average``: as a bundle exported with ``--mirror-average`` answers)."""
     from .evaluate import split_faces
-    from .model import load_inference_model, predict_ages
+    from .model import load_inference_model, predict_ages, with_mirror_average
     from .run import RunDir, serving_spec
 
     r = RunDir(run)
@@ -133,9 +134,10 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     trained_on = {Path(d).name for d in config.data}
     held_out = [d for d in all_sources if Path(d).name not in trained_on]
     faces = split_faces(config, held_out, "test", limit)
-    predicted = predict_ages(load_inference_model(r), faces.images, serving_spec(config))
+    model = load_inference_model(r)
+    predicted = predict_ages(with_mirror_average(model) if mirror_average else model, faces.images, serving_spec(config))
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
-    return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on),
+    return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on), "mirror_average": mirror_average,
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
 
 
@@ -212,6 +214,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", nargs="+", required=True, help="the data folders (sources)")
     p.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR", help="a bundle to measure (repeatable)")
     p.add_argument("--loso", nargs="*", default=[], metavar="RUN", help="leave-one-source-out runs")
+    p.add_argument("--loso-mirror-average", action="store_true", help="measure the --loso runs as bundles exported with --mirror-average")
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, help="at most N test photos per source (smoke runs)")
     p.add_argument("--challenge-age", type=float, default=metrics.CHALLENGE_AGE)
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
         name, _, folder = spec.partition("=")
         result["bundles"][name] = measure_bundle(Path(folder), sources, args.challenge_age, args.limit)
     for run in args.loso:
-        result["loso"].append(loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit))
+        result["loso"].append(loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average))
         log.info("LOSO %s on %s: %s", run, result["loso"][-1]["held_out"], metrics.headline(result["loso"][-1]))
     (out / "card.json").write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
     (out / "figures.md").write_text(render_tables(result), encoding="utf-8")

@@ -18,7 +18,7 @@ import numpy as np
 from . import metrics, plots
 from .data import read_sources, records_of
 from .faces import FaceSet, default_cache_dir, prepare_faces
-from .model import load_inference_model, predict_ages
+from .model import load_inference_model, predict_ages, with_mirror_average
 from .run import FitConfig, RunDir, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,18 @@ def evaluate(
     limit: int | None = None,
     challenge_age: float = metrics.CHALLENGE_AGE,
     batch_size: int = 64,
+    mirror_average: bool = False,
 ) -> dict[str, Any]:
-    """Measure ``RUN/model.keras`` on a split; write metrics.json, predictions.csv and plots/."""
+    """Measure ``RUN/model.keras`` on a split; write metrics.json, predictions.csv and plots/.
+
+    ``mirror_average``: answer as a bundle exported with ``--mirror-average`` does."""
     run = RunDir(run_dir)
     config = run.load_config()
     spec = serving_spec(config)
     faces = split_faces(config, data, split, limit)
     model = load_inference_model(run)
+    if mirror_average:
+        model = with_mirror_average(model)
     log.info("predicting %d %s faces with %s", len(faces), split, run.model)
     predicted = predict_ages(model, faces.images, spec, batch_size)
 
@@ -65,6 +70,7 @@ def evaluate(
         "data": [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data or config.data)],
         "split": split,
         "limit": limit,
+        "mirror_average": mirror_average,
         "fallback_share": faces.fallback_share,
         "skipped": len(faces.problems),
         **summary,
