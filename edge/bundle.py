@@ -108,6 +108,7 @@ class TrainingInfo(_Strict):
     seed: int | None = None
     run: dict[str, Any] | None = None  # the run's FitConfig, data folders by name only
     mirror_average: bool | None = None  # the .tflite averages the face's and its mirror image's estimates (twice the cost)
+    answer_shift: dict[str, Any] | None = None  # years added to output.offset at export, and the validation share it was chosen for
 
 
 class ServingSpec(_Strict):

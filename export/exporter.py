@@ -40,7 +40,7 @@ from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
-from agegate.training.model import load_inference_model, with_mirror_average
+from agegate.training.model import load_inference_model, predict_ages, with_mirror_average
 from agegate.training.run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
 
 from .convert import convert, saved_model
@@ -112,11 +112,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
     model = load_inference_model(run)
     if o.mirror_average:
         model = with_mirror_average(model)
+    shift = 0.0
+    if o.flag_under18 is not None:
+        # The operating point is chosen on validation faces, never on the test faces it is then measured on.
+        shift = metrics.answer_shift(val.ages, predict_ages(model, val.images, spec), o.flag_under18, challenge_age)
+        spec = spec.model_copy(update={"output": spec.output.model_copy(update={"offset": spec.output.offset + shift})})
+        log.info("answers shifted by %+.1f years: %.0f %% of the %d validation faces' under-18s flagged at %g", shift,
+                 100 * o.flag_under18, len(val), challenge_age)
     keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size, sources=test.sources)
     log.info("keras: %s", metrics.headline(keras.summary))
 
     fields = _manifest_fields(run, config, spec, o.name, o.version)
     fields["training"]["mirror_average"] = o.mirror_average
+    if o.flag_under18 is not None:
+        fields["training"]["answer_shift"] = {"years": shift, "under18_flagged_target": o.flag_under18, "chosen_on": "validation faces, all sources pooled"}
     scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
     try:
         saved = saved_model(model, scratch / "saved_model")

@@ -36,6 +36,7 @@ class ExportOptions:
     floors: QualityFloors = field(default_factory=QualityFloors)
     calibrated: bool = False  # the under-18 floor judged at the model's calibrated threshold
     mirror_average: bool = False  # the bundle answers the mean of the face's and its mirror image's estimates
+    flag_under18: float | None = None  # shift the answers down until this share of validation under-18s is flagged
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -43,6 +44,8 @@ class ExportOptions:
             raise ExportError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
         if not 1 <= self.golden_faces <= 256:
             raise ExportError(f"--golden-faces {self.golden_faces}: must be 1-256")
+        if self.flag_under18 is not None and not 0.5 <= self.flag_under18 < 1.0:
+            raise ExportError(f"--flag-under18 {self.flag_under18}: must be a share from 0.5 to under 1 (0.97 is 97 %)")
         for option, value in (("--calibration-size", self.calibration_size), ("--threads", self.threads), ("--limit", self.limit)):
             if value is not None and value < 1:
                 raise ExportError(f"{option} {value}: must be at least 1")

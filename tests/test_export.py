@@ -225,3 +225,34 @@ def test_convert_will_not_overwrite_bundles_unasked(run, exported, capsys):
     assert main(["convert", str(run), "--out", str(exported), "--variant", "int8", "--limit", "48", *LOW_FLOORS]) == 1
     assert "already exist" in capsys.readouterr().err
     assert load_bundle(exported / "int8")  # untouched
+
+
+def test_mirror_average_and_the_chosen_operating_point_travel_in_the_bundle(run, exported, tmp_path):
+    """--mirror-average: the bundle answers the mean for the face and its mirror image;
+    --flag-under18: its answers are moved down (output.offset) until that share of the
+    validation under-18s is flagged, which the manifest's validation figures then show."""
+    out = tmp_path / "mirrored"
+    assert main(["convert", str(run), "--out", str(out), "--variant", "float32", "--limit", "48", "--mirror-average",
+                 "--flag-under18", "0.9", *LOW_FLOORS]) == 0  # fmt: skip
+    bundle = load_bundle(out / "float32")
+    shift = bundle.manifest.training.answer_shift
+    assert bundle.manifest.training.mirror_average is True
+    assert shift["under18_flagged_target"] == 0.9 and shift["years"] <= 0
+    assert bundle.manifest.output.offset == pytest.approx(load_bundle(exported / "float32").manifest.output.offset + shift["years"])
+    assert bundle.manifest.validation.at_challenge.under18_flagged >= 0.9
+
+    plain, mirrored = AgeModel.from_dir(exported / "float32"), AgeModel.from_dir(out / "float32")
+    config = RunDir(run).load_config()
+    faces = [r for s in read_sources(config.data) for r in s.records if r.split == "test"][:6]
+    detector = config.detector_spec.create()
+    checked = 0
+    for record in faces:
+        image = cv2.imread(str(record.path))
+        box, _ = find_face(detector, image)
+        if box is None:
+            continue
+        crop = plain.prepare(image, box)
+        face, mirror = plain.predict_prepared([crop, np.ascontiguousarray(crop[:, ::-1])])
+        assert mirrored.estimate(image, [box])[0] == pytest.approx((face + mirror) / 2 + shift["years"], abs=1e-3)
+        checked += 1
+    assert checked >= 3

@@ -305,6 +305,16 @@ def test_balanced_sampling_draws_the_rare_bands_more_and_is_the_same_after_a_res
     assert 0.05 < float(np.mean(draw(0)[:400] == 15.0)) and np.mean(band_balance_weights(ages, 0.0)[:10]) == pytest.approx(0.01)
 
 
+def test_answer_shift_reaches_the_share_asked_for_and_never_moves_answers_up():
+    true = np.array([10, 14, 16, 17, 30, 40, 50], dtype=float)
+    pred = np.array([12, 20, 26.3, 24, 31, 24, 45], dtype=float)
+    assert metrics.answer_shift(true, pred, 0.75) == 0.0  # 3 of 4 minors already under 25
+    shift = metrics.answer_shift(true, pred, 1.0)  # the 16-year-old at 26.3 must come under 25
+    assert shift == pytest.approx(-1.4) and np.all((pred + shift)[true < 18] < 25)
+    with pytest.raises(ValueError, match="no under-18s"):
+        metrics.answer_shift(np.array([30.0]), np.array([20.0]), 0.97)
+
+
 def test_calibrated_threshold_and_constant_models():
     true = np.array([10, 14, 16, 17, 20, 30, 40, 50], dtype=float)
     pred = np.array([12, 20, 22.04, 26, 25, 31, 24, 45], dtype=float)

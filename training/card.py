@@ -122,9 +122,11 @@ def measure_bundle(bundle: Path, sources, challenge_age: float, limit: int | Non
     return result
 
 
-def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int | None, mirror_average: bool = False) -> dict[str, Any]:
+def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int | None, mirror_average: bool = False,
+             flag_under18: float | None = None) -> dict[str, Any]:
     """A run trained on all sources but one, measured on the test split of the one it never saw
-    (``mirror_average``: as a bundle exported with ``--mirror-average`` answers)."""
+    (``mirror_average``, ``flag_under18``: as a bundle exported with ``--mirror-average`` and
+    ``--flag-under18`` answers, the shift chosen on the validation faces of the sources it was trained on)."""
     from .evaluate import split_faces
     from .model import load_inference_model, predict_ages, with_mirror_average
     from .run import RunDir, serving_spec
@@ -135,9 +137,16 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     held_out = [d for d in all_sources if Path(d).name not in trained_on]
     faces = split_faces(config, held_out, "test", limit)
     model = load_inference_model(r)
-    predicted = predict_ages(with_mirror_average(model) if mirror_average else model, faces.images, serving_spec(config))
+    model = with_mirror_average(model) if mirror_average else model
+    spec = serving_spec(config)
+    shift = 0.0
+    if flag_under18 is not None:
+        own_val = split_faces(config, None, "val", limit)
+        shift = metrics.answer_shift(own_val.ages, predict_ages(model, own_val.images, spec), flag_under18, challenge_age)
+    predicted = np.clip(predict_ages(model, faces.images, spec) + shift, spec.output.min_age, spec.output.max_age)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on), "mirror_average": mirror_average,
+            "answer_shift": shift,
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
 
 
@@ -189,11 +198,15 @@ def render_tables(result: dict[str, Any]) -> str:
                          f"{_pct(ch['under18_flagged'])} ({ch['under18_n']}) | {_pct(ch['teen_flagged'])} ({ch['teen_n']}) | {_pct(ch['over30_flagged'])} ({ch['over30_n']}) | {calib} |")
     if result["loso"]:
         lines += ["", "## Leave one source out", "", "Each run trained on the other sources only, measured on the test split of the source it never saw "
-                  "(the Keras model on the till's crops).", "",
-                  "| run | backbone | trained on | held out | faces | MAE | bias | under-18s flagged | 13–17 flagged | 30+ flagged |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "(the Keras model on the till's crops; *mirror*: the mean for the face and its mirror image; *shift*: years added to every "
+                  "answer, chosen on the validation faces of the sources it was trained on, as `agegate-export --flag-under18` does).", "",
+                  "| run | backbone | trained on | held out | faces | mirror | shift | MAE | bias | under-18s flagged | 13–17 flagged | 30+ flagged |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["loso"]:
             ch = r["challenge"]
-            lines.append(f"| {r['run']} | {r['backbone']} | {', '.join(r['trained_on'])} | {', '.join(r['held_out'])} | {r['n']} | {_yrs(r['mae'])} | {r['bias']:+.2f} | "
+            mirror = "yes" if r.get("mirror_average") else "no"
+            lines.append(f"| {r['run']} | {r['backbone']} | {', '.join(r['trained_on'])} | {', '.join(r['held_out'])} | {r['n']} | {mirror} | "
+                         f"{r.get('answer_shift', 0.0):+.1f} | {_yrs(r['mae'])} | {r['bias']:+.2f} | "
                          f"{_pct(ch['under18_flagged'])} | {_pct(ch['teen_flagged'])} | {_pct(ch['over30_flagged'])} |")
     for name, b in result["bundles"].items():
         lines += ["", f"## {name}: by age band", "", "| source | " + " | ".join(metrics.BAND_NAMES) + " |", "|---|" + "---|" * len(metrics.BAND_NAMES)]
@@ -215,6 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR", help="a bundle to measure (repeatable)")
     p.add_argument("--loso", nargs="*", default=[], metavar="RUN", help="leave-one-source-out runs")
     p.add_argument("--loso-mirror-average", action="store_true", help="measure the --loso runs as bundles exported with --mirror-average")
+    p.add_argument("--loso-flag-under18", type=float, metavar="SHARE", help="measure the --loso runs as bundles exported with --flag-under18 SHARE")
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, help="at most N test photos per source (smoke runs)")
     p.add_argument("--challenge-age", type=float, default=metrics.CHALLENGE_AGE)
@@ -229,7 +243,7 @@ def main(argv=None) -> int:
         name, _, folder = spec.partition("=")
         result["bundles"][name] = measure_bundle(Path(folder), sources, args.challenge_age, args.limit)
     for run in args.loso:
-        result["loso"].append(loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average))
+        result["loso"].append(loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average, args.loso_flag_under18))
         log.info("LOSO %s on %s: %s", run, result["loso"][-1]["held_out"], metrics.headline(result["loso"][-1]))
     (out / "card.json").write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
     (out / "figures.md").write_text(render_tables(result), encoding="utf-8")

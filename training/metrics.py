@@ -79,6 +79,19 @@ def calibrated_threshold(true: np.ndarray, pred: np.ndarray, target: float = CAL
     return {"target": float(target), **flagged_share(true, pred, threshold)}
 
 
+def answer_shift(true: np.ndarray, pred: np.ndarray, target: float, challenge_age: float = CHALLENGE_AGE) -> float:
+    """Years to add to every answer (zero or less) so that ``target`` of the under-18s are estimated
+    under ``challenge_age``: the model's operating point moved, its ranking of faces unchanged.
+
+    It is :func:`calibrated_threshold` turned into a correction of the answers, so that a till
+    deciding at the plain challenge age flags that share; 0 when the model already does.
+    """
+    calibrated = calibrated_threshold(true, pred, target)
+    if calibrated is None:
+        raise ValueError("no under-18s among the faces: nothing to choose a shift from")
+    return round(min(0.0, challenge_age - calibrated["threshold"]), 1)
+
+
 MIN_SPREAD = 1.0  # years: predictions spread less than this are a constant model
 
 
