@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mirror-average", action="store_true",
                    help="the bundle answers the mean of its estimates for the face and its mirror image (more accurate, twice the inference)")
     c.add_argument("--flag-under18", type=float, metavar="SHARE",
-                   help="move the bundle's answers down (output.offset) until SHARE of the validation under-18s are estimated under the challenge age, pooled and in each source with 100 or more, e.g. 0.97")
+                   help="move the bundle's answers down (output.offset) until SHARE of the validation under-18s are estimated under the challenge age, e.g. 0.97")
     c.add_argument("--overwrite", action="store_true", help="replace bundles already in DIR")
     c.add_argument("--golden-faces", type=int, default=D.golden_faces, metavar="N", help=f"test faces packed for the till's self-test (default {D.golden_faces})")
     c.add_argument("--golden-image", action="append", default=[], metavar="PHOTO",

@@ -115,7 +115,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
     shift = 0.0
     if o.flag_under18 is not None:
         # The operating point is chosen on validation faces, never on the test faces it is then measured on.
-        shift = metrics.answer_shift(val.ages, predict_ages(model, val.images, spec), o.flag_under18, challenge_age, val.sources)
+        shift = metrics.answer_shift(val.ages, predict_ages(model, val.images, spec), o.flag_under18, challenge_age)
         spec = spec.model_copy(update={"output": spec.output.model_copy(update={"offset": spec.output.offset + shift})})
         log.info("answers shifted by %+.1f years: %.0f %% of the %d validation faces' under-18s flagged at %g", shift,
                  100 * o.flag_under18, len(val), challenge_age)
@@ -125,7 +125,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
     fields = _manifest_fields(run, config, spec, o.name, o.version)
     fields["training"]["mirror_average"] = o.mirror_average
     if o.flag_under18 is not None:
-        fields["training"]["answer_shift"] = {"years": shift, "under18_flagged_target": o.flag_under18, "chosen_on": f"validation faces: pooled, and each source with at least {metrics.SHIFT_MIN_MINORS} under-18s"}
+        fields["training"]["answer_shift"] = {"years": shift, "under18_flagged_target": o.flag_under18, "chosen_on": "validation faces, all sources pooled"}
     scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
     try:
         saved = saved_model(model, scratch / "saved_model")

@@ -142,7 +142,7 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     shift = 0.0
     if flag_under18 is not None:
         own_val = split_faces(config, None, "val", limit)
-        shift = metrics.answer_shift(own_val.ages, predict_ages(model, own_val.images, spec), flag_under18, challenge_age, own_val.sources)
+        shift = metrics.answer_shift(own_val.ages, predict_ages(model, own_val.images, spec), flag_under18, challenge_age)
     predicted = np.clip(predict_ages(model, faces.images, spec) + shift, spec.output.min_age, spec.output.max_age)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on), "mirror_average": mirror_average,

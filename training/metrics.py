@@ -79,29 +79,17 @@ def calibrated_threshold(true: np.ndarray, pred: np.ndarray, target: float = CAL
     return {"target": float(target), **flagged_share(true, pred, threshold)}
 
 
-SHIFT_MIN_MINORS = 100  # a source's under-18s count towards the shift only when it has this many: fewer are noise
-
-
-def answer_shift(true: np.ndarray, pred: np.ndarray, target: float, challenge_age: float = CHALLENGE_AGE,
-                 sources: np.ndarray | None = None) -> float:
+def answer_shift(true: np.ndarray, pred: np.ndarray, target: float, challenge_age: float = CHALLENGE_AGE) -> float:
     """Years to add to every answer (zero or less) so that ``target`` of the under-18s are estimated
     under ``challenge_age``: the model's operating point moved, its ranking of faces unchanged.
 
-    The share is reached by the faces pooled and, given ``sources``, by each source with at
-    least ``SHIFT_MIN_MINORS`` under-18s on its own: a source whose young faces look older to the
-    model is not averaged away by the others. It is :func:`calibrated_threshold` turned into a
-    correction of the answers, so that a till deciding at the plain challenge age flags that
-    share; 0 when the model already does.
+    It is :func:`calibrated_threshold` turned into a correction of the answers, so that a till
+    deciding at the plain challenge age flags that share; 0 when the model already does.
     """
-    true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    groups = [np.ones(len(true), dtype=bool)]
-    if sources is not None:
-        sources = np.asarray(sources)
-        groups += [sources == s for s in np.unique(sources) if np.sum((sources == s) & (true < MINOR_AGE)) >= SHIFT_MIN_MINORS]
-    thresholds = [c["threshold"] for g in groups if (c := calibrated_threshold(true[g], pred[g], target)) is not None]
-    if not thresholds:
+    calibrated = calibrated_threshold(true, pred, target)
+    if calibrated is None:
         raise ValueError("no under-18s among the faces: nothing to choose a shift from")
-    return round(min(0.0, challenge_age - max(thresholds)), 1)
+    return round(min(0.0, challenge_age - calibrated["threshold"]), 1)
 
 
 MIN_SPREAD = 1.0  # years: predictions spread less than this are a constant model
