@@ -53,6 +53,10 @@ class OutboxError(Exception):
     """The outbox cannot store events; the message says why."""
 
 
+class KeptForAlerts(OutboxError):
+    """A summary refused while the reserve is released: the space left is for alerts, which still fit."""
+
+
 @dataclass(frozen=True)
 class Pending:
     row_id: int
@@ -178,7 +182,7 @@ class Outbox:
         """Store one event durably; returns its row id. Makes room first when full."""
         with self._lock:
             if priority != ALERT and not self._keep_reserve() and self._reserve_released:
-                raise OutboxError(f"cannot store event {event_id}: the state disk is full, its space is kept for alerts")
+                raise KeptForAlerts(f"cannot store event {event_id}: the state disk is full, its space is kept for alerts")
             row = (event_id, priority, topic, payload, qos, int(retain), time.time())
             try:
                 try:

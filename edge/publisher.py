@@ -48,7 +48,7 @@ from .. import __version__
 from .config import Settings
 from .events import Alert, Event, ModelRef, Stats, Status, TransactionSummary
 from .mqtt import PAHO_QUEUE_MAX, MqttTransport, PublishError
-from .outbox import ALERT, SUMMARY, Outbox, OutboxError
+from .outbox import ALERT, SUMMARY, KeptForAlerts, Outbox, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ class Publisher:
         self.online_fields = online_fields
         self.outbox_failures = 0
         self.outbox_failing = False  # the last store failed: the status says so until one succeeds again
+        # The last store that tells whether an alert would fit failed. Not outbox_failing: a summary
+        # refused to keep the released reserve for alerts (KeptForAlerts) says nothing about alerts,
+        # which are still stored on disk then, and the status must not call them in-memory only.
+        self.alerts_failing = False
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # message id -> outbox row, handed over and not acknowledged
         self._sent_rows: set[int] = set()  # rows handed over whose delete is not done yet (acknowledged or not)
@@ -153,10 +157,11 @@ class Publisher:
             # Cannot store it: still send it live, and say so loudly.
             self.outbox_failures += 1
             self.outbox_failing = True
+            self.alerts_failing = self.alerts_failing or not isinstance(exc, KeptForAlerts)
             log.error("%s; publishing %s live without a durable copy", exc, event.event_id)
             self._send_from_memory(str(event.event_id), topic, payload, qos, retain)
             return
-        self.outbox_failing = False
+        self.outbox_failing = self.alerts_failing = False
         self._wake.set()
 
     def publish_status(self) -> None:

@@ -258,8 +258,9 @@ def outbox_status(box: Outbox | None, publisher: Publisher) -> OutboxStatus:
     broken = box is None or box.broken
     # An alert decided now is stored on disk unless the outbox is gone or broken, or the disk is
     # full (writes fail) with no reserve left to cover alerts. Both say how it is now: a disk that
-    # was full and has room again is ok again.
-    durable = not broken and (box.reserve.exists() or not publisher.outbox_failing)  # type: ignore[union-attr]
+    # was full and has room again is ok again. While the released reserve still takes alerts,
+    # summaries are refused (ok is false) but alerts are durable (publisher.alerts_failing).
+    durable = not broken and (box.reserve.exists() or not publisher.alerts_failing)  # type: ignore[union-attr]
     return OutboxStatus(
         available=box is not None,
         ok=not broken and not publisher.outbox_failing,

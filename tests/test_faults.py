@@ -256,3 +256,100 @@ def test_a_model_that_answers_nan_means_cannot_assess_and_the_live_view_still_an
     finally:
         d.stop()
         sub.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("then", ["broker_returns", "killed_first"])
+def test_sales_that_fill_the_state_disk_keep_alerts_on_the_reserve_then_say_they_are_in_memory(
+        tmp_path, persistent_broker, face_video, constant_bundles, then):
+    """Issue 12 item 5 end to end: the real daemon, its state directory on a 3 MiB tmpfs (2 MiB of
+    it the outbox's reserve), the broker down, young customers' sales over HTTP until the disk is
+    full. (a) Once summaries no longer fit, alerts are still stored, from the reserve, and the status
+    says so; (b) once the reserve is used up, the POS answer says ``durable: false`` and the status
+    counts the events in memory and says the outbox is not durable; (c) when the broker comes back
+    every alert and summary arrives exactly once; or, killed before that, only the events the status
+    counted in memory are lost."""
+    state = tmp_path / "state"
+    mount_tmpfs(state, "3m")
+    sub = backend(persistent_broker)
+    persistent_broker.stop()
+    d = DaemonProcess(tmp_path, broker=persistent_broker, camera=face_video, model_dir=constant_bundles[16])
+    d2 = None
+    answers: dict[str, dict] = {}  # transaction -> the item's POS answer
+    from_reserve = []  # (outbox status before, after) of each sale made while the reserve was released
+    try:
+        d.start(wait_for_face=True)
+        assert (state / "outbox.reserve").exists()
+        before = d.status()["outbox"]
+        for i in range(400):  # about 60 sales fill it; the bound only stops a runaway
+            tx = f"F{i}"
+            reserve_released = not (state / "outbox.reserve").exists()
+            answers[tx] = young_sale(d, tx)
+            after = d.status()["outbox"]
+            assert after["pending"] + after["pending_in_memory"] == 3 * len(answers), after  # nothing unaccounted
+            if answers[tx]["durable"] is False:
+                break
+            if reserve_released:
+                from_reserve.append((before, after))
+            before = after
+        else:
+            pytest.fail("400 sales did not fill a 3 MiB state disk")
+        # (a) While the reserve covered them (the last such sale may have been the one that used it
+        # up), both alerts of a sale went to disk and its summary stayed in memory, and the status
+        # said alerts were durable.
+        assert len(from_reserve) >= 10, from_reserve
+        for b, a in from_reserve[:-1]:
+            assert (a["pending"] - b["pending"], a["pending_in_memory"] - b["pending_in_memory"]) == (2, 1), (b, a)
+            assert a["durable"] is True and a["ok"] is False, a
+        assert "its space is kept for alerts" in d.log()
+
+        # (b) The reserve is used up: more sales are answered, each saying its alert is in memory only.
+        for i in range(3):
+            answers[f"M{i}"] = young_sale(d, f"M{i}")
+            assert answers[f"M{i}"]["decision"] == "age_check_required" and answers[f"M{i}"]["durable"] is False
+        box = d.status()["outbox"]
+        assert box["durable"] is False and box["ok"] is False and box["dropped_alerts"] == 0
+        in_memory = box["pending_in_memory"]
+        assert in_memory >= 3 * 2 + len(from_reserve) and box["pending"] + in_memory == 3 * len(answers)
+
+        delivering = d
+        if then == "killed_first":
+            d.stop(sig=signal.SIGKILL)  # the disk still full: what was only in memory is gone
+            d2 = DaemonProcess(tmp_path, broker=persistent_broker, camera=face_video, model_dir=constant_bundles[16])
+            d2.start()
+            delivering = d2
+        persistent_broker.start()
+        wait_until(lambda: delivering.status()["outbox"]["pending_in_memory"] == 0, what="the memory queue to drain")
+        expected = 3 * len(answers) - (in_memory if then == "killed_first" else 0)
+        sub.wait_for(lambda m: len([t for t, _ in m if t.endswith(("/alerts", "/transactions"))]) >= expected or None)
+        alerts, summaries = sub.on("alerts"), sub.on("transactions")
+        ids = [e["event_id"] for e in alerts + summaries]
+        # Sales whose end could not be forgotten on the full disk, ended again by the next start.
+        again = [s["transaction_id"] for s in summaries if s.get("ended_by") == "restart"]
+        assert len(ids) == len(set(ids)) == expected + 2 * len(again), (len(ids), len(set(ids)), expected, again)
+        if then == "broker_returns":
+            assert {a["event_id"] for a in alerts if a["type"] == "age_check_required"} == \
+                {a["alert_event_id"] for a in answers.values()}
+            assert sorted(a["transaction_id"] for a in alerts if a["type"] == "unverified_sale") == sorted(answers)
+            assert sorted(s["transaction_id"] for s in summaries) == sorted(answers)
+        else:  # every alert whose POS answer said durable arrived
+            durable = {a["alert_event_id"] for a in answers.values() if a["durable"]}
+            assert durable <= {a["event_id"] for a in alerts}
+        # Open in issue 12 (found by this test; the checks above hold): (1) the outbox cannot delete
+        # acknowledged rows while the disk is full (a delete needs new WAL pages), so the status keeps
+        # counting them as pending and the next start sends them again; (2) a sale whose end could
+        # not be forgotten is ended again by the next start, with a second unverified_sale alert.
+        # When both are fixed this test passes instead of reporting xfail.
+        wait_until(lambda: delivering.status()["outbox"]["pending"] == 0 or "acknowledged event(s)" in delivering.log(),
+                   what="the outbox to drain, or to say why not")
+        if again:
+            pytest.xfail(f"sales {again} ended twice: their end could not be forgotten on the full disk")
+        if delivering.status()["outbox"]["pending"]:
+            pytest.xfail("acknowledged rows cannot be deleted from the outbox while the disk is full")
+    finally:
+        for p in (d, d2):
+            if p is not None and p.proc is not None and p.proc.poll() is None:
+                p.stop()
+        sub.close()
+        if subprocess.run(["umount", str(state)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(state)], capture_output=True)
