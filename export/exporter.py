@@ -40,7 +40,7 @@ from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
-from agegate.training.model import load_inference_model, predict_ages, with_mirror_average
+from agegate.training.model import load_inference_model, shift_answers
 from agegate.training.run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
 
 from .convert import convert, saved_model
@@ -109,14 +109,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
         calibration = normalise(train.images[np.sort(pick)], spec.preprocessing)
         log.info("int8 calibration on %d training faces", len(calibration))
 
-    model = load_inference_model(run)
-    if o.mirror_average:
-        model = with_mirror_average(model)
+    model = load_inference_model(run, mirror_average=o.mirror_average)
     shift = 0.0
     if o.flag_under18 is not None:
         # The operating point is chosen on validation faces, never on the test faces it is then measured on.
-        shift = metrics.answer_shift(val.ages, predict_ages(model, val.images, spec), o.flag_under18, challenge_age)
-        spec = spec.model_copy(update={"output": spec.output.model_copy(update={"offset": spec.output.offset + shift})})
+        shift, spec = shift_answers(model, val, spec, o.flag_under18, challenge_age)
         log.info("answers shifted by %+.1f years: %.0f %% of the %d validation faces' under-18s flagged at %g", shift,
                  100 * o.flag_under18, len(val), challenge_age)
     keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size, sources=test.sources)

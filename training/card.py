@@ -128,7 +128,7 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     (``mirror_average``, ``flag_under18``: as a bundle exported with ``--mirror-average`` and
     ``--flag-under18`` answers, the shift chosen on the validation faces of the sources it was trained on)."""
     from .evaluate import split_faces
-    from .model import load_inference_model, predict_ages, with_mirror_average
+    from .model import load_inference_model, predict_ages, shift_answers
     from .run import RunDir, serving_spec
 
     r = RunDir(run)
@@ -136,14 +136,12 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     trained_on = {Path(d).name for d in config.data}
     held_out = [d for d in all_sources if Path(d).name not in trained_on]
     faces = split_faces(config, held_out, "test", limit)
-    model = load_inference_model(r)
-    model = with_mirror_average(model) if mirror_average else model
+    model = load_inference_model(r, mirror_average=mirror_average)
     spec = serving_spec(config)
     shift = 0.0
     if flag_under18 is not None:
-        own_val = split_faces(config, None, "val", limit)
-        shift = metrics.answer_shift(own_val.ages, predict_ages(model, own_val.images, spec), flag_under18, challenge_age)
-    predicted = np.clip(predict_ages(model, faces.images, spec) + shift, spec.output.min_age, spec.output.max_age)
+        shift, spec = shift_answers(model, split_faces(config, None, "val", limit), spec, flag_under18, challenge_age)
+    predicted = predict_ages(model, faces.images, spec)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on), "mirror_average": mirror_average,
             "answer_shift": shift,

@@ -18,7 +18,7 @@ import numpy as np
 from . import metrics, plots
 from .data import read_sources, records_of
 from .faces import FaceSet, default_cache_dir, prepare_faces
-from .model import load_inference_model, predict_ages, with_mirror_average
+from .model import load_inference_model, predict_ages
 from .run import FitConfig, RunDir, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,7 @@ def evaluate(
     config = run.load_config()
     spec = serving_spec(config)
     faces = split_faces(config, data, split, limit)
-    model = load_inference_model(run)
-    if mirror_average:
-        model = with_mirror_average(model)
+    model = load_inference_model(run, mirror_average=mirror_average)
     log.info("predicting %d %s faces with %s", len(faces), split, run.model)
     predicted = predict_ages(model, faces.images, spec, batch_size)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import keras
 import numpy as np
@@ -23,8 +23,11 @@ from agegate.ages import CHALLENGE_AGE
 from agegate.edge.bundle import ServingSpec, normalise, to_age
 
 from . import pretrained as pretrained_net  # its layers are registered here, so its runs load
-from .metrics import FALSE_ALARM_AGE, MINOR_AGE
+from .metrics import FALSE_ALARM_AGE, MINOR_AGE, answer_shift
 from .run import FitConfig, RunDir
+
+if TYPE_CHECKING:
+    from .faces import FaceSet
 
 WRONG_SIDE_MARGIN = 2.0  # years: an estimate this close to the challenge age is already on the wrong side
 
@@ -212,22 +215,31 @@ def float32_policy() -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def load_inference_model(run: RunDir, path: Path | None = None) -> keras.Model:
+def load_inference_model(run: RunDir, path: Path | None = None, mirror_average: bool = False) -> keras.Model:
     """The run's best model (or ``path``) for inference and export, computing in float32.
 
     A model trained with mixed precision is rebuilt in float32 and given the trained weights,
-    so converters and CPUs see a plain float32 graph.
+    so converters and CPUs see a plain float32 graph. ``mirror_average``: wrapped as a bundle
+    exported with ``--mirror-average`` answers (:func:`with_mirror_average`).
     """
     path = path or run.model
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: has `agegate-train fit` finished an epoch in {run.path}?")
     model = keras.models.load_model(path, compile=False)
-    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
-        return model
-    with float32_policy():
-        plain = build_model(run.load_config(), weights=None, pretrained=False)
-    plain.set_weights(model.get_weights())
-    return plain
+    if not all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        with float32_policy():
+            plain = build_model(run.load_config(), weights=None, pretrained=False)
+        plain.set_weights(model.get_weights())
+        model = plain
+    return with_mirror_average(model) if mirror_average else model
+
+
+def shift_answers(model: keras.Model, val: "FaceSet", spec: ServingSpec, target: float, challenge_age: float) -> tuple[float, ServingSpec]:
+    """The operating point ``agegate-export --flag-under18`` gives a bundle: the shift chosen on
+    ``val`` (:func:`metrics.answer_shift`) and ``spec`` with it added to ``output.offset``, so the
+    bundle, and anything predicting through the spec, answers with it (clipped as ever)."""
+    shift = answer_shift(val.ages, predict_ages(model, val.images, spec), target, challenge_age)
+    return shift, spec.model_copy(update={"output": spec.output.model_copy(update={"offset": spec.output.offset + shift})})
 
 
 def predict_ages(model: keras.Model, images: np.ndarray, spec: ServingSpec, batch_size: int = 64) -> np.ndarray:
