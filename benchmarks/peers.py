@@ -108,7 +108,7 @@ def compare_on_faces(records: list, bundles: list[Path], *, peer: bool, threads:
             box = boxes[i] = faces[0].box
             for k, model in enumerate(models):
                 t = time.perf_counter()
-                crop = model.prepare(image, box)
+                crop = model.prepare(image, box, faces[0].landmarks)
                 t2 = time.perf_counter()
                 ours[k, i] = model.predict_prepared([crop])[0]
                 infer_s[k].append(time.perf_counter() - t2)

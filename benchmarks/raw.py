@@ -100,8 +100,8 @@ def isolated_cost(frame: np.ndarray, kind: str, model_path: Path | None, bundle:
     if not faces:
         raise SystemExit(f"benchmark: the {kind} detector finds no face in the benchmark frame")
     model = AgeModel.from_dir(bundle, num_threads=model_threads)
-    crop = model.prepare(frame, faces[0].box)
+    crop = model.prepare(frame, faces[0].box, faces[0].landmarks)
     return {"detect_cpu_ms": detect["cpu_ms"],
-            "crop_cpu_ms": time_calls(lambda: model.prepare(frame, faces[0].box), seconds=min(seconds, 0.5),
+            "crop_cpu_ms": time_calls(lambda: model.prepare(frame, faces[0].box, faces[0].landmarks), seconds=min(seconds, 0.5),
                                       min_n=min_n)["cpu_ms"],
             "infer_cpu_ms": time_calls(lambda: model.predict_prepared([crop]), seconds=seconds, min_n=min_n)["cpu_ms"]}

@@ -96,9 +96,9 @@ class AgeModel:
         m = self.manifest
         return {"name": m.name, "version": m.version, "sha256": m.sha256}
 
-    def prepare(self, image_bgr: np.ndarray, box: Sequence[float]) -> np.ndarray:
-        """Crop and resize one face as the manifest says (uint8)."""
-        return prepare_face(image_bgr, tuple(box), self.manifest)  # type: ignore[arg-type]
+    def prepare(self, image_bgr: np.ndarray, box: Sequence[float], landmarks: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+        """Crop and resize one face as the manifest says (uint8); ``landmarks``: the detector's five points, if any."""
+        return prepare_face(image_bgr, tuple(box), self.manifest, landmarks)  # type: ignore[arg-type]
 
     def predict_prepared(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Ages in years for uint8 faces already cropped by :meth:`prepare`."""
@@ -121,9 +121,14 @@ class AgeModel:
                                      f"it answered a non-finite age ({ages[i]})")
         return ages
 
-    def estimate(self, image_bgr: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-        """Ages in years for each face box ``(x, y, w, h)`` in a BGR image."""
-        return self.predict_prepared([self.prepare(image_bgr, b) for b in boxes])
+    def estimate(self, image_bgr: np.ndarray, boxes: Sequence[Sequence[float]],
+                 landmarks: Sequence[Sequence[Sequence[float]] | None] | None = None) -> np.ndarray:
+        """Ages in years for each face box ``(x, y, w, h)`` in a BGR image; ``landmarks``, one entry
+        per box (None where there are none), the detector's five points for a bundle aligned to them."""
+        points = list(landmarks) if landmarks is not None else [None] * len(boxes)
+        if len(points) != len(boxes):
+            raise ValueError(f"{len(boxes)} boxes but {len(points)} sets of landmarks")
+        return self.predict_prepared([self.prepare(image_bgr, b, p) for b, p in zip(boxes, points)])
 
     def _set_input(self, x: np.ndarray) -> None:
         dtype = self._in["dtype"]

@@ -15,7 +15,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -64,18 +64,56 @@ class Preprocessing(_Strict):
         return v
 
 
-class CropSpec(_Strict):
-    """How a detector box becomes the model's view of the face.
+# Where YuNet's five landmarks (edge.detectors.LANDMARKS order) sit, on average, in the crop that
+# the box framing of the dlib age net (margin -0.05, shift_y 0.08) cuts: fractions of the crop's
+# side, measured on the 3,659 validation faces of the three sources (docs/training.md, "Aligned
+# to the landmarks"), made mirror-symmetric so that a mirrored aligned face is aligned too.
+# five_point_template() moves it to any other box framing.
+FIVE_POINT_TEMPLATE = ((0.3025, 0.281), (0.6975, 0.281), (0.5, 0.511), (0.3305, 0.6735), (0.6695, 0.6735))
+TEMPLATE_FRAMING = (-0.05, 0.08)  # the (margin, shift_y) FIVE_POINT_TEMPLATE was measured in
+# Landmarks implying a face this much larger or smaller than its box are a detector's mistake:
+# such a face is cut by its box instead.
+ALIGN_MAX_SCALE_RATIO = 2.0
 
-    The box is made square around its centre (side = the larger of width and height),
-    moved down by ``shift_y`` times that side, then grown by ``margin`` times that side on
-    every edge (a negative margin cuts inside the box: for a net trained on tighter face
-    chips than the detector's boxes). Parts falling outside the frame are filled by
-    replicating the border, as training did.
+
+class CropSpec(_Strict):
+    """How a detector's face becomes the model's view of it.
+
+    ``align`` "box": the box is made square around its centre (side = the larger of width and
+    height), moved down by ``shift_y`` times that side, then grown by ``margin`` times that side
+    on every edge (a negative margin cuts inside the box: for a net trained on tighter face
+    chips than the detector's boxes).
+
+    ``align`` "landmarks": the face is turned, scaled and moved so that the detector's five
+    landmarks fall as near as they can (least squares, a similarity transform) to ``template``
+    (fractions of the crop's side): every face upright and the same size in the crop however
+    the customer tilts their head or the detector draws its box. A face without landmarks (the
+    Haar detector), or whose landmarks do not fit its box, is cut by the box as above, which a
+    template measured in that framing matches on average.
+
+    Either way, parts falling outside the frame are filled by replicating the border, as
+    training did.
     """
 
     margin: float = Field(default=0.25, ge=-0.4, le=1.0)
     shift_y: float = Field(default=0.0, ge=-0.5, le=0.5)
+    align: Literal["box", "landmarks"] = "box"
+    template: tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]] | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _template_in_the_crop(cls, v):
+        if v is not None:
+            points = np.asarray(v, dtype=np.float64)
+            if not np.all(np.isfinite(points)) or points.min() < 0.0 or points.max() > 1.0:
+                raise ValueError("template points must be fractions of the crop's side, 0 to 1")
+            if np.ptp(points[:, 0]) < 0.1 or np.ptp(points[:, 1]) < 0.1:
+                raise ValueError("template points must spread over at least 0.1 of the crop each way")
+        return v
+
+    def model_post_init(self, _context) -> None:
+        if self.align == "landmarks" and self.template is None:
+            raise ValueError("crop.align 'landmarks' needs crop.template: five (x, y) points")
 
 
 class OutputSpec(_Strict):
@@ -319,15 +357,32 @@ def crop_box(box: tuple[float, float, float, float], crop: CropSpec) -> tuple[in
     return int(round(cx - s / 2.0)), int(round(cy - s / 2.0)), s, s
 
 
-def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], spec: ServingSpec) -> np.ndarray:
-    """Crop the face at ``box`` from a BGR frame and resize it to the model's input.
+def prepare_face(
+    image_bgr: np.ndarray,
+    box: tuple[float, float, float, float],
+    spec: ServingSpec,
+    landmarks: Sequence[Sequence[float]] | None = None,
+) -> np.ndarray:
+    """Crop the face at ``box`` (with the detector's five ``landmarks``, when it gives them) from a
+    BGR frame and resize it to the model's input, as ``spec.crop`` says.
 
     Returns uint8 ``(height, width, 3)`` in the spec's colour order. Training caches
     these arrays; serving feeds them to :func:`normalise`.
     """
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"expected a BGR image of shape (h, w, 3), got {image_bgr.shape}")
-    x, y, s, _ = crop_box(box, spec.crop)
+    size = (spec.input.width, spec.input.height)
+    matrix = None
+    if spec.crop.align == "landmarks" and landmarks is not None:
+        matrix = alignment(landmarks, box, spec.crop.template, size)  # type: ignore[arg-type]
+    face = _aligned_face(image_bgr, matrix, size) if matrix is not None else _boxed_face(image_bgr, box, spec.crop, size)
+    if spec.input.color == "RGB":
+        face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
+    return face
+
+
+def _boxed_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], crop: CropSpec, size: tuple[int, int]) -> np.ndarray:
+    x, y, s, _ = crop_box(box, crop)
     ih, iw = image_bgr.shape[:2]
     # Pad only as much as the square sticks out of the frame.
     left, top = max(0, -x), max(0, -y)
@@ -337,12 +392,59 @@ def prepare_face(image_bgr: np.ndarray, box: tuple[float, float, float, float], 
         raise ValueError(f"face box {box} lies outside the {iw}x{ih} image")
     if left or top or right or bottom:
         region = cv2.copyMakeBorder(region, top, bottom, left, right, cv2.BORDER_REPLICATE)
-    size = (spec.input.width, spec.input.height)
     interpolation = cv2.INTER_AREA if region.shape[0] > size[1] else cv2.INTER_LINEAR
-    face = cv2.resize(region, size, interpolation=interpolation)
-    if spec.input.color == "RGB":
-        face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
-    return face
+    return cv2.resize(region, size, interpolation=interpolation)
+
+
+def five_point_template(margin: float, shift_y: float) -> tuple[tuple[float, float], ...]:
+    """FIVE_POINT_TEMPLATE as it falls in the crop of another box framing (``margin``, ``shift_y``): an
+    aligned crop frames the average face as the box framing does, and a face cut by its box (no
+    landmarks) is framed as its aligned neighbours."""
+    m0, s0 = TEMPLATE_FRAMING
+    # In units of the box's side, from the box's centre: point = (p - 0.5) * crop side + crop centre.
+    points = [((x - 0.5) * (1 + 2 * m0), (y - 0.5) * (1 + 2 * m0) + s0) for x, y in FIVE_POINT_TEMPLATE]
+    return tuple((round(x / (1 + 2 * margin) + 0.5, 4), round((y - shift_y) / (1 + 2 * margin) + 0.5, 4)) for x, y in points)
+
+
+def alignment(
+    landmarks: Sequence[Sequence[float]],
+    box: tuple[float, float, float, float],
+    template: Sequence[Sequence[float]],
+    size: tuple[int, int],
+) -> np.ndarray | None:
+    """The 2x3 similarity (rotation, uniform scale, shift) taking ``landmarks`` in the frame as near as
+    possible to ``template`` in a crop of ``size`` (least squares; Umeyama 1991), or None where the
+    landmarks cannot be trusted: not five finite points, or a face size that disagrees with the box."""
+    src = np.asarray(landmarks, dtype=np.float64)
+    if src.shape != (5, 2) or not np.all(np.isfinite(src)):
+        return None
+    dst = np.asarray(template, dtype=np.float64) * np.asarray(size, dtype=np.float64)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    s, d = src - src_mean, dst - dst_mean
+    spread = float((s**2).sum())
+    if spread < 1e-6:
+        return None
+    # The best rotation and scale in closed form: with points as complex numbers, d ~ a * s.
+    a = complex((s[:, 0] * d[:, 0] + s[:, 1] * d[:, 1]).sum(), (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / spread
+    scale = abs(a)
+    # The box says how big the face is; landmarks implying another size are wrong.
+    box_side = max(float(box[2]), float(box[3]), 1.0)
+    expected = size[0] / box_side  # a crop of about the box's side
+    if not (1 / ALIGN_MAX_SCALE_RATIO <= scale / expected <= ALIGN_MAX_SCALE_RATIO):
+        return None
+    rotation = np.array([[a.real, -a.imag], [a.imag, a.real]])
+    return np.hstack([rotation, (dst_mean - rotation @ src_mean)[:, None]])
+
+
+def _aligned_face(image_bgr: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    # warpAffine samples without smoothing: shrinking a face several times over would alias. So
+    # warp to up to 4 times the input size (at most 1.5 frame pixels to one), then average down
+    # as the box path does.
+    shrink = 1.0 / max(abs(complex(matrix[0, 0], matrix[1, 0])), 1e-9)
+    steps = int(np.clip(np.ceil(shrink / 1.5), 1, 4))
+    big = (size[0] * steps, size[1] * steps)
+    face = cv2.warpAffine(image_bgr, matrix * np.array([[steps], [steps]]), big, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(face, size, interpolation=cv2.INTER_AREA) if steps > 1 else face
 
 
 def normalise(faces: np.ndarray, pre: Preprocessing, out: np.ndarray | None = None) -> np.ndarray:

@@ -391,7 +391,7 @@ def cmd_estimate(settings: Settings, args: argparse.Namespace) -> int:
             if args.zone:
                 h, w = image.shape[:2]
                 faces = customer_faces(faces, zone, w, h)
-            ages = model.estimate(image, [f.box for f in faces]) if faces else []
+            ages = model.estimate(image, [f.box for f in faces], [f.landmarks for f in faces]) if faces else []
             record["faces"] = [
                 {"box": [int(v) for v in f.box], "score": round(float(f.score), 3), "age": round(float(a), 1)}
                 for f, a in zip(faces, ages)

@@ -145,7 +145,7 @@ class VisionLoop:
             with self.model_lock:
                 model = self.model()
                 t2 = time.perf_counter()
-                crops = [model.prepare(image, box) for box in boxes]
+                crops = [model.prepare(image, f.box, f.landmarks) for f in in_zone]
                 t3 = time.perf_counter()
                 ages = model.predict_prepared(crops)
             self.crop.add(t3 - t2, len(boxes))  # per face

@@ -226,10 +226,10 @@ def _golden_from_photos(paths: Sequence[str | Path], spec, config) -> np.ndarray
         image = decode(Path(path))
         if image is None:
             raise ExportError(f"--golden-image {path}: not a readable image")
-        box, _ = find_face(detector, image)
+        box, landmarks, _ = find_face(detector, image)
         if box is None:
             raise ExportError(f"--golden-image {path}: no face found")
-        crop = prepare_face(image, box, spec)
+        crop = prepare_face(image, box, spec, landmarks)
         crops += [crop, np.ascontiguousarray(crop[:, ::-1])]
     return np.stack(crops)
 

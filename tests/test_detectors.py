@@ -138,6 +138,20 @@ def test_a_face_cut_by_the_photo_edge_is_searched_again_padded(yunet, astronaut_
     (face,) = detect_in_photo(yunet, tight)
     x, y, w, h = face.box
     assert x < 0 or y < 0 or x + w > tight.shape[1] or y + h > tight.shape[0]  # the whole face, beyond the cut
+    # The landmarks came from the padded search too: in the photo's coordinates, on the face.
+    (whole,) = detect_in_photo(yunet, astronaut_bgr)
+    moved = np.asarray(whole.landmarks) - [180, 90]
+    assert np.abs(np.asarray(face.landmarks) - moved).max() < 4
+
+
+def test_yunet_gives_five_landmarks_where_the_face_is(yunet, haar, astronaut_bgr):
+    (face,) = yunet.detect(astronaut_bgr)
+    right_eye, left_eye, nose, right_mouth, left_mouth = np.asarray(face.landmarks)
+    x, y, w, h = face.box
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in face.landmarks)
+    assert right_eye[0] < nose[0] < left_eye[0] and right_mouth[0] < left_mouth[0]  # the person's right is the image's left
+    assert max(right_eye[1], left_eye[1]) < nose[1] < min(right_mouth[1], left_mouth[1])
+    assert all(f.landmarks is None for f in haar.detect(astronaut_bgr))  # Haar has none: its faces are cut by the box
 
 
 def test_create_detector_names_a_missing_or_broken_model(tmp_path):

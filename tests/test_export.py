@@ -124,7 +124,7 @@ def test_the_daemon_loads_the_bundle_and_gives_the_measured_ages(run, exported):
         model = AgeModel.from_dir(exported / variant)
         for name in list(rows)[:8]:
             image = cv2.imread(str(paths[name]))
-            box, _ = find_face(detector, image)
+            box, _, _ = find_face(detector, image)
             if box is None:
                 continue
             age = model.estimate(image, [box])[0]
@@ -248,11 +248,13 @@ def test_mirror_average_and_the_chosen_operating_point_travel_in_the_bundle(run,
     checked = 0
     for record in faces:
         image = cv2.imread(str(record.path))
-        box, _ = find_face(detector, image)
+        box, _, _ = find_face(detector, image)
         if box is None:
             continue
         crop = plain.prepare(image, box)
         face, mirror = plain.predict_prepared([crop, np.ascontiguousarray(crop[:, ::-1])])
-        assert mirrored.estimate(image, [box])[0] == pytest.approx((face + mirror) / 2 + shift["years"], abs=1e-3)
+        out_spec = bundle.manifest.output  # a one-epoch model's young answers, shifted down, may meet its clip at 0
+        expected = np.clip((face + mirror) / 2 + shift["years"], out_spec.min_age, out_spec.max_age)
+        assert mirrored.estimate(image, [box])[0] == pytest.approx(expected, abs=1e-3)
         checked += 1
     assert checked >= 3

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -206,7 +207,7 @@ def test_training_crops_are_the_tills_crops(tmp_path):
     detector = create_detector("haar")
     for i, photo in enumerate(photos):
         image = cv2.imread(str(photo))
-        box, _ = find_face(detector, image)
+        box, _, _ = find_face(detector, image)
         if box is not None:
             assert np.array_equal(crops.images[i], prepare_face(image, box, spec))
             assert not crops.fallback[i]
@@ -215,6 +216,37 @@ def test_training_crops_are_the_tills_crops(tmp_path):
     assert np.array_equal(again.images, crops.images) and again.files == crops.files
     assert len(list(tmp_path.glob("crops/test-64px-m0.1-s0-haar-*.npz"))) == 1
     assert len(list(tmp_path.glob("scans/*-haar-*.json"))) == 1  # the boxes, kept per source for every command
+
+
+def test_aligned_training_crops_are_the_tills_aligned_crops(tmp_path):
+    """With --align landmarks a training crop is prepare_face(photo, box, YuNet's landmarks), as the till
+    cuts it; the landmarks are kept in the scan cache, so a second command cuts the same crops from it."""
+    photos = _real_faces(4)
+    records = [Record(p.name, p, float(parse_utkface_name(p.name)), split="test") for p in photos]
+    config = FitConfig(data="x", backbone="dlibresnet10", image_size=64, margin=-0.05, shift_y=0.08, align="landmarks",
+                       target_offset=0.0, target_scale=1.0)
+    config.check()
+    spec = serving_spec(config)
+    assert spec.crop.align == "landmarks" and spec.crop.template is not None
+    crops = prepare_faces(records, spec, DetectorSpec("yunet"), cache_dir=tmp_path, name="test")
+    detector = create_detector("yunet")
+    aligned = 0
+    for i, photo in enumerate(photos):
+        image = cv2.imread(str(photo))
+        box, landmarks, _ = find_face(detector, image)
+        if box is not None:
+            assert landmarks is not None and len(landmarks) == 5
+            assert np.array_equal(crops.images[i], prepare_face(image, box, spec, landmarks))
+            aligned += not np.array_equal(crops.images[i], prepare_face(image, box, spec))  # not the box crop
+    assert aligned >= 3
+    again = prepare_faces(records, spec, DetectorSpec("yunet"), cache_dir=tmp_path, name="test")
+    assert np.array_equal(again.images, crops.images)
+    assert len(list(tmp_path.glob("crops/test-64px-aligned-yunet-*.npz"))) == 1
+    (scans,) = tmp_path.glob("scans/*-yunet-*.json")
+    assert all(len(entry[5]) == 5 for entry in json.loads(scans.read_text()).values() if entry[2] is not None)
+    bad = dataclasses.replace(config, align="eyes")
+    with pytest.raises(ValueError, match="--align 'eyes'"):
+        bad.check()
 
 
 def test_strategy_plan():

@@ -25,14 +25,14 @@ from agegate import __version__
 from agegate.ages import CHALLENGE_AGE
 
 FIT_OPTIONS = (
-    "backbone", "weights", "image_size", "margin", "shift_y", "detector", "detector_model", "epochs", "batch_size",
+    "backbone", "weights", "image_size", "margin", "shift_y", "align", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
     "balance", "epoch_size", "overestimate_penalty", "wrong_side_penalty",
 )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .run import BACKBONES, FitConfig
+    from .run import ALIGNS, BACKBONES, FitConfig
 
     d = FitConfig(data=[])
     p = argparse.ArgumentParser(prog="agegate-train", description="Train and evaluate the age model of agegate.")
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--image-size", type=int, help=f"model input in pixels, square (default {d.image_size})")
     fit.add_argument("--margin", type=float, help=f"crop margin around the detector box, a fraction of its side (default {d.margin})")
     fit.add_argument("--shift-y", type=float, metavar="F", help=f"move the crop down by F of the box side (default {d.shift_y}; dlibresnet10: see docs/training.md)")
+    fit.add_argument("--align", choices=ALIGNS, help=f"landmarks: turn and scale each face so the detector's five landmarks fall on a template framed as --margin/--shift-y frame the box (YuNet; faces without landmarks are cut by the box) (default {d.align})")
     fit.add_argument("--detector", help=f"face detector that cuts the training crops, as at the till (default {d.detector})")
     fit.add_argument("--detector-model", metavar="PATH", help="another YuNet .onnx file than the shipped one")
     fit.add_argument("--epochs", type=int, help=f"(default {d.epochs})")

@@ -48,7 +48,7 @@ from .data import Problem, Record
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: scans keep the detector's landmarks
 DETECT_PAD = PHOTO_PAD
 DEFAULT_RELATIVE_BOX = (0.5, 0.45, 0.9)  # centre x, centre y, side: used only when no face is found at all
 
@@ -82,6 +82,7 @@ class FaceScan:
     box: tuple[float, float, float, float] | None = None  # (x, y, w, h) in the photo; None: no face found
     faces_found: int = 0
     error: str | None = None
+    landmarks: tuple[tuple[float, float], ...] | None = None  # the detector's five points, where it gives them
 
 
 @dataclass
@@ -125,12 +126,18 @@ def decode(path: Path) -> np.ndarray | None:
     return image if image is not None and image.size else None
 
 
-def find_face(detector: Detector, image_bgr: np.ndarray) -> tuple[tuple[float, float, float, float] | None, int]:
-    """The largest face's box in a photo (found as the till finds faces in photos), and how many were found."""
+Box = tuple[float, float, float, float]
+Landmarks = tuple[tuple[float, float], ...]
+
+
+def find_face(detector: Detector, image_bgr: np.ndarray) -> tuple[Box | None, Landmarks | None, int]:
+    """The largest face's box and landmarks (None from a detector without them) in a photo, found as
+    the till finds faces in photos, and how many faces were found."""
     faces = detect_in_photo(detector, image_bgr, DETECT_PAD)
     if not faces:
-        return None, 0
-    return tuple(float(v) for v in faces[0].box), len(faces)  # type: ignore[return-value]
+        return None, None, 0
+    box = tuple(float(v) for v in faces[0].box)
+    return box, faces[0].landmarks, len(faces)  # type: ignore[return-value]
 
 
 def _parallel(fn: Callable[[Record], object], records: Sequence[Record], what: str, workers: int | None) -> list:
@@ -164,8 +171,8 @@ def scan_faces(records: Sequence[Record], detector: DetectorSpec, workers: int |
         image = decode(record.path)
         if image is None:
             return FaceScan(record, error="unreadable image")
-        box, found = find_face(local.detector, image)
-        return FaceScan(record, image.shape[0], image.shape[1], box, found)
+        box, landmarks, found = find_face(local.detector, image)
+        return FaceScan(record, image.shape[0], image.shape[1], box, found, landmarks=landmarks)
 
     return _parallel(scan, records, what, workers)
 
@@ -185,11 +192,12 @@ def scan_cached(records: Sequence[Record], detector: DetectorSpec, cache_dir: Pa
         if todo:
             log.info("%s: %d of %d photos not yet searched with %s", folder.name, len(todo), len(recs), detector.key())
             for scan in scan_faces(todo, detector, workers, what=f"{what} ({folder.name})"):
-                known[scan.record.file] = [scan.height, scan.width, scan.box, scan.faces_found, scan.error]
+                known[scan.record.file] = [scan.height, scan.width, scan.box, scan.faces_found, scan.error, scan.landmarks]
             _save_scans(path, known)
         for r in recs:
-            h, w, box, n, error = known[r.file]
-            found[(folder, r.file)] = FaceScan(r, h, w, tuple(box) if box is not None else None, n, error)
+            h, w, box, n, error, landmarks = known[r.file]
+            found[(folder, r.file)] = FaceScan(r, h, w, tuple(box) if box is not None else None, n, error,
+                                               tuple(map(tuple, landmarks)) if landmarks is not None else None)
     return [found[(_source_folder(r), r.file)] for r in records]
 
 
@@ -279,7 +287,7 @@ def crop_faces(scans: Sequence[FaceScan], spec: ServingSpec, typical: dict[str, 
             return "unreadable image"
         box = scan.box if scan.box is not None else fallback_box(scan.height, scan.width, typical.get(scan.record.source, DEFAULT_RELATIVE_BOX))
         try:
-            return prepare_face(image, box, spec)
+            return prepare_face(image, box, spec, scan.landmarks)
         except ValueError as exc:
             return f"cannot crop: {exc}"
 
@@ -314,7 +322,8 @@ def _cache_path(records: Sequence[Record], spec: ServingSpec, detector: Detector
         "pad": DETECT_PAD,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / "crops" / f"{name}-{spec.input.height}px-m{spec.crop.margin:g}-s{spec.crop.shift_y:g}-{detector.kind}-{key}.npz"
+    framing = "aligned" if spec.crop.align == "landmarks" else f"m{spec.crop.margin:g}-s{spec.crop.shift_y:g}"
+    return Path(cache_dir) / "crops" / f"{name}-{spec.input.height}px-{framing}-{detector.kind}-{key}.npz"
 
 
 def _save(path: Path, faces: FaceSet) -> None:

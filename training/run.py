@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agegate.edge.bundle import CropSpec, InputSpec, OutputSpec, Preprocessing, ServingSpec
+from agegate.edge.bundle import CropSpec, InputSpec, OutputSpec, Preprocessing, ServingSpec, five_point_template
 
 from agegate.edge.detectors import DEFAULT_KIND
 from agegate.ages import MAX_AGE
@@ -38,6 +38,7 @@ from agegate.files import write_atomically
 from .faces import DetectorSpec
 
 BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small", "dlibresnet10")
+ALIGNS = ("box", "landmarks")
 PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), 64 px
 
 
@@ -51,6 +52,7 @@ class FitConfig:
     image_size: int = 96
     margin: float = 0.1
     shift_y: float = 0.0  # the crop's centre moved down by this fraction of the box side (see CropSpec)
+    align: str = "box"  # "landmarks": faces turned and scaled onto five_point_template(margin, shift_y) (see CropSpec)
     detector: str = DEFAULT_KIND
     detector_model: str | None = None
     epochs: int = 15
@@ -103,6 +105,8 @@ class FitConfig:
             raise ValueError(f"--margin {self.margin}: must be -0.4 to 1")
         if not -0.5 <= self.shift_y <= 0.5:
             raise ValueError(f"--shift-y {self.shift_y}: must be -0.5 to 0.5")
+        if self.align not in ALIGNS:
+            raise ValueError(f"--align {self.align!r}: choose one of {', '.join(ALIGNS)}")
         for name in ("epochs", "batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1 and not (name == "epochs" and self.epochs == 0 and self.backbone == PRETRAINED):
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1" + (f" (0 only with --backbone {PRETRAINED}: its weights as published)" if name == "epochs" else ""))
@@ -147,7 +151,8 @@ def serving_spec(config: FitConfig) -> ServingSpec:
     return ServingSpec(
         input=InputSpec(height=config.image_size, width=config.image_size, color="RGB"),
         preprocessing=Preprocessing(scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
-        crop=CropSpec(margin=config.margin, shift_y=config.shift_y),
+        crop=CropSpec(margin=config.margin, shift_y=config.shift_y, align=config.align,
+                      template=five_point_template(config.margin, config.shift_y) if config.align == "landmarks" else None),
         output=OutputSpec(scale=config.target_scale, offset=config.target_offset, min_age=0.0, max_age=MAX_AGE),
     )
 

@@ -126,7 +126,7 @@ class PhotoEstimator:
                 ages = []
                 for face in faces:
                     with self.model_lock:
-                        ages.append(float(model.estimate(image, [face.box])[0]))
+                        ages.append(float(model.estimate(image, [face.box], [face.landmarks])[0]))
             except (InferenceError, cv2.error, ValueError) as exc:  # what the vision loop reports as cannot_assess
                 raise PhotoError(500, f"face detection or the age model failed: {exc}") from None
         finally:

@@ -28,6 +28,9 @@ import numpy as np
 KINDS = ("yunet", "haar")
 DEFAULT_KIND = "yunet"
 YUNET_MODEL = Path(__file__).parent / "models" / "face_detection_yunet_2026may.onnx"  # MIT, see models/LICENSE-YuNet.txt
+# The order of Face.landmarks, as YuNet reports them: the person's right eye (on the left of the
+# image), left eye, nose tip, right and left mouth corners.
+LANDMARKS = ("right_eye", "left_eye", "nose_tip", "right_mouth_corner", "left_mouth_corner")
 
 
 class DetectorError(Exception):
@@ -38,6 +41,10 @@ class DetectorError(Exception):
 class Face:
     box: tuple[int, int, int, int]  # x, y, w, h in pixels, inside the frame
     score: float  # YuNet: confidence in [0, 1]; Haar: the cascade's level weight (unbounded, higher is surer)
+    # YuNet's five points (x, y) in pixels of the frame, in LANDMARKS order; None from Haar. They
+    # may lie outside the frame for a face it cuts off. A bundle whose crop is aligned to them
+    # (CropSpec.align "landmarks") uses them; without them it cuts by the box.
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     @property
     def area(self) -> int:
@@ -156,8 +163,12 @@ def detect_in_photo(detector: Detector, image_bgr: np.ndarray, pad: float = PHOT
     if not p or (faces and not _touches_edge(faces[0], w, h)):
         return faces
     framed = cv2.copyMakeBorder(image_bgr, p, p, p, p, cv2.BORDER_REPLICATE)
-    padded = [Face((x - p, y - p, fw, fh), f.score) for f in detector.detect(framed) for x, y, fw, fh in [f.box]]
+    padded = [Face((x - p, y - p, fw, fh), f.score, _moved(f.landmarks, -p)) for f in detector.detect(framed) for x, y, fw, fh in [f.box]]
     return sorted(padded, key=lambda f: f.area, reverse=True) or faces
+
+
+def _moved(landmarks: tuple[tuple[float, float], ...] | None, d: float) -> tuple[tuple[float, float], ...] | None:
+    return None if landmarks is None else tuple((x + d, y + d) for x, y in landmarks)
 
 
 def _touches_edge(face: Face, width: int, height: int) -> bool:

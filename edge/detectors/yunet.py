@@ -52,5 +52,6 @@ class YuNetDetector:
             x0, y0 = max(0, int(row[0])), max(0, int(row[1]))
             x1, y1 = min(w, int(round(row[0] + row[2]))), min(h, int(round(row[1] + row[3])))
             if min(x1 - x0, y1 - y0) >= self.min_face_px:
-                faces.append(Face((x0, y0, x1 - x0, y1 - y0), float(row[14])))
+                landmarks = tuple((float(row[i]), float(row[i + 1])) for i in range(4, 14, 2))
+                faces.append(Face((x0, y0, x1 - x0, y1 - y0), float(row[14]), landmarks))
         return faces
