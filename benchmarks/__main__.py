@@ -214,11 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                                               paced_fps=paced)
         from agegate.edge.detectors import create_detector
 
-        faces = create_detector("haar").detect(frame)
+        # The face the till's default detector finds (YuNet, with the landmarks an aligned bundle
+        # crops by), or Haar's box where YuNet's file is missing.
+        kind = "yunet" if "yunet" in kinds else "haar"
+        faces = create_detector(kind, kinds[kind]).detect(frame)
         if not faces:
-            raise SystemExit("benchmark: the Haar detector finds no face in the benchmark frame")
+            raise SystemExit(f"benchmark: the {kind} detector finds no face in the benchmark frame")
         print("benchmark: age models", file=sys.stderr)
-        result["models"] = bench_models(frame, faces[0].box, bundles, threads, seconds=args.seconds, min_n=args.min_n)
+        result["models"] = bench_models(frame, faces[0], bundles, threads, seconds=args.seconds, min_n=args.min_n)
 
     if "pipeline" not in skip:
         from .pipeline import run_pipeline

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from agegate.edge.age_model import AgeModel
-from agegate.edge.detectors import create_detector
+from agegate.edge.detectors import Face, create_detector
 
 from .measure import time_calls
 
@@ -64,20 +64,22 @@ def bench_detectors(frame: np.ndarray, kinds: dict[str, Path | None], threads: l
     return rows
 
 
-def bench_models(frame: np.ndarray, box: tuple[int, int, int, int], bundles: list[Path], threads: list[int], *,
+def bench_models(frame: np.ndarray, face: Face, bundles: list[Path], threads: list[int], *,
                  seconds: float, min_n: int) -> list[dict]:
-    """Per face, for each bundle and interpreter thread count: crop and preprocess, and inference."""
+    """Per face, for each bundle and interpreter thread count: crop (by the box, or aligned to the
+    face's landmarks where the bundle says so) and preprocess, and inference."""
+    box, landmarks = face.box, face.landmarks
     rows = []
     for path in bundles:
         for n in threads:
             model = AgeModel.from_dir(path, num_threads=n)
             m = model.manifest
-            crop = model.prepare(frame, box)
-            crop_t = time_calls(lambda: model.prepare(frame, box), seconds=min(seconds, 0.5), min_n=min_n)
+            crop = model.prepare(frame, box, landmarks)
+            crop_t = time_calls(lambda: model.prepare(frame, box, landmarks), seconds=min(seconds, 0.5), min_n=min_n)
             infer_t = time_calls(lambda: model.predict_prepared([crop]), seconds=seconds, min_n=min_n)
             rows.append({
                 "bundle": str(path), "name": m.name, "version": m.version, "variant": m.variant,
-                "input": f"{m.input.width}x{m.input.height}", "file_bytes": len(model.bundle.model_bytes),
+                "input": f"{m.input.width}x{m.input.height}", "crop": m.crop.align, "file_bytes": len(model.bundle.model_bytes),
                 "runtime": model.runtime, "threads": n, "age": round(float(model.predict_prepared([crop])[0]), 1),
                 "crop_ms": crop_t, "infer_ms": infer_t,
             })

@@ -46,9 +46,9 @@ def render(r: dict) -> str:
                          for d in r["detectors"]])
     if r.get("models"):
         lines += ["## Age model per face (isolated)", ""]
-        lines += _table(["model", "variant", "input", "MB", "threads", "crop+resize ms", "inference ms p50",
+        lines += _table(["model", "variant", "input", "crop", "MB", "threads", "crop+resize ms", "inference ms p50",
                          "p90", "CPU ms", "n"],
-                        [[f"{x['name']} {x['version']}", x["variant"], x["input"], round(x["file_bytes"] / 1e6, 2), x["threads"],
+                        [[f"{x['name']} {x['version']}", x["variant"], x["input"], x.get("crop", "box"), round(x["file_bytes"] / 1e6, 2), x["threads"],
                           x["crop_ms"]["p50"], x["infer_ms"]["p50"], x["infer_ms"]["p90"], x["infer_ms"]["cpu_ms"],
                           x["infer_ms"]["n"]] for x in r["models"]])
     p = r.get("pipeline")

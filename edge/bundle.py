@@ -66,9 +66,12 @@ class Preprocessing(_Strict):
 
 # Where YuNet's five landmarks (edge.detectors.LANDMARKS order) sit, on average, in the crop that
 # the box framing of the dlib age net (margin -0.05, shift_y 0.08) cuts: fractions of the crop's
-# side, measured on the 3,659 validation faces of the three sources (docs/training.md, "Aligned
-# to the landmarks"), made mirror-symmetric so that a mirrored aligned face is aligned too.
-# five_point_template() moves it to any other box framing.
+# side, from a first measurement on the 3,659 validation faces of the three sources, made
+# mirror-symmetric so that a mirrored aligned face is aligned too. `python -m
+# agegate.training.framing` re-measures it (docs/model-card/framing-aligned/framing.json,
+# "template"): every point within 0.007 of the side, under half a pixel at 64 px; bundles
+# record the template they were trained with, so it is kept. five_point_template() moves it to
+# any other box framing.
 FIVE_POINT_TEMPLATE = ((0.3025, 0.281), (0.6975, 0.281), (0.5, 0.511), (0.3305, 0.6735), (0.6695, 0.6735))
 TEMPLATE_FRAMING = (-0.05, 0.08)  # the (margin, shift_y) FIVE_POINT_TEMPLATE was measured in
 # Landmarks implying a face this much larger or smaller than its box are a detector's mistake:
