@@ -46,9 +46,12 @@ def render(r: dict) -> str:
                          for d in r["detectors"]])
     if r.get("models"):
         lines += ["## Age model per face (isolated)", ""]
-        lines += _table(["model", "variant", "input", "crop", "MB", "threads", "crop+resize ms", "inference ms p50",
-                         "p90", "CPU ms", "n"],
-                        [[f"{x['name']} {x['version']}", x["variant"], x["input"], x.get("crop", "box"), round(x["file_bytes"] / 1e6, 2), x["threads"],
+        # "crop" (box or landmarks) is recorded since 2026-11-28; older runs render as they were.
+        crop = any("crop" in x for x in r["models"])
+        lines += _table(["model", "variant", "input", *(["crop"] if crop else []), "MB", "threads", "crop+resize ms",
+                         "inference ms p50", "p90", "CPU ms", "n"],
+                        [[f"{x['name']} {x['version']}", x["variant"], x["input"], *([x.get("crop", "box")] if crop else []),
+                          round(x["file_bytes"] / 1e6, 2), x["threads"],
                           x["crop_ms"]["p50"], x["infer_ms"]["p50"], x["infer_ms"]["p90"], x["infer_ms"]["cpu_ms"],
                           x["infer_ms"]["n"]] for x in r["models"]])
     p = r.get("pipeline")
