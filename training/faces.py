@@ -42,7 +42,7 @@ import numpy as np
 
 from agegate.edge.bundle import ServingSpec, prepare_face
 from agegate.files import replacing, write_atomically
-from agegate.edge.detectors import DEFAULT_KIND, PHOTO_PAD, Detector, create_detector, detect_in_photo
+from agegate.edge.detectors import DEFAULT_KIND, PHOTO_PAD, Detector, Landmarks, create_detector, detect_in_photo
 
 from .data import Problem, Record
 
@@ -82,7 +82,7 @@ class FaceScan:
     box: tuple[float, float, float, float] | None = None  # (x, y, w, h) in the photo; None: no face found
     faces_found: int = 0
     error: str | None = None
-    landmarks: tuple[tuple[float, float], ...] | None = None  # the detector's five points, where it gives them
+    landmarks: Landmarks | None = None  # the detector's five points, where it gives them
 
 
 @dataclass
@@ -127,7 +127,6 @@ def decode(path: Path) -> np.ndarray | None:
 
 
 Box = tuple[float, float, float, float]
-Landmarks = tuple[tuple[float, float], ...]
 
 
 def find_face(detector: Detector, image_bgr: np.ndarray) -> tuple[Box | None, Landmarks | None, int]:

@@ -27,6 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+import typing
 from typing import Any
 
 from agegate.edge.bundle import CropSpec, InputSpec, OutputSpec, Preprocessing, ServingSpec, five_point_template
@@ -38,7 +39,7 @@ from agegate.files import write_atomically
 from .faces import DetectorSpec
 
 BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small", "dlibresnet10")
-ALIGNS = ("box", "landmarks")
+ALIGNS = typing.get_args(CropSpec.model_fields["align"].annotation)  # CropSpec.align's choices: "box", "landmarks"
 PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), 64 px
 
 

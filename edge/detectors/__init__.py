@@ -31,6 +31,7 @@ YUNET_MODEL = Path(__file__).parent / "models" / "face_detection_yunet_2026may.o
 # The order of Face.landmarks, as YuNet reports them: the person's right eye (on the left of the
 # image), left eye, nose tip, right and left mouth corners.
 LANDMARKS = ("right_eye", "left_eye", "nose_tip", "right_mouth_corner", "left_mouth_corner")
+Landmarks = tuple[tuple[float, float], ...]  # (x, y) in pixels of the frame, in LANDMARKS order
 
 
 class DetectorError(Exception):
@@ -44,7 +45,7 @@ class Face:
     # YuNet's five points (x, y) in pixels of the frame, in LANDMARKS order; None from Haar. They
     # may lie outside the frame for a face it cuts off. A bundle whose crop is aligned to them
     # (CropSpec.align "landmarks") uses them; without them it cuts by the box.
-    landmarks: tuple[tuple[float, float], ...] | None = None
+    landmarks: Landmarks | None = None
 
     @property
     def area(self) -> int:
@@ -167,7 +168,7 @@ def detect_in_photo(detector: Detector, image_bgr: np.ndarray, pad: float = PHOT
     return sorted(padded, key=lambda f: f.area, reverse=True) or faces
 
 
-def _moved(landmarks: tuple[tuple[float, float], ...] | None, d: float) -> tuple[tuple[float, float], ...] | None:
+def _moved(landmarks: Landmarks | None, d: float) -> Landmarks | None:
     return None if landmarks is None else tuple((x + d, y + d) for x, y in landmarks)
 
 
