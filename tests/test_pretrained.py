@@ -55,3 +55,38 @@ def test_the_mirror_average_answers_the_mean_of_a_face_and_its_mirror_image(crop
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-3)
     # crops come in pairs (face, its mirror image): both now get one answer
     np.testing.assert_allclose(averaged[0::3], averaged[1::3], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_label_distribution_run_trains_the_class_head_and_exports_the_age_alone(tmp_path):
+    """`fit --label-sigma`: the training model answers the age and its 81 class probabilities (for
+    the loss); what eval, the card and export load answers the age alone, the same age."""
+    import keras
+
+    from agegate.training.fit import fit
+    from agegate.training.model import load_inference_model
+    from agegate.training.run import FitConfig, RunDir
+    from conftest import require_utkface
+
+    run = tmp_path / "ldl"
+    config = FitConfig(data=[str(require_utkface())], backbone="dlibresnet10", image_size=64, margin=-0.05, shift_y=0.08,
+                       label_sigma=2.0, limit=24, epochs=1, batch_size=8, keep_checkpoints=1)
+    result = fit(config, run, verbose=0)
+    assert result.complete and np.isfinite(result.best_val_mae)
+    assert RunDir(run).load_config().label_sigma == 2.0
+    trained = keras.models.load_model(run / "model.keras")  # with its loss: it must load to resume
+    assert trained.loss.sigma == 2.0 and trained.loss.weight == 5.0
+    faces = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
+    both = trained.predict(faces, verbose=0)
+    assert both.shape == (4, 82) and np.allclose(both[:, 1:].sum(axis=1), 1.0, atol=1e-4)
+    age = load_inference_model(RunDir(run)).predict(faces, verbose=0)
+    assert age.shape == (4, 1)
+    np.testing.assert_allclose(age[:, 0], both[:, 0], atol=1e-4)
+
+
+def test_only_a_net_with_age_classes_takes_a_label_distribution():
+    from agegate.training.run import FitConfig
+
+    with pytest.raises(ValueError, match="--label-sigma needs an age-class head"):
+        FitConfig(data="x", backbone="mobilenetv3small", label_sigma=2.0).check()
+    FitConfig(data="x", backbone="dlibresnet10", image_size=64, label_sigma=2.0).check()

@@ -80,6 +80,34 @@ def test_the_loss_weighs_the_errors_a_till_pays_for():
     assert (restored.wrong_side, restored.margin, restored.delta) == (2.0, 2.0, 5.0)
 
 
+def test_the_label_distribution_loss_asks_for_a_peak_at_the_true_age():
+    """AgeDistributionLoss = the Huber loss on the expected age + weight x KL(normal(age, sigma) || p):
+    nothing more for the target distribution itself, more for one with the same mean spread wider."""
+    from agegate.training.model import AgeDistributionLoss, ChallengeHuberLoss
+
+    classes = np.array([0.25] + list(range(1, 81)), dtype=np.float32)
+
+    def normal(mean, sigma):
+        p = np.exp(-0.5 * ((classes - mean) / sigma) ** 2)
+        return p / p.sum()
+
+    true = np.array([[16.0], [40.0]], dtype=np.float32)
+    peaked, wide = np.stack([normal(16, 2), normal(40, 2)]), np.stack([normal(16, 8), normal(40, 8)])
+    loss = AgeDistributionLoss(class_ages=classes.tolist(), sigma=2.0, weight=5.0, delta=5.0, penalty=1.0)
+    huber = ChallengeHuberLoss(delta=5.0, penalty=1.0)
+    for probabilities in (peaked, wide):
+        expected = (probabilities @ classes)[:, None].astype(np.float32)
+        y_pred = np.concatenate([expected, probabilities], axis=1).astype(np.float32)
+        got = np.asarray(loss.call(true, y_pred))
+        kl = (got - np.asarray(huber.call(true, expected))) / 5.0
+        if probabilities is peaked:
+            np.testing.assert_allclose(kl, 0.0, atol=1e-5)
+        else:
+            assert (kl > 0.5).all()  # KL(N(a, 2) || N(a, 8)) = log 4 + 1/32 - 1/2, about 0.92
+    restored = AgeDistributionLoss.from_config(loss.get_config())
+    assert (restored.sigma, restored.weight, restored.penalty, len(restored.class_ages)) == (2.0, 5.0, 1.0, 81)
+
+
 def test_plots_say_what_they_show():
     from agegate.training import plots
 

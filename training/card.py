@@ -16,6 +16,10 @@ From those ages: MAE, bias, the share of under-18s, of 13-17s and of people 30+ 
 the challenge age and at the bundle's calibrated threshold, per age band, per gender and
 ethnicity where the source labels them (``meta.csv`` or UTKFace file names).
 
+``--update`` starts from the card.json already in ``--out`` and measures again only the bundles
+and runs named, keeping every other entry as it was measured (each bundle's entry names its
+version), so replacing one bundle does not need the others' runs again.
+
 ``--loso`` adds the leave-one-source-out table: each run was trained on every source but one
 (``agegate-train fit``) and is evaluated here on the test split of the source it never saw,
 with the same recipe (``agegate-train eval``'s code, the Keras model on the till's crops).
@@ -220,6 +224,19 @@ def render_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_card(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The card.json at ``path``, to be updated in place: it must measure what ``fresh`` would
+    (the same sources, challenge age and limit), or its figures and the new ones would not compare."""
+    if not path.exists():
+        raise SystemExit(f"--update: {path} does not exist (run without --update first)")
+    kept = json.loads(path.read_text(encoding="utf-8"))
+    differs = [k for k in ("challenge_age", "limit", "sources") if kept.get(k) != fresh[k]]
+    if differs:
+        raise SystemExit(f"--update: {path} was measured with other {', '.join(differs)} "
+                         f"({', '.join(f'{k}={kept.get(k)!r}' for k in differs)}); measure every bundle again without --update")
+    return kept
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegate.training.card", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", required=True, help="the data folders (sources)")
@@ -230,6 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, help="at most N test photos per source (smoke runs)")
     p.add_argument("--challenge-age", type=float, default=metrics.CHALLENGE_AGE)
+    p.add_argument("--update", action="store_true", help="keep OUT/card.json's other bundles and runs; measure only those named")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     sources = read_sources(args.data)
@@ -237,12 +255,19 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"challenge_age": args.challenge_age, "limit": args.limit, "sources": [s.name for s in sources],
                               "bundles": {}, "loso": []}
+    if args.update:
+        result = kept_card(out / "card.json", result)
     for spec in args.bundle:
         name, _, folder = spec.partition("=")
         result["bundles"][name] = measure_bundle(Path(folder), sources, args.challenge_age, args.limit)
     for run in args.loso:
-        result["loso"].append(loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average, args.loso_flag_under18))
-        log.info("LOSO %s on %s: %s", run, result["loso"][-1]["held_out"], metrics.headline(result["loso"][-1]))
+        row = loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average, args.loso_flag_under18)
+        same = [i for i, kept in enumerate(result["loso"]) if kept["run"] == row["run"]]
+        if same:
+            result["loso"][same[0]] = row
+        else:
+            result["loso"].append(row)
+        log.info("LOSO %s on %s: %s", run, row["held_out"], metrics.headline(row))
     (out / "card.json").write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
     (out / "figures.md").write_text(render_tables(result), encoding="utf-8")
     if result["bundles"]:

@@ -27,7 +27,7 @@ from agegate.ages import CHALLENGE_AGE
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "align", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
-    "balance", "epoch_size", "overestimate_penalty", "wrong_side_penalty",
+    "balance", "epoch_size", "overestimate_penalty", "wrong_side_penalty", "label_sigma", "label_weight",
 )  # fmt: skip
 
 
@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"an over-estimate of someone under 25 counts 1+K times in the loss (default {d.overestimate_penalty})")
     fit.add_argument("--wrong-side-penalty", type=float, metavar="K",
                      help=f"an under-18 estimated over 23, or someone 30+ under 27, counts 1+K times in the loss (default {d.wrong_side_penalty})")
+    fit.add_argument("--label-sigma", type=float, metavar="YEARS",
+                     help="also fit the net's age classes to a normal distribution this many years wide around the true age "
+                          "(label-distribution learning; dlibresnet10 only; default 0: off)")
+    fit.add_argument("--label-weight", type=float, metavar="K", help=f"that term's weight against the age's loss (default {d.label_weight})")
     fit.add_argument("--balance", type=float, metavar="P", help=f"draw faces with weight 1/(faces in their age band)^P: 0 as they come, 1 equal bands (default {d.balance})")
     fit.add_argument("--epoch-size", type=int, metavar="N", help="faces drawn per epoch (default: the training set's size)")
     fit.add_argument("--keep-checkpoints", type=int, metavar="N", help=f"epoch checkpoints to keep (default {d.keep_checkpoints})")

@@ -64,7 +64,8 @@ class AgeMAE(keras.metrics.Mean):
         self.scale = float(scale)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        error = ops.abs(ops.cast(y_true, "float32") - ops.cast(y_pred, "float32")) * self.scale
+        # [..., :1]: the age, also of a training model that answers its class probabilities beside it
+        error = ops.abs(ops.cast(y_true, "float32") - ops.cast(y_pred[..., :1], "float32")) * self.scale
         return super().update_state(ops.reshape(error, (-1,)), sample_weight=sample_weight)
 
     def get_config(self):
@@ -130,6 +131,40 @@ class ChallengeHuberLoss(HuberLoss):
                 "offset": self.offset, "scale": self.scale, "wrong_side": self.wrong_side, "margin": self.margin}
 
 
+@keras.saving.register_keras_serializable(package="agegate")
+class AgeDistributionLoss(ChallengeHuberLoss):
+    """:class:`ChallengeHuberLoss` on the expected age, plus ``weight`` times the KL divergence
+    of the net's class probabilities from a normal distribution of spread ``sigma`` years
+    around the true age (label-distribution learning, as DLDL-v2 does it).
+
+    For a net that reads its age off a softmax over age classes (dlib's face-age net): the
+    expected age alone is met by many distributions, some spread over decades; the second term
+    asks for one that is peaked where the age is, so that faces near the challenge age are
+    told apart by the shape of the whole distribution rather than only its mean. ``y_pred`` is
+    the expected age and the probabilities side by side (:func:`with_age_distribution`).
+    """
+
+    def __init__(self, class_ages: list[float] | tuple[float, ...] = (), sigma: float = 2.0, weight: float = 1.0, **kwargs):
+        kwargs.setdefault("name", "age_distribution_loss")
+        super().__init__(**kwargs)
+        self.class_ages = [float(a) for a in class_ages]
+        self.sigma, self.weight = float(sigma), float(weight)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.reshape(ops.cast(y_true, "float32"), (-1, 1))
+        y_pred = ops.cast(y_pred, "float32")
+        huber = super().call(y_true, y_pred[:, :1])
+        ages = ops.convert_to_tensor(np.asarray(self.class_ages, np.float32).reshape(1, -1))
+        true_age = ops.clip(y_true * self.scale + self.offset, min(self.class_ages), max(self.class_ages))
+        target = ops.softmax(-0.5 * ops.square((ages - true_age) / self.sigma), axis=-1)
+        log_target = ops.log_softmax(-0.5 * ops.square((ages - true_age) / self.sigma), axis=-1)
+        kl = ops.sum(target * (log_target - ops.log(ops.maximum(y_pred[:, 1:], 1e-7))), axis=-1)
+        return huber + self.weight * kl
+
+    def get_config(self):
+        return {**super().get_config(), "class_ages": self.class_ages, "sigma": self.sigma, "weight": self.weight}
+
+
 def backbone(name: str, image_size: int, weights: str | None) -> tuple[keras.Model, layers.Layer | None]:
     """The convolutional base (no top) and the layer, if any, that its inputs need first."""
     shape = (image_size, image_size, 3)
@@ -148,13 +183,15 @@ def build_model(config: FitConfig, weights: str | None = None, pretrained: bool 
     """Backbone, global average pooling, dropout and a linear output (float32 even under mixed precision).
 
     The face-age network (``dlibresnet10``) comes whole, with its own head, from its CC0
-    weights (``pretrained``; False only to rebuild the architecture for trained weights).
+    weights (``pretrained``; False only to rebuild the architecture for trained weights);
+    with ``label_sigma`` it answers its class probabilities beside the age, for the loss
+    (:func:`load_inference_model` keeps only the age).
     """
     if config.backbone == pretrained_net.BACKBONE:
         model = pretrained_net.build(config.dropout)
         if pretrained:
             pretrained_net.load_onnx_weights(model)
-        return model
+        return with_age_distribution(model) if config.label_sigma else model
     inputs = keras.Input((config.image_size, config.image_size, 3), name="face_rgb")
     base, preprocess = backbone(config.backbone, config.image_size, weights)
     x = preprocess(inputs) if preprocess is not None else inputs
@@ -166,7 +203,7 @@ def build_model(config: FitConfig, weights: str | None = None, pretrained: bool 
 
 
 def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -> None:
-    """Adam on a cosine schedule with a short warm-up; Huber loss; MAE in years."""
+    """Adam on a cosine schedule with a short warm-up; Huber loss (and the label distribution's); MAE in years."""
     total = config.epochs * steps_per_epoch
     warmup = min(steps_per_epoch, total // 10)
     if warmup:
@@ -175,13 +212,23 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
         )
     else:
         schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, total), alpha=0.01)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=schedule),
-        loss=ChallengeHuberLoss(delta=config.huber_delta / config.target_scale, penalty=config.overestimate_penalty,
-                                wrong_side=config.wrong_side_penalty,
-                                offset=config.target_offset, scale=config.target_scale),
-        metrics=[AgeMAE(scale=config.target_scale)],
-    )
+    age_loss = dict(delta=config.huber_delta / config.target_scale, penalty=config.overestimate_penalty,
+                    wrong_side=config.wrong_side_penalty, offset=config.target_offset, scale=config.target_scale)
+    if config.label_sigma:
+        loss = AgeDistributionLoss(class_ages=pretrained_net.age_class_weights(), sigma=config.label_sigma, weight=config.label_weight, **age_loss)
+    else:
+        loss = ChallengeHuberLoss(**age_loss)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss=loss, metrics=[AgeMAE(scale=config.target_scale)])
+
+
+AGE_AND_DISTRIBUTION = "age_and_distribution"
+
+
+def with_age_distribution(model: keras.Model) -> keras.Model:
+    """Training only: the age-class net answering its expected age and its class probabilities
+    side by side, shape (batch, 1 + classes), for :class:`AgeDistributionLoss`."""
+    both = layers.Concatenate(name=AGE_AND_DISTRIBUTION, dtype="float32")([model.output, model.get_layer("age_probabilities").output])
+    return keras.Model(model.input, both, name=model.name)
 
 
 @keras.saving.register_keras_serializable(package="agegate")
@@ -231,6 +278,8 @@ def load_inference_model(run: RunDir, path: Path | None = None, mirror_average: 
             plain = build_model(run.load_config(), weights=None, pretrained=False)
         plain.set_weights(model.get_weights())
         model = plain
+    if any(layer.name == AGE_AND_DISTRIBUTION for layer in model.layers):  # trained with --label-sigma: the age alone
+        model = keras.Model(model.input, model.get_layer("age").output, name=model.name)
     return with_mirror_average(model) if mirror_average else model
 
 

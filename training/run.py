@@ -65,6 +65,8 @@ class FitConfig:
     huber_delta: float = 5.0  # years: errors beyond this count linearly
     overestimate_penalty: float = 0.0  # an over-estimate of someone under 25 counts 1 + this times
     wrong_side_penalty: float = 0.0  # an under-18 estimated 23+ or someone 30+ estimated under 27 counts 1 + this times
+    label_sigma: float = 0.0  # years; > 0: also fit the age classes to a normal distribution this wide around the age (dlibresnet10)
+    label_weight: float = 5.0  # its weight: the Huber loss (delta 5 years) pulls about 5x as hard as DLDL-v2's L1, so 5 keeps their balance
     mixed_precision: str = "auto"  # auto: on with GPUs; on; off
     keep_checkpoints: int = 2
     balance: float = 0.5  # sample faces with weight 1 / (faces in the band) ** balance; 0: as they come
@@ -123,6 +125,12 @@ class FitConfig:
             raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights at 64 px: drop --weights and use --image-size 64")
         if not 0.0 <= self.overestimate_penalty <= 10.0:
             raise ValueError(f"--overestimate-penalty {self.overestimate_penalty}: must be 0-10")
+        if self.label_sigma and self.backbone != PRETRAINED:
+            raise ValueError(f"--label-sigma needs an age-class head: only --backbone {PRETRAINED} has one")
+        if not 0.0 <= self.label_sigma <= 20.0:
+            raise ValueError(f"--label-sigma {self.label_sigma}: must be 0-20 years")
+        if not 0.0 <= self.label_weight <= 100.0:
+            raise ValueError(f"--label-weight {self.label_weight}: must be 0-100")
         if not 0.0 <= self.wrong_side_penalty <= 10.0:
             raise ValueError(f"--wrong-side-penalty {self.wrong_side_penalty}: must be 0-10")
         if not 0.0 <= self.balance <= 1.0:
