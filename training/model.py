@@ -179,6 +179,23 @@ def backbone(name: str, image_size: int, weights: str | None) -> tuple[keras.Mod
     raise ValueError(f"unknown backbone {name!r}")
 
 
+FROM_SCRATCH_BN_MOMENTUM = 0.99
+
+
+def faster_batch_norm_statistics(base: keras.Model) -> None:
+    """Batch norm's moving statistics follow the batches with momentum 0.99 in a net trained from scratch.
+
+    keras.applications' MobileNetV3 and EfficientNet use 0.999, right for fine-tuning ImageNet
+    statistics but too slow for a fresh net: after 1,500 steps a fifth of the initial variance (1)
+    is still in each moving average, where the real one is orders smaller, and the model in
+    inference mode answered one age for every face (measured: standard deviation 0.00 against
+    19.3 with the batch's own statistics, MobileNetV3-Small after 6 epochs of 250 steps).
+    """
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, FROM_SCRATCH_BN_MOMENTUM)
+
+
 def build_model(config: FitConfig, weights: str | None = None, pretrained: bool = True) -> keras.Model:
     """Backbone, global average pooling, dropout and a linear output (float32 even under mixed precision).
 
@@ -194,6 +211,8 @@ def build_model(config: FitConfig, weights: str | None = None, pretrained: bool 
         return with_age_distribution(model) if config.label_sigma else model
     inputs = keras.Input((config.image_size, config.image_size, 3), name="face_rgb")
     base, preprocess = backbone(config.backbone, config.image_size, weights)
+    if not weights:
+        faster_batch_norm_statistics(base)
     x = preprocess(inputs) if preprocess is not None else inputs
     x = base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
