@@ -156,9 +156,8 @@ class AgeDistributionLoss(ChallengeHuberLoss):
         huber = super().call(y_true, y_pred[:, :1])
         ages = ops.convert_to_tensor(np.asarray(self.class_ages, np.float32).reshape(1, -1))
         true_age = ops.clip(y_true * self.scale + self.offset, min(self.class_ages), max(self.class_ages))
-        target = ops.softmax(-0.5 * ops.square((ages - true_age) / self.sigma), axis=-1)
         log_target = ops.log_softmax(-0.5 * ops.square((ages - true_age) / self.sigma), axis=-1)
-        kl = ops.sum(target * (log_target - ops.log(ops.maximum(y_pred[:, 1:], 1e-7))), axis=-1)
+        kl = ops.sum(ops.exp(log_target) * (log_target - ops.log(ops.maximum(y_pred[:, 1:], 1e-7))), axis=-1)
         return huber + self.weight * kl
 
     def get_config(self):
