@@ -41,7 +41,7 @@ from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
 from agegate.training.model import load_inference_model, shift_answers
-from agegate.training.run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
+from agegate.training.run import PRETRAINED, FitConfig, RunDir, best_epoch, read_history, serving_spec, write_json
 
 from .convert import convert, saved_model
 from .measure import Measurement, measure_bundle, measure_keras
@@ -252,7 +252,7 @@ def _private_key(path: str | Path | None):
 def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, version: str | None) -> dict[str, Any]:
     """Everything in a bundle's manifest except the variant, metrics and hash."""
     history = read_history(run.history)
-    best = min((r for r in history if "val_age_mae" in r), key=lambda r: r["val_age_mae"], default=None)
+    best = best_epoch(history, config)
     epochs = int(history[-1]["epoch"]) if history else 0
     if config.backbone == PRETRAINED:
         from agegate.training.pretrained import LICENCE as weights_licence

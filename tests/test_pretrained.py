@@ -60,23 +60,32 @@ def test_the_mirror_average_answers_the_mean_of_a_face_and_its_mirror_image(crop
 @pytest.mark.slow
 def test_a_label_distribution_run_trains_the_class_head_and_exports_the_age_alone(tmp_path):
     """`fit --label-sigma`: the training model answers the age and its 81 class probabilities (for
-    the loss); what eval, the card and export load answers the age alone, the same age."""
+    the loss); what eval, the card and export load answers the age alone, the same age; with
+    `--best-by minors` the kept model is the epoch that rule chooses."""
     import keras
 
     from agegate.training.fit import fit
     from agegate.training.model import load_inference_model
-    from agegate.training.run import FitConfig, RunDir
+    from agegate.training.run import FitConfig, RunDir, best_epoch, read_history
     from conftest import require_utkface
 
     run = tmp_path / "ldl"
     config = FitConfig(data=[str(require_utkface())], backbone="dlibresnet10", image_size=64, margin=-0.05, shift_y=0.08,
-                       label_sigma=2.0, limit=24, epochs=1, batch_size=8, keep_checkpoints=1)
+                       label_sigma=2.0, limit=24, epochs=2, batch_size=8, keep_checkpoints=2, best_by="minors")
     result = fit(config, run, verbose=0)
     assert result.complete and np.isfinite(result.best_val_mae)
+    # --best-by minors: each epoch logs the share of validation minors flagged; the kept model is the chosen epoch's
+    history = read_history(RunDir(run).history)
+    assert all(0.0 <= r["val_under18_flagged"] <= 1.0 for r in history)
+    chosen = best_epoch(history, config)
+    assert result.best_epoch == int(chosen["epoch"]) and result.best_val_mae == chosen["val_age_mae"]
+    faces = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
+    kept = keras.models.load_model(run / "model.keras").predict(faces, verbose=0)
+    same_epoch = keras.models.load_model(RunDir(run).checkpoint(result.best_epoch)).predict(faces, verbose=0)
+    np.testing.assert_allclose(kept, same_epoch, atol=1e-5)
     assert RunDir(run).load_config().label_sigma == 2.0
     trained = keras.models.load_model(run / "model.keras")  # with its loss: it must load to resume
     assert trained.loss.sigma == 2.0 and trained.loss.weight == 5.0
-    faces = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
     both = trained.predict(faces, verbose=0)
     assert both.shape == (4, 82) and np.allclose(both[:, 1:].sum(axis=1), 1.0, atol=1e-4)
     age = load_inference_model(RunDir(run)).predict(faces, verbose=0)

@@ -105,7 +105,61 @@ def test_the_label_distribution_loss_asks_for_a_peak_at_the_true_age():
         else:
             assert (kl > 0.5).all()  # KL(N(a, 2) || N(a, 8)) = log 4 + 1/32 - 1/2, about 0.92
     restored = AgeDistributionLoss.from_config(loss.get_config())
-    assert (restored.sigma, restored.weight, restored.penalty, len(restored.class_ages)) == (2.0, 5.0, 1.0, 81)
+    assert (restored.sigma, restored.weight, restored.penalty, len(restored.class_ages), restored.penalised) == (2.0, 5.0, 1.0, 81, False)
+    # penalised: a young face estimated too old has its distribution term counted 1 + penalty times too;
+    # an adult's, or a young face estimated too young, as before.
+    penalised = AgeDistributionLoss(class_ages=classes.tolist(), sigma=2.0, weight=5.0, delta=5.0, penalty=1.0, penalised=True)
+    assert AgeDistributionLoss.from_config(penalised.get_config()).penalised
+    true = np.array([[16.0], [16.0], [40.0]], dtype=np.float32)
+    probabilities = np.stack([normal(22, 4), normal(12, 4), normal(46, 4)])
+    y_pred = np.concatenate([(probabilities @ classes)[:, None], probabilities], axis=1).astype(np.float32)
+    plain_huber = np.asarray(huber.call(true, y_pred[:, :1]))
+    kl_plain = (np.asarray(loss.call(true, y_pred)) - plain_huber) / 5.0
+    kl_penalised = (np.asarray(penalised.call(true, y_pred)) - plain_huber) / 5.0
+    assert (kl_plain > 0.1).all()
+    np.testing.assert_allclose(kl_penalised, kl_plain * np.array([2.0, 1.0, 1.0]), rtol=1e-5)
+
+
+def test_the_minors_flagged_figure_counts_only_the_under_18s():
+    from agegate.training.model import MinorsFlagged
+
+    rng = np.random.default_rng(3)
+    true = rng.uniform(1, 70, 200).astype(np.float32)
+    estimate = (true + rng.normal(0, 8, 200)).astype(np.float32)
+    offset, scale = 33.0, 15.0  # a model answering normalised ages
+    metric = MinorsFlagged(scale=scale, offset=offset)
+    for i in range(0, 200, 64):  # batch by batch, as Keras feeds it; some batches hold few minors
+        metric.update_state(((true[i:i + 64] - offset) / scale)[:, None], ((estimate[i:i + 64] - offset) / scale)[:, None])
+    minors = true < metrics.MINOR_AGE
+    expected = float(np.mean(estimate[minors] < 25.0))
+    assert 0.0 < expected < 1.0
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_kept_epoch_follows_the_runs_rule():
+    from agegate.training.run import best_epoch
+
+    def row(epoch, mae, flagged):
+        return {"epoch": float(epoch), "val_age_mae": mae, "val_under18_flagged": flagged}
+
+    history = [row(1, 6.9, 0.95), row(2, 6.1, 0.965), row(3, 6.3, 0.98), row(4, 6.2, 0.975), row(5, 6.6, 0.99)]
+    by_mae, by_minors = FitConfig(data="x"), FitConfig(data="x", best_by="minors", best_min_flagged=0.97)
+    assert best_epoch(history, by_mae)["epoch"] == 2
+    assert best_epoch(history, by_minors)["epoch"] == 4  # the lowest MAE of the epochs flagging 97 %
+    assert best_epoch(history[:2], by_minors)["epoch"] == 2  # none flags 97 %: the one flagging most
+    # Each epoch added either becomes the best or leaves it: a run can save its best as it goes.
+    for n in range(1, len(history)):
+        before, after = best_epoch(history[:n], by_minors), best_epoch(history[:n + 1], by_minors)
+        assert after is before or after is history[n]
+    assert best_epoch([{"epoch": 1.0, "loss": 3.0}], by_minors) is None
+    with pytest.raises(ValueError, match="lacks it"):
+        best_epoch([{"epoch": 1.0, "val_age_mae": 6.0}], by_minors)
+    with pytest.raises(ValueError, match="--best-by 'loss'"):
+        FitConfig(data="x", best_by="loss").check()
+    with pytest.raises(ValueError, match="--label-penalised .* needs --label-sigma"):
+        FitConfig(data="x", backbone="dlibresnet10", image_size=64, label_penalised=True).check()
+    with pytest.raises(ValueError, match="--best-min-flagged 97"):
+        FitConfig(data="x", best_by="minors", best_min_flagged=97).check()
 
 
 def test_a_net_trained_from_scratch_updates_its_batch_norm_statistics_fast_enough():

@@ -28,11 +28,12 @@ FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "align", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
     "balance", "epoch_size", "overestimate_penalty", "wrong_side_penalty", "label_sigma", "label_weight",
+    "label_penalised", "best_by", "best_min_flagged",
 )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .run import ALIGNS, BACKBONES, FitConfig
+    from .run import ALIGNS, BACKBONES, BEST_BY, FitConfig
 
     d = FitConfig(data=[])
     p = argparse.ArgumentParser(prog="agegate-train", description="Train and evaluate the age model of agegate.")
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="also fit the net's age classes to a normal distribution this many years wide around the true age "
                           "(label-distribution learning; dlibresnet10 only; default 0: off)")
     fit.add_argument("--label-weight", type=float, metavar="K", help=f"that term's weight against the age's loss (default {d.label_weight})")
+    fit.add_argument("--label-penalised", action="store_const", const=True,
+                     help="the over-estimate and wrong-side penalties weigh the label-distribution term too, not only the age's Huber loss")
+    fit.add_argument("--best-by", choices=BEST_BY,
+                     help="the epoch kept as the run's model: mae, the lowest validation MAE; minors, the lowest among the epochs "
+                          f"that flag --best-min-flagged of the validation under-18s at the challenge age (default {d.best_by})")
+    fit.add_argument("--best-min-flagged", type=float, metavar="SHARE", help=f"with --best-by minors (default {d.best_min_flagged})")
     fit.add_argument("--balance", type=float, metavar="P", help=f"draw faces with weight 1/(faces in their age band)^P: 0 as they come, 1 equal bands (default {d.balance})")
     fit.add_argument("--epoch-size", type=int, metavar="N", help="faces drawn per epoch (default: the training set's size)")
     fit.add_argument("--keep-checkpoints", type=int, metavar="N", help=f"epoch checkpoints to keep (default {d.keep_checkpoints})")

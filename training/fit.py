@@ -10,7 +10,7 @@ The story of a run:
    face-age model answers years itself).
 5. Build and compile the model, or restore the latest checkpoint with its optimizer.
 6. Fit, with faces drawn so that age bands are balanced, saving a checkpoint after every
-   epoch, the best model by validation MAE, and a row of ``history.csv``; stop early if
+   epoch, the best model (by validation MAE, or ``--best-by minors``), and a row of ``history.csv``; stop early if
    asked to, and say how to continue. ``--resume --epochs N`` extends a finished run.
 """
 
@@ -35,11 +35,9 @@ from .data import read_sources, records_of, split_counts
 from .distribute import choose_strategy
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import build_model, compile_model
-from .run import PRETRAINED, FitConfig, RunDir, read_history, serving_spec, write_json
+from .run import PRETRAINED, VAL_MAE, VAL_MINORS_FLAGGED, FitConfig, RunDir, best_epoch, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
-
-MONITOR = "val_age_mae"
 
 
 @dataclass
@@ -94,7 +92,8 @@ def fit(
             return _as_published(config, run)
     if initial_epoch >= config.epochs:
         log.info("%s already finished its %d epochs; nothing to do", run.path, config.epochs)
-        return FitResult(run, None, initial_epoch, config.epochs, *_best_so_far(run.history))
+        best = best_epoch(read_history(run.history), config)
+        return FitResult(run, None, initial_epoch, config.epochs, int(best["epoch"]) if best else None, best[VAL_MAE] if best else None)
 
     # 2. Strategy and seeds.
     strategy, plan = choose_strategy(config.mixed_precision)
@@ -153,10 +152,9 @@ def fit(
 
     # 6. Fit.
     _trim_history(run.history, initial_epoch)
-    best_epoch, best = _best_so_far(run.history)
     callbacks = [
         EpochCheckpoint(out, keep=config.keep_checkpoints),
-        BestModel(out.model, best=best),
+        BestModel(out.model, config, read_history(run.history)),
         History(str(out.history), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
@@ -177,10 +175,11 @@ def fit(
             verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
         )
     done = (run.saved_epochs() or [initial_epoch])[-1]
-    best_epoch, best = _best_so_far(run.history)
-    result = FitResult(run, model, done, config.epochs, best_epoch, best)
+    best = best_epoch(read_history(run.history), config)
+    result = FitResult(run, model, done, config.epochs, int(best["epoch"]) if best else None, best[VAL_MAE] if best else None)
     if result.complete:
-        log.info("run complete: %d epochs; best val MAE %.2f years at epoch %s; model in %s", done, best or float("nan"), best_epoch, run.model)
+        log.info("run complete: %d epochs; kept epoch %s (val MAE %.2f years, chosen by %s); model in %s",
+                 done, result.best_epoch, result.best_val_mae or float("nan"), config.best_by, run.model)
     else:
         log.info("stopped after epoch %d of %d; continue with: agegate-train fit --resume --out %s", done, config.epochs, run.path)
     return result
@@ -229,17 +228,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 class BestModel(keras.callbacks.Callback):
-    """Keep ``model.keras`` as the epoch with the lowest validation MAE so far (across resumes)."""
+    """Keep ``model.keras`` as the best epoch so far by the run's rule (:func:`best_epoch`), across resumes."""
 
-    def __init__(self, path: Path, best: float | None):
+    def __init__(self, path: Path, config: FitConfig, history: list[dict[str, float]]):
         super().__init__()
-        self.path, self.best = path, best
+        self.path, self.config, self.history = path, config, list(history)
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(MONITOR)
-        if value is not None and (self.best is None or value < self.best):
-            log.info("epoch %d: val MAE %.2f years is the best so far; saved %s", epoch + 1, value, self.path.name)
-            self.best = float(value)
+        row = {"epoch": float(epoch + 1), **{k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}}
+        self.history.append(row)
+        if row.get(VAL_MAE) is not None and best_epoch(self.history, self.config) is row:
+            flagged = f", {100 * row[VAL_MINORS_FLAGGED]:.1f} % of under-18s flagged" if VAL_MINORS_FLAGGED in row else ""
+            log.info("epoch %d: val MAE %.2f years%s: the best so far by %s; saved %s", epoch + 1, row[VAL_MAE], flagged, self.config.best_by, self.path.name)
             _save_atomically(self.model, self.path)
 
 
@@ -288,14 +288,6 @@ def _trim_history(path: Path, last_epoch: int) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _best_so_far(path: Path) -> tuple[int | None, float | None]:
-    rows = [r for r in read_history(path) if MONITOR in r]
-    if not rows:
-        return None, None
-    best = min(rows, key=lambda r: r[MONITOR])
-    return int(best["epoch"]), best[MONITOR]
 
 
 def _write_data_report(run: RunDir, sources, records, faces: dict[str, FaceSet]) -> None:

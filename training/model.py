@@ -73,6 +73,27 @@ class AgeMAE(keras.metrics.Mean):
 
 
 @keras.saving.register_keras_serializable(package="agegate")
+class MinorsFlagged(keras.metrics.Mean):
+    """The share of faces under 18 estimated under the challenge age: what a till is judged by,
+    logged per epoch so that a run can keep an epoch by it (``--best-by minors``)."""
+
+    def __init__(self, scale: float = 1.0, offset: float = 0.0, challenge_age: float = CHALLENGE_AGE, name: str = "under18_flagged", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.scale, self.offset, self.challenge_age = float(scale), float(offset), float(challenge_age)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        true_age = ops.reshape(ops.cast(y_true, "float32"), (-1,)) * self.scale + self.offset
+        estimate = ops.reshape(ops.cast(y_pred[..., :1], "float32"), (-1,)) * self.scale + self.offset
+        minor = ops.cast(true_age < MINOR_AGE, "float32")  # only the minors count: they are the weights
+        if sample_weight is not None:
+            minor = minor * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        return super().update_state(ops.cast(estimate < self.challenge_age, "float32"), sample_weight=minor)
+
+    def get_config(self):
+        return {"scale": self.scale, "offset": self.offset, "challenge_age": self.challenge_age, "name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="agegate")
 class HuberLoss(keras.losses.Huber):
     """keras.losses.Huber whose ``delta`` survives saving (Keras 3.15 drops it from the config,
     so a checkpoint would resume with delta 1.0)."""
@@ -117,14 +138,17 @@ class ChallengeHuberLoss(HuberLoss):
         error = y_pred - y_true
         abs_error = ops.abs(error)
         huber = ops.where(abs_error <= self.delta, 0.5 * ops.square(error), self.delta * abs_error - 0.5 * self.delta**2)
+        return ops.mean(huber * self.face_weights(y_true, y_pred), axis=-1)
+
+    def face_weights(self, y_true, y_pred):
+        """How many times each face's error counts: 1, more for the errors a till pays for."""
         true_age = y_true * self.scale + self.offset
         estimate = y_pred * self.scale + self.offset
         young = ops.cast(true_age < self.challenge_age, "float32")
-        over = ops.cast(error > 0, "float32")
+        over = ops.cast(y_pred > y_true, "float32")
         minor_passed = ops.cast(true_age < MINOR_AGE, "float32") * ops.cast(estimate > self.challenge_age - self.margin, "float32")
         adult_flagged = ops.cast(true_age >= FALSE_ALARM_AGE, "float32") * ops.cast(estimate < self.challenge_age + self.margin, "float32")
-        weight = 1.0 + self.penalty * young * over + self.wrong_side * (minor_passed + adult_flagged)
-        return ops.mean(huber * weight, axis=-1)
+        return 1.0 + self.penalty * young * over + self.wrong_side * (minor_passed + adult_flagged)
 
     def get_config(self):
         return {**super().get_config(), "penalty": self.penalty, "challenge_age": self.challenge_age,
@@ -142,13 +166,19 @@ class AgeDistributionLoss(ChallengeHuberLoss):
     asks for one that is peaked where the age is, so that faces near the challenge age are
     told apart by the shape of the whole distribution rather than only its mean. ``y_pred`` is
     the expected age and the probabilities side by side (:func:`with_age_distribution`).
+
+    ``penalised``: the face weights of :class:`ChallengeHuberLoss` (an over-estimated young
+    face, a decision on the wrong side) weigh this term too. Without, they weigh only the
+    Huber part, and at ``weight`` 5 the distribution term is most of the loss: the penalty
+    that keeps young faces' estimates low is diluted to a fraction of what it is alone.
     """
 
-    def __init__(self, class_ages: list[float] | tuple[float, ...] = (), sigma: float = 2.0, weight: float = 1.0, **kwargs):
+    def __init__(self, class_ages: list[float] | tuple[float, ...] = (), sigma: float = 2.0, weight: float = 1.0,
+                 penalised: bool = False, **kwargs):
         kwargs.setdefault("name", "age_distribution_loss")
         super().__init__(**kwargs)
         self.class_ages = [float(a) for a in class_ages]
-        self.sigma, self.weight = float(sigma), float(weight)
+        self.sigma, self.weight, self.penalised = float(sigma), float(weight), bool(penalised)
 
     def call(self, y_true, y_pred):
         y_true = ops.reshape(ops.cast(y_true, "float32"), (-1, 1))
@@ -158,10 +188,12 @@ class AgeDistributionLoss(ChallengeHuberLoss):
         true_age = ops.clip(y_true * self.scale + self.offset, min(self.class_ages), max(self.class_ages))
         log_target = ops.log_softmax(-0.5 * ops.square((ages - true_age) / self.sigma), axis=-1)
         kl = ops.sum(ops.exp(log_target) * (log_target - ops.log(ops.maximum(y_pred[:, 1:], 1e-7))), axis=-1)
+        if self.penalised:
+            kl = kl * ops.reshape(self.face_weights(y_true, y_pred[:, :1]), (-1,))
         return huber + self.weight * kl
 
     def get_config(self):
-        return {**super().get_config(), "class_ages": self.class_ages, "sigma": self.sigma, "weight": self.weight}
+        return {**super().get_config(), "class_ages": self.class_ages, "sigma": self.sigma, "weight": self.weight, "penalised": self.penalised}
 
 
 def backbone(name: str, image_size: int, weights: str | None) -> tuple[keras.Model, layers.Layer | None]:
@@ -233,10 +265,12 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
     age_loss = dict(delta=config.huber_delta / config.target_scale, penalty=config.overestimate_penalty,
                     wrong_side=config.wrong_side_penalty, offset=config.target_offset, scale=config.target_scale)
     if config.label_sigma:
-        loss = AgeDistributionLoss(class_ages=pretrained_net.age_class_weights(), sigma=config.label_sigma, weight=config.label_weight, **age_loss)
+        loss = AgeDistributionLoss(class_ages=pretrained_net.age_class_weights(), sigma=config.label_sigma, weight=config.label_weight,
+                                   penalised=config.label_penalised, **age_loss)
     else:
         loss = ChallengeHuberLoss(**age_loss)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss=loss, metrics=[AgeMAE(scale=config.target_scale)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss=loss,
+                  metrics=[AgeMAE(scale=config.target_scale), MinorsFlagged(scale=config.target_scale, offset=config.target_offset)])
 
 
 AGE_AND_DISTRIBUTION = "age_and_distribution"

@@ -40,6 +40,8 @@ from .faces import DetectorSpec
 
 BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small", "dlibresnet10")
 ALIGNS = typing.get_args(CropSpec.model_fields["align"].annotation)  # CropSpec.align's choices: "box", "landmarks"
+BEST_BY = ("mae", "minors")
+VAL_MAE, VAL_MINORS_FLAGGED = "val_age_mae", "val_under18_flagged"  # history.csv columns the best epoch is chosen on
 PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), 64 px
 
 
@@ -66,9 +68,12 @@ class FitConfig:
     overestimate_penalty: float = 0.0  # an over-estimate of someone under 25 counts 1 + this times
     wrong_side_penalty: float = 0.0  # an under-18 estimated 23+ or someone 30+ estimated under 27 counts 1 + this times
     label_sigma: float = 0.0  # years; > 0: also fit the age classes to a normal distribution this wide around the age (dlibresnet10)
+    label_penalised: bool = False  # the over-estimate and wrong-side weights weigh that term too (False: the Huber part only)
     label_weight: float = 5.0  # its weight: the Huber loss (delta 5 years) pulls about 5x as hard as DLDL-v2's L1, so 5 keeps their balance
     mixed_precision: str = "auto"  # auto: on with GPUs; on; off
     keep_checkpoints: int = 2
+    best_by: str = "mae"  # the epoch kept as model.keras: "mae" lowest validation MAE; "minors" see best_epoch()
+    best_min_flagged: float = 0.97  # with best_by "minors": the share of validation under-18s an epoch must flag
     balance: float = 0.5  # sample faces with weight 1 / (faces in the band) ** balance; 0: as they come
     epoch_size: int | None = None  # faces drawn per epoch (default: the training set's size)
     # Filled in when the run starts:
@@ -129,12 +134,18 @@ class FitConfig:
             raise ValueError(f"--label-sigma needs an age-class head: only --backbone {PRETRAINED} has one")
         if not 0.0 <= self.label_sigma <= 20.0:
             raise ValueError(f"--label-sigma {self.label_sigma}: must be 0-20 years")
+        if self.label_penalised and not self.label_sigma:
+            raise ValueError("--label-penalised weighs the label-distribution term: it needs --label-sigma")
         if not 0.0 <= self.label_weight <= 100.0:
             raise ValueError(f"--label-weight {self.label_weight}: must be 0-100")
         if not 0.0 <= self.wrong_side_penalty <= 10.0:
             raise ValueError(f"--wrong-side-penalty {self.wrong_side_penalty}: must be 0-10")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"--balance {self.balance}: must be 0-1")
+        if self.best_by not in BEST_BY:
+            raise ValueError(f"--best-by {self.best_by!r}: choose one of {', '.join(BEST_BY)}")
+        if not 0.0 < self.best_min_flagged <= 1.0:
+            raise ValueError(f"--best-min-flagged {self.best_min_flagged}: must be a share, above 0 and at most 1")
         if self.epoch_size is not None and self.epoch_size < self.batch_size:
             raise ValueError(f"--epoch-size {self.epoch_size}: must be at least the batch size")
 
@@ -209,6 +220,32 @@ class RunDir:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file, so a reader never sees half of it."""
     write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def best_epoch(history: list[dict[str, float]], config: FitConfig) -> dict[str, float] | None:
+    """The row of ``history`` whose model a run keeps (``model.keras``), by ``config.best_by``.
+
+    * ``mae``: the lowest validation MAE.
+    * ``minors``: the lowest validation MAE among the epochs that flag at least
+      ``best_min_flagged`` of the validation under-18s at the challenge age; if none does, the
+      epoch that flags the most. Lowest MAE alone fights a recipe that pulls young faces'
+      estimates down on purpose (the over-estimate penalty): the less fitted, less biased early
+      epoch wins, and it lets more minors through on a source the run never saw.
+
+    Adding a row only ever makes that row the best or leaves the best as it was, so a run can
+    save its best model as it goes. None when no row has a validation MAE.
+    """
+    rows = [r for r in history if VAL_MAE in r]
+    if not rows:
+        return None
+    if config.best_by == "minors":
+        if any(VAL_MINORS_FLAGGED not in r for r in rows):
+            raise ValueError(f"--best-by minors needs {VAL_MINORS_FLAGGED} for every epoch; this run's history.csv lacks it (a run older than that figure)")
+        eligible = [r for r in rows if r[VAL_MINORS_FLAGGED] >= config.best_min_flagged]
+        if not eligible:
+            return max(rows, key=lambda r: (r[VAL_MINORS_FLAGGED], -r[VAL_MAE]))
+        rows = eligible
+    return min(rows, key=lambda r: r[VAL_MAE])
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
