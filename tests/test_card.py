@@ -43,3 +43,32 @@ def test_the_card_measures_bundles_and_an_update_keeps_what_it_was_not_asked_to_
     refused = _card(tmp_path, "--limit", "5", "--update", "--bundle", f"cc0={CC0_BUNDLE_DIR}")
     assert refused.returncode != 0 and "measured with other limit" in refused.stderr
     assert json.loads((tmp_path / "card.json").read_text()) == updated
+
+
+def test_leave_one_source_out_runs_of_one_recipe_are_averaged_over_their_seeds():
+    from agegate.training.card import recipe_of, render_tables, seed_means
+    from agegate.training.run import FitConfig
+
+    def row(run, config, held_out, mae, under18, teens, over30):
+        return {"run": run, "backbone": config.backbone, "trained_on": ["a", "b"], "held_out": [held_out], "n": 100, "mirror_average": False,
+                "answer_shift": 0.0, "seed": config.seed, "recipe": recipe_of(config), "mae": mae, "bias": -1.0,
+                "challenge": {"under18_flagged": under18, "teen_flagged": teens, "over30_flagged": over30}}
+
+    recipe = dict(backbone="dlibresnet10", image_size=64, overestimate_penalty=1.0)
+    # The same recipe trained on other data (held out elsewhere) and with another seed is the same recipe; another penalty is not.
+    assert recipe_of(FitConfig(data=["a", "b"], seed=1, **recipe)) == recipe_of(FitConfig(data=["c"], seed=2, **recipe))
+    assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "overestimate_penalty": 2.0}))
+    rows = [
+        row("aaf-s1", FitConfig(data=["a"], seed=1, **recipe), "aaf", 9.0, 0.96, 0.90, 0.30),
+        row("aaf-s2", FitConfig(data=["a"], seed=2, **recipe), "aaf", 10.0, 0.98, 0.94, 0.40),
+        row("extra-s1", FitConfig(data=["a"], seed=1, **recipe), "extra", 7.0, 0.90, 0.93, 0.13),  # one seed: no mean
+        row("aaf-other", FitConfig(data=["a"], seed=2, **{**recipe, "overestimate_penalty": 2.0}), "aaf", 8.0, 0.90, 0.80, 0.20),
+    ]
+    means = seed_means(rows)
+    assert len(means) == 1
+    (m,) = means
+    assert m["runs"] == ["aaf-s1", "aaf-s2"] and m["seeds"] == [1, 2] and m["held_out"] == ["aaf"]
+    assert m["mae"] == pytest.approx(9.5) and m["challenge"]["under18_flagged"] == pytest.approx(0.97)
+    assert m["challenge"]["teen_flagged"] == pytest.approx(0.92) and m["challenge"]["over30_flagged"] == pytest.approx(0.35)
+    page = render_tables({"challenge_age": 25.0, "bundles": {}, "loso": rows})
+    assert "| aaf-s1, aaf-s2 | 1, 2 | aaf | 100 | 9.50 | -1.00 | 97.0 % | 92.0 % | 35.0 % |" in page

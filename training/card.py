@@ -23,6 +23,9 @@ version), so replacing one bundle does not need the others' runs again.
 ``--loso`` adds the leave-one-source-out table: each run was trained on every source but one
 (``agegate-train fit``) and is evaluated here on the test split of the source it never saw,
 with the same recipe (``agegate-train eval``'s code, the Keras model on the till's crops).
+Runs of the same recipe that differ only in ``--seed`` are also averaged per held-out source:
+one leave-one-source-out run is one draw, and its minors flagged move by several points from
+seed to seed.
 """
 
 from __future__ import annotations
@@ -148,8 +151,41 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     predicted = predict_ages(model, faces.images, spec)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on), "mirror_average": mirror_average,
-            "answer_shift": shift,
+            "answer_shift": shift, "seed": config.seed, "recipe": recipe_of(config, mirror_average, flag_under18),
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
+
+
+NOT_RECIPE = ("data", "seed", "keep_checkpoints", "target_offset", "target_scale", "data_description", "data_licence", "data_source")
+
+
+def recipe_of(config, mirror_average: bool = False, flag_under18: float | None = None) -> str:
+    """Every setting of a run that shapes its model, except the seed and the data (which differ
+    between the runs of one recipe held out on different sources), as one sorted JSON string."""
+    settings = {k: v for k, v in config.to_json().items() if k not in NOT_RECIPE}
+    return json.dumps({**settings, "mirror_average": mirror_average, "flag_under18": flag_under18}, sort_keys=True)
+
+
+def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leave-one-source-out rows of one recipe and held-out source averaged over their seeds,
+    for every recipe and source measured with more than one seed (each seed counts once)."""
+    groups: dict[tuple[str, tuple[str, ...]], dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        if "recipe" in r:
+            groups.setdefault((r["recipe"], tuple(r["held_out"])), {})[r["seed"]] = r
+    means = []
+    for (_, held_out), by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+        runs = list(by_seed.values())
+
+        def mean(get):
+            values = [get(r) for r in runs]
+            return None if any(v is None for v in values) else float(np.mean(values))
+
+        means.append({"runs": [r["run"] for r in runs], "seeds": sorted(by_seed), "held_out": list(held_out), "n": runs[0]["n"],
+                      "mae": mean(lambda r: r["mae"]), "bias": mean(lambda r: r["bias"]),
+                      "challenge": {k: mean(lambda r, k=k: r["challenge"][k]) for k in ("under18_flagged", "teen_flagged", "over30_flagged")}})
+    return means
 
 
 def plot_tradeoff(result: dict[str, Any], path: Path, challenge_age: float) -> None:
@@ -210,6 +246,15 @@ def render_tables(result: dict[str, Any]) -> str:
             lines.append(f"| {r['run']} | {r['backbone']} | {', '.join(r['trained_on'])} | {', '.join(r['held_out'])} | {r['n']} | {mirror} | "
                          f"{r.get('answer_shift', 0.0):+.1f} | {_yrs(r['mae'])} | {r['bias']:+.2f} | "
                          f"{_pct(ch['under18_flagged'])} | {_pct(ch['teen_flagged'])} | {_pct(ch['over30_flagged'])} |")
+        means = seed_means(result["loso"])
+        if means:
+            lines += ["", "### The same recipe over several seeds", "", "The rows above of one recipe and held-out source that differ only in "
+                      "`--seed`, averaged (each seed once).", "",
+                      "| runs | seeds | held out | faces | MAE | bias | under-18s flagged | 13–17 flagged | 30+ flagged |", "|---|---|---|---|---|---|---|---|---|"]
+            for m in means:
+                ch = m["challenge"]
+                lines.append(f"| {', '.join(m['runs'])} | {', '.join(map(str, m['seeds']))} | {', '.join(m['held_out'])} | {m['n']} | {_yrs(m['mae'])} | "
+                             f"{m['bias']:+.2f} | {_pct(ch['under18_flagged'])} | {_pct(ch['teen_flagged'])} | {_pct(ch['over30_flagged'])} |")
     for name, b in result["bundles"].items():
         lines += ["", f"## {name}: by age band", "", "| source | " + " | ".join(metrics.BAND_NAMES) + " |", "|---|" + "---|" * len(metrics.BAND_NAMES)]
         for source, f in b["sources"].items():
