@@ -59,15 +59,15 @@ def test_leave_one_source_out_runs_of_one_recipe_are_averaged_over_their_seeds()
     assert recipe_of(FitConfig(data=["a", "b"], seed=1, **recipe)) == recipe_of(FitConfig(data=["c"], seed=2, **recipe))
     assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "overestimate_penalty": 2.0}))
     rows = [
-        row("aaf-s1", FitConfig(data=["a"], seed=1, **recipe), "aaf", 9.0, 0.96, 0.90, 0.30),
         row("aaf-s2", FitConfig(data=["a"], seed=2, **recipe), "aaf", 10.0, 0.98, 0.94, 0.40),
+        row("aaf-s1", FitConfig(data=["a"], seed=1, **recipe), "aaf", 9.0, 0.96, 0.90, 0.30),
         row("extra-s1", FitConfig(data=["a"], seed=1, **recipe), "extra", 7.0, 0.90, 0.93, 0.13),  # one seed: no mean
         row("aaf-other", FitConfig(data=["a"], seed=2, **{**recipe, "overestimate_penalty": 2.0}), "aaf", 8.0, 0.90, 0.80, 0.20),
     ]
     means = seed_means(rows)
     assert len(means) == 1
     (m,) = means
-    assert m["runs"] == ["aaf-s1", "aaf-s2"] and m["seeds"] == [1, 2] and m["held_out"] == ["aaf"]
+    assert m["runs"] == ["aaf-s1", "aaf-s2"] and m["seeds"] == [1, 2]  # in the order of their seeds and m["held_out"] == ["aaf"]
     assert m["mae"] == pytest.approx(9.5) and m["challenge"]["under18_flagged"] == pytest.approx(0.97)
     assert m["challenge"]["teen_flagged"] == pytest.approx(0.92) and m["challenge"]["over30_flagged"] == pytest.approx(0.35)
     page = render_tables({"challenge_age": 25.0, "bundles": {}, "loso": rows})

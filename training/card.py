@@ -176,7 +176,7 @@ def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (_, held_out), by_seed in groups.items():
         if len(by_seed) < 2:
             continue
-        runs = list(by_seed.values())
+        runs = [by_seed[seed] for seed in sorted(by_seed)]
 
         def mean(get):
             values = [get(r) for r in runs]
