@@ -150,6 +150,7 @@ class TrainingInfo(_Strict):
     run: dict[str, Any] | None = None  # the run's FitConfig, data folders by name only
     mirror_average: bool | None = None  # the .tflite averages the face's and its mirror image's estimates (twice the cost)
     answer_shift: dict[str, Any] | None = None  # years added to output.offset at export, and the validation share it was chosen for
+    ensemble_with: list[dict[str, Any]] | None = None  # other runs whose answers the .tflite averages with this run's (their settings)
 
 
 class ServingSpec(_Strict):

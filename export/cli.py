@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--challenge-age", type=float, default=D.challenge_age, help=f"flag customers estimated under this age (default {D.challenge_age:g})")
     c.add_argument("--mirror-average", action="store_true",
                    help="the bundle answers the mean of its estimates for the face and its mirror image (more accurate, twice the inference)")
+    c.add_argument("--ensemble-with", nargs="+", default=[], metavar="RUN2",
+                   help="average RUN's model with these runs' (the same crop, input and data): one .tflite answering their mean, for the sum of their costs")
     c.add_argument("--flag-under18", type=float, metavar="SHARE",
                    help="move the bundle's answers down (output.offset) until SHARE of the validation under-18s are estimated under the challenge age, e.g. 0.97")
     c.add_argument("--overwrite", action="store_true", help="replace bundles already in DIR")
@@ -120,6 +122,7 @@ def _convert(args: argparse.Namespace) -> int:
             challenge_age=args.challenge_age, overwrite=args.overwrite, golden_faces=args.golden_faces,
             golden_tolerance=args.golden_tolerance, golden_images=args.golden_image, sign_key=args.sign_key,
             floors=_floors(args), calibrated=_calibrated(args), mirror_average=args.mirror_average, flag_under18=args.flag_under18,
+            ensemble_with=args.ensemble_with,
         )
         from .exporter import export_run  # TensorFlow: only once the options are known to be good
 

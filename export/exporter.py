@@ -109,18 +109,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
         calibration = normalise(train.images[np.sort(pick)], spec.preprocessing)
         log.info("int8 calibration on %d training faces", len(calibration))
 
-    model = load_inference_model(run, mirror_average=o.mirror_average)
+    members = [RunDir(r) for r in o.ensemble_with]
+    model = load_inference_model(run, mirror_average=o.mirror_average, ensemble_with=members)
     shift = 0.0
     if o.flag_under18 is not None:
         # The operating point is chosen on validation faces, never on the test faces it is then measured on.
         shift, spec = shift_answers(model, val, spec, o.flag_under18, challenge_age)
         log.info("answers shifted by %+.1f years: %.0f %% of the %d validation faces' under-18s flagged at %g", shift,
                  100 * o.flag_under18, len(val), challenge_age)
-    keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=run.model.stat().st_size, sources=test.sources)
+    keras = measure_keras(model, test.images, test.ages, spec, challenge_age, file_bytes=sum(r.model.stat().st_size for r in [run, *members]), sources=test.sources)
     log.info("keras: %s", metrics.headline(keras.summary))
 
     fields = _manifest_fields(run, config, spec, o.name, o.version)
     fields["training"]["mirror_average"] = o.mirror_average
+    if members:
+        fields["training"]["ensemble_with"] = [_member_fields(m) for m in members]
     if o.flag_under18 is not None:
         fields["training"]["answer_shift"] = {"years": shift, "under18_flagged_target": o.flag_under18, "chosen_on": "validation faces, all sources pooled"}
     scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
@@ -247,6 +250,14 @@ def _private_key(path: str | Path | None):
         return load_private_key(Path(path))
     except (OSError, ValueError) as exc:
         raise ExportError(f"--sign-key {path}: {exc}") from None
+
+
+def _member_fields(run: RunDir) -> dict[str, Any]:
+    """What the manifest records of a run averaged with the exported one: its settings and kept epoch."""
+    config = run.load_config()
+    best = best_epoch(read_history(run.history), config)
+    return {"run": {**config.to_json(), "data": [Path(d).name for d in config.data]},
+            "best_epoch": int(best["epoch"]) if best else None, "best_val_mae": best["val_age_mae"] if best else None}
 
 
 def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, version: str | None) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class ExportOptions:
     calibrated: bool = False  # the under-18 floor judged at the model's calibrated threshold
     mirror_average: bool = False  # the bundle answers the mean of the face's and its mirror image's estimates
     flag_under18: float | None = None  # shift the answers down until this share of validation under-18s is flagged
+    ensemble_with: Sequence[str | Path] = ()  # other runs (same crop, input and data) whose models are averaged with the run's
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]

@@ -227,6 +227,46 @@ def test_convert_will_not_overwrite_bundles_unasked(run, exported, capsys):
     assert load_bundle(exported / "int8")  # untouched
 
 
+def test_an_ensemble_bundle_answers_the_mean_of_its_runs_and_records_them(run, exported, tmp_path, capsys):
+    """--ensemble-with: one .tflite answering the mean of two runs' models, each member in the
+    manifest; a run that cuts or sizes its faces otherwise cannot be averaged, said in one line."""
+    from agegate.training.fit import fit
+    from agegate.training.run import FitConfig
+
+    config = RunDir(run).load_config()
+    other = tmp_path / "other-seed"
+    fit(FitConfig(data=config.data, backbone="resnet50", image_size=32, limit=48, epochs=2, batch_size=8, keep_checkpoints=1, seed=7), other, verbose=0)
+    assert main(["convert", str(other), "--out", str(tmp_path / "other"), "--variant", "float32", "--limit", "48", *LOW_FLOORS]) == 0
+    out = tmp_path / "ensemble"
+    assert main(["convert", str(run), "--out", str(out), "--variant", "float32", "--limit", "48", "--ensemble-with", str(other), *LOW_FLOORS]) == 0
+    bundle = load_bundle(out / "float32")
+    (member,) = bundle.manifest.training.ensemble_with
+    assert member["run"]["seed"] == 7 and member["best_epoch"] in (1, 2)
+
+    first, second, both = (AgeModel.from_dir(d / "float32") for d in (exported, tmp_path / "other", out))
+    detector = config.detector_spec.create()
+    faces = [r for s in read_sources(config.data) for r in s.records if r.split == "test"][:6]
+    checked, differ = 0, 0
+    for record in faces:
+        image = cv2.imread(str(record.path))
+        box, _, _ = find_face(detector, image)
+        if box is None:
+            continue
+        a, b = first.estimate(image, [box])[0], second.estimate(image, [box])[0]
+        assert both.estimate(image, [box])[0] == pytest.approx((a + b) / 2, abs=1e-3)
+        checked, differ = checked + 1, differ + (abs(a - b) > 0.1)
+    assert checked >= 3 and differ >= 1  # two seeds answer differently: the mean is not either of them
+
+    bigger = tmp_path / "bigger"
+    shutil.copytree(other, bigger)
+    settings = json.loads((bigger / "config.json").read_text())
+    (bigger / "config.json").write_text(json.dumps({**settings, "image_size": 48}))
+    capsys.readouterr()
+    assert main(["convert", str(run), "--out", str(tmp_path / "refused"), "--variant", "float32", "--limit", "48",
+                 "--ensemble-with", str(bigger), *LOW_FLOORS]) == 1  # fmt: skip
+    assert "serving spec differs" in capsys.readouterr().err and not (tmp_path / "refused" / "float32").exists()
+
+
 def test_mirror_average_and_the_chosen_operating_point_travel_in_the_bundle(run, exported, tmp_path):
     """--mirror-average: the bundle answers the mean for the face and its mirror image;
     --flag-under18: its answers are moved down (output.offset) until that share of the

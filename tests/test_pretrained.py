@@ -57,6 +57,20 @@ def test_the_mirror_average_answers_the_mean_of_a_face_and_its_mirror_image(crop
     np.testing.assert_allclose(averaged[0::3], averaged[1::3], atol=1e-3)
 
 
+def test_an_ensemble_answers_the_mean_of_its_nets(crops):
+    from agegate.training import pretrained
+    from agegate.training.model import with_ensemble
+
+    first, second = pretrained.pretrained_model(), pretrained.pretrained_model()
+    weights = second.get_weights()
+    weights[-1] = weights[-1] + np.random.default_rng(0).normal(0, 1, weights[-1].shape).astype(np.float32)  # another net
+    second.set_weights(weights)
+    faces = crops.astype(np.float32)
+    a, b = (m.predict(faces, verbose=0).reshape(-1) for m in (first, second))
+    assert np.abs(a - b).max() > 0.1
+    np.testing.assert_allclose(with_ensemble([first, second]).predict(faces, verbose=0).reshape(-1), (a + b) / 2, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_a_label_distribution_run_trains_the_class_head_and_exports_the_age_alone(tmp_path):
     """`fit --label-sigma`: the training model answers the age and its 81 class probabilities (for

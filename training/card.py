@@ -130,10 +130,11 @@ def measure_bundle(bundle: Path, sources, challenge_age: float, limit: int | Non
 
 
 def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int | None, mirror_average: bool = False,
-             flag_under18: float | None = None) -> dict[str, Any]:
+             flag_under18: float | None = None, ensemble_with: list[Path] = ()) -> dict[str, Any]:
     """A run trained on all sources but one, measured on the test split of the one it never saw
-    (``mirror_average``, ``flag_under18``: as a bundle exported with ``--mirror-average`` and
-    ``--flag-under18`` answers, the shift chosen on the validation faces of the sources it was trained on)."""
+    (``mirror_average``, ``flag_under18``, ``ensemble_with``: as a bundle exported with
+    ``--mirror-average``, ``--flag-under18`` and ``--ensemble-with`` answers, the shift chosen on the
+    validation faces of the sources it was trained on)."""
     from .evaluate import split_faces
     from .model import load_inference_model, predict_ages, shift_answers
     from .run import RunDir, serving_spec
@@ -143,15 +144,19 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     trained_on = {Path(d).name for d in config.data}
     held_out = [d for d in all_sources if Path(d).name not in trained_on]
     faces = split_faces(config, held_out, "test", limit)
-    model = load_inference_model(r, mirror_average=mirror_average)
+    members = [RunDir(m) for m in ensemble_with]
+    model = load_inference_model(r, mirror_average=mirror_average, ensemble_with=members)
     spec = serving_spec(config)
     shift = 0.0
     if flag_under18 is not None:
         shift, spec = shift_answers(model, split_faces(config, None, "val", limit), spec, flag_under18, challenge_age)
     predicted = predict_ages(model, faces.images, spec)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
-    return {"run": r.name, "backbone": config.backbone, "trained_on": sorted(trained_on), "mirror_average": mirror_average,
-            "answer_shift": shift, "seed": config.seed, "recipe": recipe_of(config, mirror_average, flag_under18),
+    recipe = recipe_of(config, mirror_average, flag_under18)
+    if members:  # an ensemble's recipe is its members' recipes
+        recipe = json.dumps([json.loads(recipe), *(json.loads(recipe_of(m.load_config())) for m in members)], sort_keys=True)
+    return {"run": "+".join([r.name, *(m.name for m in members)]), "backbone": config.backbone, "trained_on": sorted(trained_on),
+            "mirror_average": mirror_average, "answer_shift": shift, "seed": config.seed, "recipe": recipe,
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
 
 
@@ -286,7 +291,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegate.training.card", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", required=True, help="the data folders (sources)")
     p.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR", help="a bundle to measure (repeatable)")
-    p.add_argument("--loso", nargs="*", default=[], metavar="RUN", help="leave-one-source-out runs")
+    p.add_argument("--loso", nargs="*", default=[], metavar="RUN", help="leave-one-source-out runs (RUN+RUN2: the mean of two runs' models, as --ensemble-with exports it)")
     p.add_argument("--loso-mirror-average", action="store_true", help="measure the --loso runs as bundles exported with --mirror-average")
     p.add_argument("--loso-flag-under18", type=float, metavar="SHARE", help="measure the --loso runs as bundles exported with --flag-under18 SHARE")
     p.add_argument("--out", required=True)
@@ -306,7 +311,9 @@ def main(argv=None) -> int:
         name, _, folder = spec.partition("=")
         result["bundles"][name] = measure_bundle(Path(folder), sources, args.challenge_age, args.limit)
     for run in args.loso:
-        row = loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average, args.loso_flag_under18)
+        run, *members = run.split("+")  # RUN+RUN2: the mean of the two runs' models, as --ensemble-with exports it
+        row = loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average,
+                       args.loso_flag_under18, [Path(m) for m in members])
         same = [i for i, kept in enumerate(result["loso"]) if kept["run"] == row["run"]]
         if same:
             result["loso"][same[0]] = row

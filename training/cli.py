@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", nargs="+", help="data folder(s) (default: the ones the run trained on)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--mirror-average", action="store_true", help="answer as a bundle exported with --mirror-average: the mean for the face and its mirror image")
+    ev.add_argument("--ensemble-with", nargs="+", default=[], metavar="RUN2", help="answer as a bundle exported with --ensemble-with RUN2...: the mean of the runs' models")
     ev.add_argument("--limit", type=int, metavar="N", help="only N faces of the split")
     ev.add_argument("--challenge-age", type=float, default=CHALLENGE_AGE, help=f"flag customers estimated under this age (default {CHALLENGE_AGE:g})")
     ev.add_argument("--batch-size", type=int, default=64)
@@ -158,7 +159,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .metrics import headline
 
-    result = evaluate(args.run, args.data, args.split, args.limit, args.challenge_age, args.batch_size, args.mirror_average)
+    result = evaluate(args.run, args.data, args.split, args.limit, args.challenge_age, args.batch_size, args.mirror_average, args.ensemble_with)
     print(headline(result))
     return 0
 

@@ -45,15 +45,17 @@ def evaluate(
     challenge_age: float = metrics.CHALLENGE_AGE,
     batch_size: int = 64,
     mirror_average: bool = False,
+    ensemble_with: list[str | Path] | tuple = (),
 ) -> dict[str, Any]:
     """Measure ``RUN/model.keras`` on a split; write metrics.json, predictions.csv and plots/.
 
-    ``mirror_average``: answer as a bundle exported with ``--mirror-average`` does."""
+    ``mirror_average``, ``ensemble_with``: answer as a bundle exported with ``--mirror-average``
+    and ``--ensemble-with`` does."""
     run = RunDir(run_dir)
     config = run.load_config()
     spec = serving_spec(config)
     faces = split_faces(config, data, split, limit)
-    model = load_inference_model(run, mirror_average=mirror_average)
+    model = load_inference_model(run, mirror_average=mirror_average, ensemble_with=[RunDir(r) for r in ensemble_with])
     log.info("predicting %d %s faces with %s", len(faces), split, run.model)
     predicted = predict_ages(model, faces.images, spec, batch_size)
 
@@ -69,6 +71,7 @@ def evaluate(
         "split": split,
         "limit": limit,
         "mirror_average": mirror_average,
+        "ensemble_with": [str(r) for r in ensemble_with],
         "fallback_share": faces.fallback_share,
         "skipped": len(faces.problems),
         **summary,
