@@ -40,8 +40,8 @@ from agegate.edge.signing import load_private_key, sign_bundle
 from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
-from agegate.training.model import load_inference_model, shift_answers
-from agegate.training.run import PRETRAINED, FitConfig, RunDir, best_epoch, read_history, serving_spec, write_json
+from agegate.training.model import ensemble_members, load_inference_model, shift_answers
+from agegate.training.run import PRETRAINED, VAL_MAE, FitConfig, RunDir, best_epoch, read_history, serving_spec, write_json
 
 from .convert import convert, saved_model
 from .measure import Measurement, measure_bundle, measure_keras
@@ -92,6 +92,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
     run, out = RunDir(run_dir), Path(out_dir)
     config = run.load_config()
     spec = serving_spec(config)
+    members = [RunDir(r) for r in o.ensemble_with]
+    if members:  # before any face is prepared: a wrong member is said at once
+        ensemble_members(run, members)
+        for member in members:
+            if _labels_identity(member.load_config().data) != _labels_identity(config.data):
+                raise ExportError(f"--ensemble-with {member.path}: its data folders' labels differ from {run.path}'s")
     taken = [out / v for v in variants if (out / v).exists()]
     if taken and not o.overwrite:
         raise ExportError(f"{', '.join(map(str, taken))} already exist(s): choose another --out or pass --overwrite")
@@ -109,7 +115,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
         calibration = normalise(train.images[np.sort(pick)], spec.preprocessing)
         log.info("int8 calibration on %d training faces", len(calibration))
 
-    members = [RunDir(r) for r in o.ensemble_with]
     model = load_inference_model(run, mirror_average=o.mirror_average, ensemble_with=members)
     shift = 0.0
     if o.flag_under18 is not None:
@@ -254,16 +259,19 @@ def _private_key(path: str | Path | None):
 
 def _member_fields(run: RunDir) -> dict[str, Any]:
     """What the manifest records of a run averaged with the exported one: its settings and kept epoch."""
-    config = run.load_config()
+    return _run_fields(run, run.load_config())
+
+
+def _run_fields(run: RunDir, config: FitConfig) -> dict[str, Any]:
+    """A run's kept epoch, its validation MAE, seed and settings (data folders by name only)."""
     best = best_epoch(read_history(run.history), config)
-    return {"run": {**config.to_json(), "data": [Path(d).name for d in config.data]},
-            "best_epoch": int(best["epoch"]) if best else None, "best_val_mae": best["val_age_mae"] if best else None}
+    return {"best_epoch": int(best["epoch"]) if best else None, "best_val_mae": best[VAL_MAE] if best else None,
+            "seed": config.seed, "run": {**config.to_json(), "data": [Path(d).name for d in config.data]}}
 
 
 def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, version: str | None) -> dict[str, Any]:
     """Everything in a bundle's manifest except the variant, metrics and hash."""
     history = read_history(run.history)
-    best = best_epoch(history, config)
     epochs = int(history[-1]["epoch"]) if history else 0
     if config.backbone == PRETRAINED:
         from agegate.training.pretrained import LICENCE as weights_licence
@@ -295,10 +303,7 @@ def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, ver
             "crop_shift_y": config.shift_y,
             "detector": config.detector_spec.key(),
             "epochs": epochs,
-            "best_epoch": int(best["epoch"]) if best else None,
-            "best_val_mae": best["val_age_mae"] if best else None,
-            "seed": config.seed,
-            "run": {**config.to_json(), "data": [Path(d).name for d in config.data]},
+            **_run_fields(run, config),
         },
     }
 

@@ -120,6 +120,26 @@ def test_the_label_distribution_loss_asks_for_a_peak_at_the_true_age():
     np.testing.assert_allclose(kl_penalised, kl_plain * np.array([2.0, 1.0, 1.0]), rtol=1e-5)
 
 
+def test_an_ensemble_of_nets_answering_in_other_units_answers_the_mean_of_their_ages():
+    import keras
+
+    from agegate.edge.bundle import OutputSpec
+    from agegate.training.model import with_ensemble
+
+    def net(weight, bias):
+        inputs = keras.Input((3,))
+        return keras.Model(inputs, keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(weight),
+                                                      bias_initializer=keras.initializers.Constant(bias))(inputs))
+
+    first, second = net(0.1, -0.2), net(-0.05, 0.3)
+    units = [OutputSpec(scale=10.0, offset=30.0), OutputSpec(scale=20.0, offset=40.0)]  # normalised by their own faces
+    x = np.random.default_rng(2).normal(0, 1, (8, 3)).astype(np.float32)
+    ages = [m.predict(x, verbose=0)[:, 0] * u.scale + u.offset for m, u in zip((first, second), units)]
+    raw = with_ensemble([first, second], units).predict(x, verbose=0)[:, 0]
+    assert np.abs(ages[0] - ages[1]).max() > 1.0
+    np.testing.assert_allclose(raw * units[0].scale + units[0].offset, (ages[0] + ages[1]) / 2, atol=1e-4)  # read as the first net reads
+
+
 def test_the_minors_flagged_figure_counts_only_the_under_18s():
     from agegate.training.model import MinorsFlagged
 

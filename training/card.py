@@ -157,6 +157,7 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
         recipe = json.dumps([json.loads(recipe), *(json.loads(recipe_of(m.load_config())) for m in members)], sort_keys=True)
     return {"run": "+".join([r.name, *(m.name for m in members)]), "backbone": config.backbone, "trained_on": sorted(trained_on),
             "mirror_average": mirror_average, "answer_shift": shift, "seed": config.seed, "recipe": recipe,
+            "member_seeds": [m.load_config().seed for m in members],
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
 
 
@@ -173,10 +174,10 @@ def recipe_of(config, mirror_average: bool = False, flag_under18: float | None =
 def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The leave-one-source-out rows of one recipe and held-out source averaged over their seeds,
     for every recipe and source measured with more than one seed (each seed counts once)."""
-    groups: dict[tuple[str, tuple[str, ...]], dict[int, dict[str, Any]]] = {}
+    groups: dict[tuple[str, tuple[str, ...]], dict[tuple[int, ...], dict[str, Any]]] = {}
     for r in rows:
-        if "recipe" in r:
-            groups.setdefault((r["recipe"], tuple(r["held_out"])), {})[r["seed"]] = r
+        if "recipe" in r:  # an ensemble's seeds are its members' seeds
+            groups.setdefault((r["recipe"], tuple(r["held_out"])), {})[(r["seed"], *r.get("member_seeds", []))] = r
     means = []
     for (_, held_out), by_seed in groups.items():
         if len(by_seed) < 2:
@@ -187,7 +188,7 @@ def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [get(r) for r in runs]
             return None if any(v is None for v in values) else float(np.mean(values))
 
-        means.append({"runs": [r["run"] for r in runs], "seeds": sorted(by_seed), "held_out": list(held_out), "n": runs[0]["n"],
+        means.append({"runs": [r["run"] for r in runs], "seeds": ["+".join(map(str, s)) for s in sorted(by_seed)], "held_out": list(held_out), "n": runs[0]["n"],
                       "mae": mean(lambda r: r["mae"]), "bias": mean(lambda r: r["bias"]),
                       "challenge": {k: mean(lambda r, k=k: r["challenge"][k]) for k in ("under18_flagged", "teen_flagged", "over30_flagged")}})
     return means
@@ -310,8 +311,19 @@ def main(argv=None) -> int:
     for spec in args.bundle:
         name, _, folder = spec.partition("=")
         result["bundles"][name] = measure_bundle(Path(folder), sources, args.challenge_age, args.limit)
-    for run in args.loso:
-        run, *members = run.split("+")  # RUN+RUN2: the mean of the two runs' models, as --ensemble-with exports it
+    ensembles = [arg.split("+") for arg in args.loso]  # RUN+RUN2: the mean of the runs' models, as --ensemble-with exports it
+    for run, *members in ensembles:  # every run checked before anything is measured
+        try:
+            if members:
+                from .model import ensemble_members
+                from .run import RunDir
+
+                ensemble_members(RunDir(run), [RunDir(m) for m in members])
+            elif not (Path(run) / "model.keras").exists():
+                raise ValueError(f"{run}/model.keras is missing")
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(f"--loso {'+'.join([run, *members])}: {exc}") from None
+    for run, *members in ensembles:
         row = loso_row(Path(run), [str(s.folder) for s in sources], args.challenge_age, args.limit, args.loso_mirror_average,
                        args.loso_flag_under18, [Path(m) for m in members])
         same = [i for i, kept in enumerate(result["loso"]) if kept["run"] == row["run"]]
@@ -319,7 +331,7 @@ def main(argv=None) -> int:
             result["loso"][same[0]] = row
         else:
             result["loso"].append(row)
-        log.info("LOSO %s on %s: %s", run, row["held_out"], metrics.headline(row))
+        log.info("LOSO %s on %s: %s", row["run"], row["held_out"], metrics.headline(row))
     (out / "card.json").write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
     (out / "figures.md").write_text(render_tables(result), encoding="utf-8")
     if result["bundles"]:

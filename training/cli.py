@@ -150,8 +150,9 @@ def _fit(args: argparse.Namespace) -> int:
             raise RunError("fit needs a DATA folder (or --resume to continue RUN)")
         result = fit(FitConfig(data=args.data, **given), args.out, max_epochs_this_run=args.max_epochs_this_run, verbose=args.verbose)
     state = "complete" if result.complete else "stopped early (continue with --resume)"
-    best = f"{result.best_val_mae:.2f}" if result.best_val_mae is not None else "n/a"
-    print(f"{args.out}: {result.epochs_done}/{result.epochs} epochs, {state}; best val MAE {best} years (epoch {result.best_epoch})")
+    kept = f"val MAE {result.best_val_mae:.2f} years" if result.best_val_mae is not None else "no validation MAE"
+    by = RunDir(args.out).load_config().best_by
+    print(f"{args.out}: {result.epochs_done}/{result.epochs} epochs, {state}; kept epoch {result.best_epoch} ({kept}, chosen by {by})")
     return 0
 
 

@@ -56,7 +56,7 @@ def evaluate(
     spec = serving_spec(config)
     faces = split_faces(config, data, split, limit)
     model = load_inference_model(run, mirror_average=mirror_average, ensemble_with=[RunDir(r) for r in ensemble_with])
-    log.info("predicting %d %s faces with %s", len(faces), split, run.model)
+    log.info("predicting %d %s faces with %s", len(faces), split, " + ".join(str(RunDir(r).model) for r in [run.path, *ensemble_with]))
     predicted = predict_ages(model, faces.images, spec, batch_size)
 
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)

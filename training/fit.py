@@ -46,8 +46,8 @@ class FitResult:
     model: keras.Model | None  # None when there was nothing left to train
     epochs_done: int  # epochs completed in total, this and earlier sessions
     epochs: int  # epochs the run is meant to have
-    best_epoch: int | None
-    best_val_mae: float | None
+    best_epoch: int | None  # the epoch kept as the run's model (by config.best_by)
+    best_val_mae: float | None  # that epoch's validation MAE
 
     @property
     def complete(self) -> bool:
@@ -177,7 +177,7 @@ def fit(
     result = FitResult(run, model, done, config.epochs, *_kept_epoch(run, config))
     if result.complete:
         log.info("run complete: %d epochs; kept epoch %s (val MAE %.2f years, chosen by %s); model in %s",
-                 done, result.best_epoch, result.best_val_mae or float("nan"), config.best_by, run.model)
+                 done, result.best_epoch, float("nan") if result.best_val_mae is None else result.best_val_mae, config.best_by, run.model)
     else:
         log.info("stopped after epoch %d of %d; continue with: agegate-train fit --resume --out %s", done, config.epochs, run.path)
     return result

@@ -325,7 +325,7 @@ def with_ensemble(models: Sequence[keras.Model], outputs: Sequence[OutputSpec] =
     ``outputs``: each net's :class:`OutputSpec` (its answer's map to years), when they differ
     (nets trained from scratch normalise ages by their own training faces). Each answer is then
     mapped to years and back into the first net's units before the mean, so the ensemble answers
-    in the first net's units, exactly the mean of the nets' ages."""
+    in the first net's units the mean of the nets' ages (before the till clips it)."""
     inputs = keras.Input(models[0].input_shape[1:], name="face_rgb")
     answers = []
     for i, m in enumerate(models):
@@ -339,9 +339,10 @@ def with_ensemble(models: Sequence[keras.Model], outputs: Sequence[OutputSpec] =
 
 def ensemble_members(run: RunDir, others: Sequence[RunDir]) -> list[RunDir]:
     """``run`` and ``others``, checked to be averaged: the same crop, input and preprocessing
-    (the serving spec but for the answer's units, which :func:`with_ensemble` reconciles), trained
-    on the same data (so one manifest's data and licence describe them). ValueError naming the
-    first that differs."""
+    (the serving spec but for the answer's units, which :func:`with_ensemble` reconciles); the
+    same backbone, starting weights and detector, trained on the same data (so that one
+    manifest's provenance and licence describe them all); each with a kept model. ValueError
+    naming the first that differs."""
     config = run.load_config()
 
     def face_spec(c: FitConfig) -> ServingSpec:
@@ -355,6 +356,12 @@ def ensemble_members(run: RunDir, others: Sequence[RunDir]) -> list[RunDir]:
         if sorted(Path(d).name for d in theirs.data) != sorted(Path(d).name for d in config.data):
             raise ValueError(f"{other.path} was trained on {', '.join(theirs.data)}, {run.path} on {', '.join(config.data)}: "
                              "the members of an ensemble must share their data (one manifest describes it)")
+        for what, mine, its in (("backbone", config.backbone, theirs.backbone), ("starting weights", config.weights, theirs.weights),
+                                ("detector", config.detector_spec.key(), theirs.detector_spec.key())):
+            if mine != its:
+                raise ValueError(f"{other.path} has another {what} ({its}) than {run.path} ({mine}): one manifest describes an ensemble's provenance")
+        if not other.model.exists():
+            raise ValueError(f"{other.model} is missing: has `agegate-train fit` finished an epoch in {other.path}?")
     return [run, *others]
 
 
