@@ -41,7 +41,7 @@ from agegate.training import metrics
 from agegate.training.evaluate import split_faces
 from agegate.training.faces import FaceSet, decode, find_face
 from agegate.training.model import ensemble_members, load_inference_model, shift_answers
-from agegate.training.run import PRETRAINED, VAL_MAE, FitConfig, RunDir, best_epoch, read_history, serving_spec, write_json
+from agegate.training.run import PRETRAINED, FitConfig, RunDir, kept_epoch, read_history, serving_spec, write_json
 
 from .convert import convert, saved_model
 from .measure import Measurement, measure_bundle, measure_keras
@@ -95,8 +95,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
     members = [RunDir(r) for r in o.ensemble_with]
     if members:  # before any face is prepared: a wrong member is said at once
         ensemble_members(run, members)
+        labels = _labels_identity(config.data)
         for member in members:
-            if _labels_identity(member.load_config().data) != _labels_identity(config.data):
+            if _labels_identity(member.load_config().data) != labels:
                 raise ExportError(f"--ensemble-with {member.path}: its data folders' labels differ from {run.path}'s")
     taken = [out / v for v in variants if (out / v).exists()]
     if taken and not o.overwrite:
@@ -128,7 +129,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions 
     fields = _manifest_fields(run, config, spec, o.name, o.version)
     fields["training"]["mirror_average"] = o.mirror_average
     if members:
-        fields["training"]["ensemble_with"] = [_member_fields(m) for m in members]
+        fields["training"]["ensemble_with"] = [_run_fields(m, m.load_config()) for m in members]
     if o.flag_under18 is not None:
         fields["training"]["answer_shift"] = {"years": shift, "under18_flagged_target": o.flag_under18, "chosen_on": "validation faces, all sources pooled"}
     scratch = Path(tempfile.mkdtemp(prefix="agegate-export-"))
@@ -257,16 +258,12 @@ def _private_key(path: str | Path | None):
         raise ExportError(f"--sign-key {path}: {exc}") from None
 
 
-def _member_fields(run: RunDir) -> dict[str, Any]:
-    """What the manifest records of a run averaged with the exported one: its settings and kept epoch."""
-    return _run_fields(run, run.load_config())
-
-
 def _run_fields(run: RunDir, config: FitConfig) -> dict[str, Any]:
-    """A run's kept epoch, its validation MAE, seed and settings (data folders by name only)."""
-    best = best_epoch(read_history(run.history), config)
-    return {"best_epoch": int(best["epoch"]) if best else None, "best_val_mae": best[VAL_MAE] if best else None,
-            "seed": config.seed, "run": {**config.to_json(), "data": [Path(d).name for d in config.data]}}
+    """A run's kept epoch, its validation MAE, seed and settings (data folders by name only):
+    the exported run's in the manifest, and each run averaged with it (``ensemble_with``)."""
+    epoch, val_mae = kept_epoch(run, config)
+    return {"best_epoch": epoch, "best_val_mae": val_mae, "seed": config.seed,
+            "run": {**config.to_json(), "data": [Path(d).name for d in config.data]}}
 
 
 def _manifest_fields(run: RunDir, config: FitConfig, spec, name: str | None, version: str | None) -> dict[str, Any]:

@@ -153,11 +153,12 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     predicted = predict_ages(model, faces.images, spec)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     recipe = recipe_of(config, mirror_average, flag_under18)
+    member_configs = [m.load_config() for m in members]
     if members:  # an ensemble's recipe is its members' recipes
-        recipe = json.dumps([json.loads(recipe), *(json.loads(recipe_of(m.load_config())) for m in members)], sort_keys=True)
+        recipe = json.dumps([json.loads(recipe), *(json.loads(recipe_of(c)) for c in member_configs)], sort_keys=True)
     return {"run": "+".join([r.name, *(m.name for m in members)]), "backbone": config.backbone, "trained_on": sorted(trained_on),
             "mirror_average": mirror_average, "answer_shift": shift, "seed": config.seed, "recipe": recipe,
-            "member_seeds": [m.load_config().seed for m in members],
+            "member_seeds": [c.seed for c in member_configs],
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
 
 
@@ -312,15 +313,14 @@ def main(argv=None) -> int:
         name, _, folder = spec.partition("=")
         result["bundles"][name] = measure_bundle(Path(folder), sources, args.challenge_age, args.limit)
     ensembles = [arg.split("+") for arg in args.loso]  # RUN+RUN2: the mean of the runs' models, as --ensemble-with exports it
+    if ensembles:
+        from .model import ensemble_members
+        from .run import RunDir
     for run, *members in ensembles:  # every run checked before anything is measured
         try:
-            if members:
-                from .model import ensemble_members
-                from .run import RunDir
-
-                ensemble_members(RunDir(run), [RunDir(m) for m in members])
-            elif not (Path(run) / "model.keras").exists():
-                raise ValueError(f"{run}/model.keras is missing")
+            ensemble_members(RunDir(run), [RunDir(m) for m in members])  # reads each config; checks the members against the run
+            if not RunDir(run).model.exists():
+                raise ValueError(f"{RunDir(run).model} is missing")
         except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"--loso {'+'.join([run, *members])}: {exc}") from None
     for run, *members in ensembles:

@@ -35,7 +35,7 @@ from .data import read_sources, records_of, split_counts
 from .distribute import choose_strategy
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import build_model, compile_model
-from .run import PRETRAINED, VAL_MAE, VAL_MINORS_FLAGGED, FitConfig, RunDir, best_epoch, read_history, serving_spec, write_json
+from .run import PRETRAINED, VAL_MAE, VAL_MINORS_FLAGGED, FitConfig, RunDir, best_epoch, kept_epoch, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def fit(
             return _as_published(config, run)
     if initial_epoch >= config.epochs:
         log.info("%s already finished its %d epochs; nothing to do", run.path, config.epochs)
-        return FitResult(run, None, initial_epoch, config.epochs, *_kept_epoch(run, config))
+        return FitResult(run, None, initial_epoch, config.epochs, *kept_epoch(run, config))
 
     # 2. Strategy and seeds.
     strategy, plan = choose_strategy(config.mixed_precision)
@@ -174,7 +174,7 @@ def fit(
             verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
         )
     done = (run.saved_epochs() or [initial_epoch])[-1]
-    result = FitResult(run, model, done, config.epochs, *_kept_epoch(run, config))
+    result = FitResult(run, model, done, config.epochs, *kept_epoch(run, config))
     if result.complete:
         log.info("run complete: %d epochs; kept epoch %s (val MAE %.2f years, chosen by %s); model in %s",
                  done, result.best_epoch, float("nan") if result.best_val_mae is None else result.best_val_mae, config.best_by, run.model)
@@ -286,12 +286,6 @@ def _trim_history(path: Path, last_epoch: int) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _kept_epoch(run: RunDir, config: FitConfig) -> tuple[int | None, float | None]:
-    """The epoch the run keeps as its model (:func:`best_epoch`) and its validation MAE."""
-    best = best_epoch(read_history(run.history), config)
-    return (int(best["epoch"]), best[VAL_MAE]) if best else (None, None)
 
 
 def _write_data_report(run: RunDir, sources, records, faces: dict[str, FaceSet]) -> None:

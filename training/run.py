@@ -254,3 +254,9 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return []
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def kept_epoch(run: RunDir, config: FitConfig) -> tuple[int | None, float | None]:
+    """The epoch ``run`` keeps as its model (:func:`best_epoch` over its history) and that epoch's validation MAE."""
+    best = best_epoch(read_history(run.history), config)
+    return (int(best["epoch"]), best[VAL_MAE]) if best else (None, None)
