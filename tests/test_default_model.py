@@ -38,12 +38,16 @@ def test_the_default_clears_the_tills_own_quality_floors_and_says_its_licence():
     assert quality_problems(m, QualityFloors()) == []
     assert "non-commercial research" in m.training.licence and "CC0" in m.training.licence  # the data's, the weights'
     assert m.training.backbone == "dlibresnet10" and m.training.epochs >= 1
+    # The mean of two runs of one recipe (docs/model-card.md): the other run is recorded beside the first.
+    (other,) = m.training.ensemble_with
+    assert other["seed"] != m.training.seed and other["run"]["backbone"] == m.training.backbone
     part1 = m.metrics["sources"]["utkface-part1"]
-    assert part1["n"] == 1919 and part1["mae"] < 6.0  # the project's comparison split (the old default: 5.88)
+    # The project's comparison split: better than each default before it (2026.11.27: 5.34; the first: 5.88).
+    assert part1["n"] == 1919 and part1["mae"] < 5.3
     assert m.metrics["challenge"]["under18_flagged"] >= 0.97
     for source in SOURCES:  # issue 11's aim: >= 90 % of 13-17s flagged at 25 on every source
         challenge = m.metrics["sources"][source]["challenge"]
-        assert challenge["teen_flagged"] >= 0.9 and challenge["under18_flagged"] >= 0.94, source
+        assert challenge["teen_flagged"] >= 0.9 and challenge["under18_flagged"] >= 0.96, source
 
 
 def test_the_cc0_bundle_holds_no_non_commercial_data():
