@@ -245,7 +245,8 @@ def test_an_ensemble_bundle_answers_the_mean_of_its_runs_and_records_them(run, e
 
     first, second, both = (AgeModel.from_dir(d / "float32") for d in (exported, tmp_path / "other", out))
     detector = config.detector_spec.create()
-    faces = [r for s in read_sources(config.data) for r in s.records if r.split == "test"][:6]
+    faces = [r for s in read_sources(config.data) for r in s.records if r.split == "test"][:12]
+    out_spec = both.manifest.output
     checked, differ = 0, 0
     for record in faces:
         image = cv2.imread(str(record.path))
@@ -253,6 +254,8 @@ def test_an_ensemble_bundle_answers_the_mean_of_its_runs_and_records_them(run, e
         if box is None:
             continue
         a, b = first.estimate(image, [box])[0], second.estimate(image, [box])[0]
+        if not all(out_spec.min_age < x < out_spec.max_age for x in (a, b)):
+            continue  # a tiny model's answer clipped by its own bundle; the ensemble clips only the mean
         assert both.estimate(image, [box])[0] == pytest.approx((a + b) / 2, abs=1e-3)
         checked, differ = checked + 1, differ + (abs(a - b) > 0.1)
     assert checked >= 3 and differ >= 1  # two seeds answer differently: the mean is not either of them
@@ -283,7 +286,7 @@ def test_mirror_average_and_the_chosen_operating_point_travel_in_the_bundle(run,
 
     plain, mirrored = AgeModel.from_dir(exported / "float32"), AgeModel.from_dir(out / "float32")
     config = RunDir(run).load_config()
-    faces = [r for s in read_sources(config.data) for r in s.records if r.split == "test"][:6]
+    faces = [r for s in read_sources(config.data) for r in s.records if r.split == "test"][:12]
     detector = config.detector_spec.create()
     checked = 0
     for record in faces:
@@ -294,6 +297,8 @@ def test_mirror_average_and_the_chosen_operating_point_travel_in_the_bundle(run,
         crop = plain.prepare(image, box)
         face, mirror = plain.predict_prepared([crop, np.ascontiguousarray(crop[:, ::-1])])
         out_spec = bundle.manifest.output  # a one-epoch model's young answers, shifted down, may meet its clip at 0
+        if not all(out_spec.min_age < a < out_spec.max_age for a in (face, mirror)):
+            continue  # the plain bundle clipped one of them; the mirrored one clips only their mean
         expected = np.clip((face + mirror) / 2 + shift["years"], out_spec.min_age, out_spec.max_age)
         assert mirrored.estimate(image, [box])[0] == pytest.approx(expected, abs=1e-3)
         checked += 1
