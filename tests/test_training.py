@@ -73,6 +73,15 @@ def test_the_loss_weighs_the_errors_a_till_pays_for():
     np.testing.assert_allclose(np.asarray(wrong_side.call(true, pred)), huber * [1, 3, 1, 3, 1, 1])
     over = ChallengeHuberLoss(delta=5.0, penalty=1.0)
     np.testing.assert_allclose(np.asarray(over.call(true, pred)), huber * [2, 2, 1, 1, 2, 2])
+    # --overestimate-below 18: the 22-year-old's over-estimate counts once, the minors' still twice
+    minors_only = ChallengeHuberLoss(delta=5.0, penalty=1.0, penalty_below=18.0)
+    np.testing.assert_allclose(np.asarray(minors_only.call(true, pred)), huber * [2, 2, 1, 1, 2, 1])
+    assert ChallengeHuberLoss.from_config(minors_only.get_config()).penalty_below == 18.0
+    assert over.penalty_below == 25.0  # the challenge age unless said otherwise
+    from agegate.training.run import FitConfig
+
+    with pytest.raises(ValueError, match="--overestimate-below 250"):
+        FitConfig(data="x", overestimate_below=250).check()  # years, not months
     # normalised targets give the same weights: the ages are recovered with offset and scale
     normalised = ChallengeHuberLoss(delta=0.5, wrong_side=2.0, offset=30.0, scale=10.0)
     np.testing.assert_allclose(np.asarray(normalised.call((true - 30) / 10, (pred - 30) / 10)), huber / 100 * [1, 3, 1, 3, 1, 1], rtol=1e-5)

@@ -27,7 +27,7 @@ from agegate.ages import CHALLENGE_AGE
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "align", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
-    "balance", "epoch_size", "overestimate_penalty", "wrong_side_penalty", "label_sigma", "label_weight",
+    "balance", "epoch_size", "overestimate_penalty", "overestimate_below", "wrong_side_penalty", "label_sigma", "label_weight",
     "label_penalised", "best_by", "best_min_flagged",
 )  # fmt: skip
 
@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--huber-delta", type=float, metavar="YEARS", help=f"Huber loss delta in years (default {d.huber_delta})")
     fit.add_argument("--mixed-precision", choices=("auto", "on", "off"), help="auto: on when GPUs are present (default)")
     fit.add_argument("--overestimate-penalty", type=float, metavar="K",
-                     help=f"an over-estimate of someone under 25 counts 1+K times in the loss (default {d.overestimate_penalty})")
+                     help=f"an over-estimate of someone under --overestimate-below counts 1+K times in the loss (default {d.overestimate_penalty})")
+    fit.add_argument("--overestimate-below", type=float, metavar="AGE",
+                     help="the age under which --overestimate-penalty applies (default: the challenge age, 25; 18: the minors only)")
     fit.add_argument("--wrong-side-penalty", type=float, metavar="K",
                      help=f"an under-18 estimated over 23, or someone 30+ under 27, counts 1+K times in the loss (default {d.wrong_side_penalty})")
     fit.add_argument("--label-sigma", type=float, metavar="YEARS",

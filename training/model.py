@@ -115,8 +115,9 @@ class ChallengeHuberLoss(HuberLoss):
     40-year-old estimated at 22 is asked for ID for nothing. A 40-year-old estimated at 33
     or a 10-year-old at 14 costs nothing. Two weights say so:
 
-    * ``penalty``: an over-estimate of anyone under the challenge age counts ``1 + penalty``
-      times (pulls every young face's estimate down, the adults' with it);
+    * ``penalty``: an over-estimate of anyone under ``penalty_below`` (default: the challenge
+      age) counts ``1 + penalty`` times (pulls every young face's estimate down, the adults'
+      with it; below 18 it pulls only on the minors, whose over-estimate is the legal risk);
     * ``wrong_side``: an estimate on the wrong side of the challenge age, by ``margin`` years,
       counts ``1 + wrong_side`` times: an under-18 estimated over ``challenge - margin``, or
       someone ``FALSE_ALARM_AGE`` or older estimated under ``challenge + margin``. It pushes
@@ -126,11 +127,12 @@ class ChallengeHuberLoss(HuberLoss):
     """
 
     def __init__(self, delta: float = 1.0, penalty: float = 0.0, challenge_age: float = CHALLENGE_AGE, offset: float = 0.0,
-                 scale: float = 1.0, wrong_side: float = 0.0, margin: float = WRONG_SIDE_MARGIN,
+                 scale: float = 1.0, wrong_side: float = 0.0, margin: float = WRONG_SIDE_MARGIN, penalty_below: float | None = None,
                  name: str = "challenge_huber_loss", reduction: str = "sum_over_batch_size"):
         super().__init__(delta=delta, name=name, reduction=reduction)
         self.penalty, self.challenge_age, self.offset, self.scale = float(penalty), float(challenge_age), float(offset), float(scale)
         self.wrong_side, self.margin = float(wrong_side), float(margin)
+        self.penalty_below = float(challenge_age if penalty_below is None else penalty_below)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
@@ -144,7 +146,7 @@ class ChallengeHuberLoss(HuberLoss):
         """How many times each face's error counts: 1, more for the errors a till pays for."""
         true_age = y_true * self.scale + self.offset
         estimate = y_pred * self.scale + self.offset
-        young = ops.cast(true_age < self.challenge_age, "float32")
+        young = ops.cast(true_age < self.penalty_below, "float32")
         over = ops.cast(y_pred > y_true, "float32")
         minor_passed = ops.cast(true_age < MINOR_AGE, "float32") * ops.cast(estimate > self.challenge_age - self.margin, "float32")
         adult_flagged = ops.cast(true_age >= FALSE_ALARM_AGE, "float32") * ops.cast(estimate < self.challenge_age + self.margin, "float32")
@@ -152,7 +154,8 @@ class ChallengeHuberLoss(HuberLoss):
 
     def get_config(self):
         return {**super().get_config(), "penalty": self.penalty, "challenge_age": self.challenge_age,
-                "offset": self.offset, "scale": self.scale, "wrong_side": self.wrong_side, "margin": self.margin}
+                "offset": self.offset, "scale": self.scale, "wrong_side": self.wrong_side, "margin": self.margin,
+                "penalty_below": self.penalty_below}
 
 
 @keras.saving.register_keras_serializable(package="agegate")
@@ -263,7 +266,8 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
     else:
         schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, total), alpha=0.01)
     age_loss = dict(delta=config.huber_delta / config.target_scale, penalty=config.overestimate_penalty,
-                    wrong_side=config.wrong_side_penalty, offset=config.target_offset, scale=config.target_scale)
+                    penalty_below=config.overestimate_below, wrong_side=config.wrong_side_penalty,
+                    offset=config.target_offset, scale=config.target_scale)
     if config.label_sigma:
         loss = AgeDistributionLoss(class_ages=pretrained_net.age_class_weights(), sigma=config.label_sigma, weight=config.label_weight,
                                    penalised=config.label_penalised, **age_loss)

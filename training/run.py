@@ -65,7 +65,8 @@ class FitConfig:
     limit: int | None = None  # at most this many faces per split (smoke runs)
     dropout: float = 0.2
     huber_delta: float = 5.0  # years: errors beyond this count linearly
-    overestimate_penalty: float = 0.0  # an over-estimate of someone under 25 counts 1 + this times
+    overestimate_penalty: float = 0.0  # an over-estimate of someone under overestimate_below counts 1 + this times
+    overestimate_below: float | None = None  # years; None: the challenge age (25)
     wrong_side_penalty: float = 0.0  # an under-18 estimated 23+ or someone 30+ estimated under 27 counts 1 + this times
     label_sigma: float = 0.0  # years; > 0: also fit the age classes to a normal distribution this wide around the age (dlibresnet10)
     label_penalised: bool = False  # the over-estimate and wrong-side weights weigh that term too (False: the Huber part only)
@@ -130,6 +131,8 @@ class FitConfig:
             raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights at 64 px: drop --weights and use --image-size 64")
         if not 0.0 <= self.overestimate_penalty <= 10.0:
             raise ValueError(f"--overestimate-penalty {self.overestimate_penalty}: must be 0-10")
+        if self.overestimate_below is not None and not 1.0 <= self.overestimate_below <= 80.0:
+            raise ValueError(f"--overestimate-below {self.overestimate_below}: must be an age, 1-80 years")
         if self.label_sigma and self.backbone != PRETRAINED:
             raise ValueError(f"--label-sigma needs an age-class head: only --backbone {PRETRAINED} has one")
         if not 0.0 <= self.label_sigma <= 20.0:
