@@ -24,7 +24,9 @@ def test_shipped_bundles_load_self_test_and_record_their_figures(bundle):
     model = AgeModel.from_dir(bundle)  # hashes checked on load
     self_test(model)  # the golden faces (the public-domain astronaut photo) give their recorded ages
     m = model.manifest
-    assert sum(p.stat().st_size for p in bundle.iterdir()) < 12 * 1024 * 1024
+    # One net is 5.4 MB as float16; the default averages three (docs/model-card.md).
+    nets = 1 + len(m.training.ensemble_with or [])
+    assert sum(p.stat().st_size for p in bundle.iterdir()) < nets * 6 * 1024 * 1024
     assert (m.input.height, m.input.width) == (64, 64) and m.training.detector == "yunet"
     assert (m.crop.margin, m.crop.shift_y) == (-0.05, 0.08)  # the dlib chip's framing of a YuNet box
     # Measured on every source's test and validation faces, through the till's interpreter.
@@ -38,12 +40,13 @@ def test_the_default_clears_the_tills_own_quality_floors_and_says_its_licence():
     assert quality_problems(m, QualityFloors()) == []
     assert "non-commercial research" in m.training.licence and "CC0" in m.training.licence  # the data's, the weights'
     assert m.training.backbone == "dlibresnet10" and m.training.epochs >= 1
-    # The mean of two runs of one recipe (docs/model-card.md): the other run is recorded beside the first.
-    (other,) = m.training.ensemble_with
-    assert other["seed"] != m.training.seed and other["run"]["backbone"] == m.training.backbone
+    # The mean of three runs of one recipe (docs/model-card.md): the other runs are recorded beside the first.
+    others = m.training.ensemble_with
+    assert len(others) == 2 and len({m.training.seed, *(o["seed"] for o in others)}) == 3
+    assert all(o["run"]["backbone"] == m.training.backbone for o in others)
     part1 = m.metrics["sources"]["utkface-part1"]
-    # The project's comparison split: better than each default before it (2026.11.27: 5.34; the first: 5.88).
-    assert part1["n"] == 1919 and part1["mae"] < 5.3
+    # The project's comparison split: better than each default before it (2026.11.29: 5.12; 2026.11.27: 5.34; the first: 5.88).
+    assert part1["n"] == 1919 and part1["mae"] < 5.1
     assert m.metrics["challenge"]["under18_flagged"] >= 0.97
     for source in SOURCES:  # issue 11's aim: >= 90 % of 13-17s flagged at 25 on every source
         challenge = m.metrics["sources"][source]["challenge"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -228,38 +229,42 @@ def test_convert_will_not_overwrite_bundles_unasked(run, exported, capsys):
 
 
 def test_an_ensemble_bundle_answers_the_mean_of_its_runs_and_records_them(run, exported, tmp_path, capsys):
-    """--ensemble-with: one .tflite answering the mean of two runs' models, each member in the
-    manifest; a run that cuts or sizes its faces otherwise cannot be averaged, said in one line."""
+    """--ensemble-with: one .tflite answering the mean of several runs' models (three, as the
+    shipped default), each member in the manifest; a run that cuts or sizes its faces otherwise
+    cannot be averaged, said in one line."""
     from agegate.training.fit import fit
     from agegate.training.run import FitConfig
 
     config = RunDir(run).load_config()
-    other = tmp_path / "other-seed"
-    fit(FitConfig(data=config.data, backbone="resnet50", image_size=32, limit=48, epochs=2, batch_size=8, keep_checkpoints=1, seed=7), other, verbose=0)
-    assert main(["convert", str(other), "--out", str(tmp_path / "other"), "--variant", "float32", "--limit", "48", *LOW_FLOORS]) == 0
+    others = [tmp_path / "seed-7", tmp_path / "seed-8"]
+    for seed, other in zip((7, 8), others):
+        fit(FitConfig(data=config.data, backbone="resnet50", image_size=32, limit=48, epochs=2, batch_size=8, keep_checkpoints=1, seed=seed), other, verbose=0)
+        assert main(["convert", str(other), "--out", str(other) + "-bundles", "--variant", "float32", "--limit", "48", *LOW_FLOORS]) == 0
     out = tmp_path / "ensemble"
-    assert main(["convert", str(run), "--out", str(out), "--variant", "float32", "--limit", "48", "--ensemble-with", str(other), *LOW_FLOORS]) == 0
+    assert main(["convert", str(run), "--out", str(out), "--variant", "float32", "--limit", "48", "--ensemble-with", *map(str, others), *LOW_FLOORS]) == 0
     bundle = load_bundle(out / "float32")
-    (member,) = bundle.manifest.training.ensemble_with
-    assert member["run"]["seed"] == 7 and member["best_epoch"] in (1, 2)
+    assert [m["run"]["seed"] for m in bundle.manifest.training.ensemble_with] == [7, 8]
+    assert all(m["best_epoch"] in (1, 2) for m in bundle.manifest.training.ensemble_with)
 
-    first, second, both = (AgeModel.from_dir(d / "float32") for d in (exported, tmp_path / "other", out))
+    members = [AgeModel.from_dir(d / "float32") for d in (exported, *(Path(str(o) + "-bundles") for o in others))]
+    mean = AgeModel.from_dir(out / "float32")
     detector = config.detector_spec.create()
     faces = [r for s in read_sources(config.data) for r in s.records if r.split == "test"][:12]
-    out_spec = both.manifest.output
+    out_spec = mean.manifest.output
     checked, differ = 0, 0
     for record in faces:
         image = cv2.imread(str(record.path))
         box, _, _ = find_face(detector, image)
         if box is None:
             continue
-        a, b = first.estimate(image, [box])[0], second.estimate(image, [box])[0]
-        if not all(out_spec.min_age < x < out_spec.max_age for x in (a, b)):
+        ages = [m.estimate(image, [box])[0] for m in members]
+        if not all(out_spec.min_age < x < out_spec.max_age for x in ages):
             continue  # a tiny model's answer clipped by its own bundle; the ensemble clips only the mean
-        assert both.estimate(image, [box])[0] == pytest.approx((a + b) / 2, abs=1e-3)
-        checked, differ = checked + 1, differ + (abs(a - b) > 0.1)
-    assert checked >= 3 and differ >= 1  # two seeds answer differently: the mean is not either of them
+        assert mean.estimate(image, [box])[0] == pytest.approx(sum(ages) / 3, abs=1e-3)
+        checked, differ = checked + 1, differ + (max(ages) - min(ages) > 0.1)
+    assert checked >= 3 and differ >= 1  # the seeds answer differently: the mean is not any one of them
 
+    other = others[0]
     bigger = tmp_path / "bigger"
     shutil.copytree(other, bigger)
     settings = json.loads((bigger / "config.json").read_text())

@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegate.training.card", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", required=True, help="the data folders (sources)")
     p.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR", help="a bundle to measure (repeatable)")
-    p.add_argument("--loso", nargs="*", default=[], metavar="RUN", help="leave-one-source-out runs (RUN+RUN2: the mean of two runs' models, as --ensemble-with exports it)")
+    p.add_argument("--loso", nargs="*", default=[], metavar="RUN", help="leave-one-source-out runs (RUN+RUN2[+RUN3...]: the mean of the runs' models, as --ensemble-with exports it)")
     p.add_argument("--loso-mirror-average", action="store_true", help="measure the --loso runs as bundles exported with --mirror-average")
     p.add_argument("--loso-flag-under18", type=float, metavar="SHARE", help="measure the --loso runs as bundles exported with --flag-under18 SHARE")
     p.add_argument("--out", required=True)
