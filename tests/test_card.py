@@ -77,3 +77,22 @@ def test_leave_one_source_out_runs_of_one_recipe_are_averaged_over_their_seeds()
              {**row("a1+b2", FitConfig(data=["a"], seed=1, **recipe), "aaf", 8.0, 0.98, 0.94, 0.20), "member_seeds": [2]}]
     (m,) = seed_means(pairs)
     assert m["seeds"] == ["1+1", "1+2"] and m["mae"] == pytest.approx(8.5)
+
+
+def test_the_ship_rule_allows_a_point_of_minors_and_no_worse_estimate():
+    from agegate.training.card import loso_entry, render_rule_table, rule_verdict
+
+    def fig(mae, under18, teens, over30=0.2):
+        return {"mae": mae, "challenge": {"under18_flagged": under18, "teen_flagged": teens, "over30_flagged": over30}}
+
+    baseline = fig(7.0, 0.970, 0.930)
+    assert rule_verdict(baseline, fig(6.9, 0.962, 0.925, over30=0.5)) == "passes"  # within a point; adults flagged do not enter
+    assert rule_verdict(baseline, fig(6.9, 0.970, 0.915)) == "fails"  # 1.5 points of teenagers
+    assert rule_verdict(baseline, fig(6.9, 0.955, 0.930)) == "fails"  # 1.5 points of under-18s
+    assert rule_verdict(baseline, fig(7.01, 0.990, 0.990)) == "fails"  # more minors flagged, but a worse estimate
+    table = render_rule_table("Held out", [("aaf", {"N": baseline, "O": fig(6.9, 0.970, 0.915)})])
+    assert "| aaf | N | 7.00 | 97.0 % | 93.0 % | 20.0 % |  |" in table and table.rstrip().endswith("| fails |")
+    card = {"loso": [{"run": "a+b", **baseline}]}
+    assert loso_entry(card, ["a", "b"]) is card["loso"][0]
+    with pytest.raises(KeyError, match="a\\+c"):
+        loso_entry(card, ["a", "c"])

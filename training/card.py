@@ -218,6 +218,44 @@ def plot_tradeoff(result: dict[str, Any], path: Path, challenge_age: float) -> N
     _save(fig, path)
 
 
+# The rule a candidate model is shipped by (docs/model-card.md, "What was tried"): against the
+# model it would replace, on every source, held out and on each test split, no fewer minors
+# flagged than a point below, and an estimate no worse. Teenagers served without a prompt are
+# the error a till pays for; a point is about one face of the smallest test splits.
+RULE_MINORS_MARGIN = 0.01  # share of under-18s (and of 13-17s) a candidate may flag below the baseline
+
+
+def rule_verdict(baseline: dict[str, Any], candidate: dict[str, Any]) -> str:
+    """"passes" or "fails": ``candidate``'s figures (a card's per-source or LOSO entry) against ``baseline``'s."""
+    b, c = baseline["challenge"], candidate["challenge"]
+    fewer_minors = any(c[k] < b[k] - RULE_MINORS_MARGIN for k in ("under18_flagged", "teen_flagged"))
+    return "fails" if fewer_minors or candidate["mae"] > baseline["mae"] else "passes"
+
+
+def loso_entry(card: dict[str, Any], runs: list[str]) -> dict[str, Any]:
+    """The card's leave-one-source-out entry of ``runs`` averaged (one run, or RUN+RUN2+...)."""
+    name = "+".join(runs)
+    for row in card["loso"]:
+        if row["run"] == name:
+            return row
+    raise KeyError(f"no --loso {name} in this card")
+
+
+def render_rule_table(title: str, rows: list[tuple[str, dict[str, dict[str, Any]]]]) -> str:
+    """A markdown table of the rule: per source, the baseline (the first of each dict) and each
+    candidate's figures with its verdict."""
+    lines = [f"## {title}", "", "| source | model | MAE | under-18s flagged | 13–17 flagged | 30+ flagged | rule |",
+             "|---|---|---|---|---|---|---|"]
+    for source, models in rows:
+        baseline = next(iter(models.values()))
+        for name, fig in models.items():
+            c = fig["challenge"]
+            verdict = "" if fig is baseline else rule_verdict(baseline, fig)
+            lines.append(f"| {source} | {name} | {fig['mae']:.2f} | {_pct(c['under18_flagged'])} | {_pct(c['teen_flagged'])} | "
+                         f"{_pct(c['over30_flagged'])} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
 
