@@ -3,6 +3,9 @@ it must answer what the original answers, on real faces cut by the till's own cr
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -113,3 +116,62 @@ def test_only_a_net_with_age_classes_takes_a_label_distribution():
     with pytest.raises(ValueError, match="--label-sigma needs an age-class head"):
         FitConfig(data="x", backbone="mobilenetv3small", label_sigma=2.0).check()
     FitConfig(data="x", backbone="dlibresnet10", image_size=64, label_sigma=2.0).check()
+
+
+def test_an_anchored_run_stays_nearer_the_published_weights_and_is_anchored_again_on_resume(tmp_path, caplog):
+    """`fit --anchor-weight` (L2-SP): the loss holds K x the squared distance from the published
+    weights, so the net moves less from them than the same run without; a run interrupted and
+    resumed is anchored again (the anchor is not saved with a checkpoint) and ends about where
+    the uninterrupted one does (a resume draws other dropout masks: not to the bit)."""
+    import keras
+
+    from agegate.training.fit import fit
+    from agegate.training.model import build_model
+    from agegate.training.run import FitConfig
+    from conftest import require_utkface
+
+    def config(anchor: float) -> FitConfig:
+        return FitConfig(data=[str(require_utkface())], backbone="dlibresnet10", image_size=64, margin=-0.05, shift_y=0.08,
+                         learning_rate=1e-3, limit=24, epochs=2, batch_size=8, anchor_weight=anchor)
+
+    published = build_model(config(0.0))
+
+    def moved(run: Path) -> float:
+        last = keras.models.load_model(run / "checkpoints" / "epoch-002.keras")
+        start = {w.path: keras.ops.convert_to_numpy(w.value) for w in published.weights}
+        return sum(float(np.sum((keras.ops.convert_to_numpy(w.value) - start[w.path]) ** 2)) for w in last.trainable_weights)
+
+    fit(config(0.0), tmp_path / "plain", verbose=0)
+    fit(config(50.0), tmp_path / "anchored", verbose=0)
+    assert 0 < moved(tmp_path / "anchored") < 0.5 * moved(tmp_path / "plain")
+
+    stopped = fit(config(50.0), tmp_path / "resumed", max_epochs_this_run=1, verbose=0)
+    assert not stopped.complete
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="agegate.training.fit"):
+        fit(None, tmp_path / "resumed", resume=True, verbose=0)
+    assert "anchored to the pretrained ones they started from (L2-SP, 50 x" in caplog.text
+    assert moved(tmp_path / "resumed") == pytest.approx(moved(tmp_path / "anchored"), rel=0.05)
+
+
+def test_the_anchor_needs_weights_to_anchor_to():
+    from agegate.training.model import anchor_to_start
+    from agegate.training.run import FitConfig
+
+    with pytest.raises(ValueError, match="--anchor-weight pulls the weights towards pretrained ones"):
+        FitConfig(data="x", backbone="mobilenetv3small", anchor_weight=0.1).check()
+    FitConfig(data="x", backbone="dlibresnet10", image_size=64, anchor_weight=0.1).check()
+
+    import keras
+
+    def net(units: int) -> keras.Model:
+        inputs = keras.Input((3,))
+        return keras.Model(inputs, keras.layers.Dense(units, name="head")(inputs))
+
+    model, start = net(1), net(1)
+    assert anchor_to_start(model, start, 0.5) == 2  # kernel and bias
+    distance = sum(float(np.sum((keras.ops.convert_to_numpy(a.value) - keras.ops.convert_to_numpy(b.value)) ** 2))
+                   for a, b in zip(model.trainable_weights, start.trainable_weights))
+    assert float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses)) == pytest.approx(0.5 * distance, rel=1e-5)
+    with pytest.raises(ValueError, match="cannot anchor head/kernel"):
+        anchor_to_start(net(2), start, 0.5)

@@ -28,7 +28,7 @@ FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "align", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
     "balance", "epoch_size", "overestimate_penalty", "overestimate_below", "wrong_side_penalty", "label_sigma", "label_weight",
-    "label_penalised", "best_by", "best_min_flagged",
+    "label_penalised", "anchor_weight", "best_by", "best_min_flagged",
 )  # fmt: skip
 
 
@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="also fit the net's age classes to a normal distribution this many years wide around the true age "
                           "(label-distribution learning; dlibresnet10 only; default 0: off)")
     fit.add_argument("--label-weight", type=float, metavar="K", help=f"that term's weight against the age's loss (default {d.label_weight})")
+    fit.add_argument("--anchor-weight", type=float, metavar="K",
+                     help=f"add K x the squared distance of the weights from the pretrained ones they started from to the loss (L2-SP; default {d.anchor_weight}: none)")
     fit.add_argument("--label-penalised", action="store_const", const=True,
                      help="the over-estimate and wrong-side penalties weigh the label-distribution term too, not only the age's Huber loss")
     fit.add_argument("--best-by", choices=BEST_BY,

@@ -8,7 +8,8 @@ The story of a run:
    the till will (cached, so each photo is searched once across runs and commands).
 4. Learn the age normalisation from the training split (new runs only; a pretrained
    face-age model answers years itself).
-5. Build and compile the model, or restore the latest checkpoint with its optimizer.
+5. Build and compile the model, or restore the latest checkpoint with its optimizer; with
+   ``anchor_weight``, tie its weights to the pretrained ones it started from (L2-SP).
 6. Fit, with faces drawn so that age bands are balanced, saving a checkpoint after every
    epoch, the best model (by validation MAE, or ``--best-by minors``), and a row of ``history.csv``; stop early if
    asked to, and say how to continue. ``--resume --epochs N`` extends a finished run.
@@ -34,7 +35,7 @@ from . import pipeline
 from .data import read_sources, records_of, split_counts
 from .distribute import choose_strategy
 from .faces import FaceSet, default_cache_dir, prepare_faces
-from .model import build_model, compile_model
+from .model import anchor_to_start, build_model, compile_model
 from .run import PRETRAINED, VAL_MAE, VAL_MINORS_FLAGGED, FitConfig, RunDir, best_epoch, kept_epoch, read_history, serving_spec, write_json
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ def fit(
             compile_model(model, config, steps)
             start = "dlib's CC0 face-age weights" if config.backbone == PRETRAINED else f"ImageNet weights from {config.weights}" if config.weights else "trained from scratch"
             log.info("built %s: %s parameters, input %dx%d, %s", model.name, f"{model.count_params():,}", config.image_size, config.image_size, start)
+        if config.anchor_weight:  # not saved with a checkpoint: attached again on every (re)start
+            anchored = anchor_to_start(model, build_model(config, weights=config.weights), config.anchor_weight)
+            log.info("%d weights anchored to the pretrained ones they started from (L2-SP, %g x squared distance)", anchored, config.anchor_weight)
 
     # 6. Fit.
     _trim_history(run.history, initial_epoch)

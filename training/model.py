@@ -277,6 +277,42 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
                   metrics=[AgeMAE(scale=config.target_scale), MinorsFlagged(scale=config.target_scale, offset=config.target_offset)])
 
 
+class AnchorToStart(keras.regularizers.Regularizer):
+    """L2-SP (Li, Grandvalet and Davoine, 2018): ``strength`` x the squared distance of a weight from
+    the value training started from, where plain weight decay pulls towards zero.
+
+    A fine-tuned net forgets what its pretrained weights knew of faces that the fine-tuning
+    sources lack; this keeps it near them unless the data pays for the move. Never saved with
+    the model (the start is not part of it): :func:`anchor_to_start` attaches it for training.
+    """
+
+    def __init__(self, start: np.ndarray, strength: float):
+        self.start = np.asarray(start, dtype="float32")
+        self.strength = float(strength)
+
+    def __call__(self, weight):
+        return self.strength * ops.sum(ops.square(weight - ops.cast(self.start, weight.dtype)))
+
+    def get_config(self):
+        return {"strength": self.strength}
+
+
+def anchor_to_start(model: keras.Model, start: keras.Model, strength: float) -> int:
+    """Pull each trainable weight of ``model`` towards its namesake in ``start`` (:class:`AnchorToStart`).
+
+    Weights are matched by path (layer/variable name), so a restored checkpoint is anchored to
+    the freshly built pretrained net it began as. Returns how many weights were anchored;
+    ValueError if one has no namesake of its shape (an architecture that did not start there).
+    """
+    starts = {w.path: w for w in start.weights}
+    for weight in model.trainable_weights:
+        origin = starts.get(weight.path)
+        if origin is None or tuple(origin.shape) != tuple(weight.shape):
+            raise ValueError(f"cannot anchor {weight.path}: the pretrained net has no weight of that name and shape {tuple(weight.shape)}")
+        weight.regularizer = AnchorToStart(keras.ops.convert_to_numpy(origin.value), strength)
+    return len(model.trainable_weights)
+
+
 AGE_AND_DISTRIBUTION = "age_and_distribution"
 
 
