@@ -58,6 +58,9 @@ def test_leave_one_source_out_runs_of_one_recipe_are_averaged_over_their_seeds()
     # The same recipe trained on other data (held out elsewhere) and with another seed is the same recipe; another penalty is not.
     assert recipe_of(FitConfig(data=["a", "b"], seed=1, **recipe)) == recipe_of(FitConfig(data=["c"], seed=2, **recipe))
     assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "overestimate_penalty": 2.0}))
+    # a setting added later is a new recipe when used, and leaves the recipes measured before it as they were
+    assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "anchor_weight": 1.0}))
+    assert "anchor_weight" not in recipe_of(FitConfig(data=["a"], **recipe))
     rows = [
         row("aaf-s2", FitConfig(data=["a"], seed=2, **recipe), "aaf", 10.0, 0.98, 0.94, 0.40),
         row("aaf-s1", FitConfig(data=["a"], seed=1, **recipe), "aaf", 9.0, 0.96, 0.90, 0.30),
