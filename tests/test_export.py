@@ -233,6 +233,7 @@ def test_convert_will_not_overwrite_bundles_unasked(run, exported, capsys):
     assert load_bundle(exported / "int8")  # untouched
 
 
+@pytest.mark.timeout(1800)  # two more fits and four conversions: over 600 s on a 2-core machine also training models
 def test_an_ensemble_bundle_answers_the_mean_of_its_runs_and_records_them(run, exported, tmp_path, capsys):
     """--ensemble-with: one .tflite answering the mean of several runs' models (three, as the
     shipped default), each member in the manifest; a run that cuts or sizes its faces otherwise
