@@ -75,6 +75,7 @@ def test_leave_one_source_out_runs_of_one_recipe_are_averaged_over_their_seeds()
     assert m["challenge"]["teen_flagged"] == pytest.approx(0.92) and m["challenge"]["over30_flagged"] == pytest.approx(0.35)
     page = render_tables({"challenge_age": 25.0, "bundles": {}, "loso": rows})
     assert "| aaf-s1, aaf-s2 | 1, 2 | aaf | 100 | 9.50 | -1.00 | 97.0 % | 92.0 % | 35.0 % |" in page
+    assert "## Per source" not in page  # no bundles measured: no empty table
     # Ensembles: keyed by every member's seed, so two pairs that share their first run's seed are two draws, not one.
     pairs = [{**row("a1+b1", FitConfig(data=["a"], seed=1, **recipe), "aaf", 9.0, 0.96, 0.90, 0.30), "member_seeds": [1]},
              {**row("a1+b2", FitConfig(data=["a"], seed=1, **recipe), "aaf", 8.0, 0.98, 0.94, 0.20), "member_seeds": [2]}]

@@ -155,14 +155,24 @@ def test_an_anchored_run_stays_nearer_the_published_weights_and_is_anchored_agai
 
 
 def test_the_anchor_needs_weights_to_anchor_to():
-    from agegate.training.model import anchor_to_start
+    """Only dlib's net starts with every weight known; anchored to itself it pays nothing yet; the
+    anchor's loss is K x the squared distance; a net of another shape is refused, nothing half-anchored."""
+    import keras
+
+    from agegate.training.model import anchor_to_start, build_model
     from agegate.training.run import FitConfig
 
-    with pytest.raises(ValueError, match="--anchor-weight pulls the weights towards pretrained ones"):
-        FitConfig(data="x", backbone="mobilenetv3small", anchor_weight=0.1).check()
-    FitConfig(data="x", backbone="dlibresnet10", image_size=64, anchor_weight=0.1).check()
+    def total(losses) -> float:
+        return float(sum(keras.ops.convert_to_numpy(loss) for loss in losses))
 
-    import keras
+    for other in (dict(backbone="mobilenetv3small"), dict(backbone="resnet50", weights=__file__)):  # a new head: no start to return to
+        with pytest.raises(ValueError, match="--anchor-weight pulls the weights towards dlib's published ones"):
+            FitConfig(data="x", anchor_weight=0.1, **other).check()
+    config = FitConfig(data="x", backbone="dlibresnet10", image_size=64, anchor_weight=0.1)
+    config.check()
+    fresh = build_model(config)
+    assert anchor_to_start(fresh, build_model(config), 0.1) == len(fresh.trainable_weights) > 0
+    assert total(fresh.losses) == 0.0
 
     def net(units: int) -> keras.Model:
         inputs = keras.Input((3,))
@@ -172,6 +182,8 @@ def test_the_anchor_needs_weights_to_anchor_to():
     assert anchor_to_start(model, start, 0.5) == 2  # kernel and bias
     distance = sum(float(np.sum((keras.ops.convert_to_numpy(a.value) - keras.ops.convert_to_numpy(b.value)) ** 2))
                    for a, b in zip(model.trainable_weights, start.trainable_weights))
-    assert float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses)) == pytest.approx(0.5 * distance, rel=1e-5)
+    assert total(model.losses) == pytest.approx(0.5 * distance, rel=1e-5) and distance > 0
+    wider = net(2)
     with pytest.raises(ValueError, match="cannot anchor head/kernel"):
-        anchor_to_start(net(2), start, 0.5)
+        anchor_to_start(wider, start, 0.5)
+    assert not wider.losses  # nothing half-anchored

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(label-distribution learning; dlibresnet10 only; default 0: off)")
     fit.add_argument("--label-weight", type=float, metavar="K", help=f"that term's weight against the age's loss (default {d.label_weight})")
     fit.add_argument("--anchor-weight", type=float, metavar="K",
-                     help=f"add K x the squared distance of the weights from the pretrained ones they started from to the loss (L2-SP; default {d.anchor_weight}: none)")
+                     help=f"dlibresnet10: add K x the squared distance of the weights from dlib's published ones to the loss (L2-SP; default {d.anchor_weight}: none)")
     fit.add_argument("--label-penalised", action="store_const", const=True,
                      help="the over-estimate and wrong-side penalties weigh the label-distribution term too, not only the age's Huber loss")
     fit.add_argument("--best-by", choices=BEST_BY,

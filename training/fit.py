@@ -9,7 +9,7 @@ The story of a run:
 4. Learn the age normalisation from the training split (new runs only; a pretrained
    face-age model answers years itself).
 5. Build and compile the model, or restore the latest checkpoint with its optimizer; with
-   ``anchor_weight``, tie its weights to the pretrained ones it started from (L2-SP).
+   ``anchor_weight``, tie its weights to dlib's published ones it started from (L2-SP).
 6. Fit, with faces drawn so that age bands are balanced, saving a checkpoint after every
    epoch, the best model (by validation MAE, or ``--best-by minors``), and a row of ``history.csv``; stop early if
    asked to, and say how to continue. ``--resume --epochs N`` extends a finished run.
@@ -150,7 +150,7 @@ def fit(
             start = "dlib's CC0 face-age weights" if config.backbone == PRETRAINED else f"ImageNet weights from {config.weights}" if config.weights else "trained from scratch"
             log.info("built %s: %s parameters, input %dx%d, %s", model.name, f"{model.count_params():,}", config.image_size, config.image_size, start)
         if config.anchor_weight:  # not saved with a checkpoint: attached again on every (re)start
-            anchored = anchor_to_start(model, build_model(config, weights=config.weights), config.anchor_weight)
+            anchored = anchor_to_start(model, build_model(config), config.anchor_weight)  # dlib's net as published
             log.info("%d weights anchored to the pretrained ones they started from (L2-SP, %g x squared distance)", anchored, config.anchor_weight)
 
     # 6. Fit.

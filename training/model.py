@@ -294,7 +294,7 @@ class AnchorToStart(keras.regularizers.Regularizer):
         return self.strength * ops.sum(ops.square(weight - ops.cast(self.start, weight.dtype)))
 
     def get_config(self):
-        return {"strength": self.strength}
+        raise NotImplementedError("the anchor is attached for training (anchor_to_start), never saved with a model")
 
 
 def anchor_to_start(model: keras.Model, start: keras.Model, strength: float) -> int:
@@ -305,11 +305,12 @@ def anchor_to_start(model: keras.Model, start: keras.Model, strength: float) -> 
     ValueError if one has no namesake of its shape (an architecture that did not start there).
     """
     starts = {w.path: w for w in start.weights}
-    for weight in model.trainable_weights:
+    for weight in model.trainable_weights:  # every weight checked before any is anchored
         origin = starts.get(weight.path)
         if origin is None or tuple(origin.shape) != tuple(weight.shape):
             raise ValueError(f"cannot anchor {weight.path}: the pretrained net has no weight of that name and shape {tuple(weight.shape)}")
-        weight.regularizer = AnchorToStart(keras.ops.convert_to_numpy(origin.value), strength)
+    for weight in model.trainable_weights:
+        weight.regularizer = AnchorToStart(keras.ops.convert_to_numpy(starts[weight.path].value), strength)
     return len(model.trainable_weights)
 
 

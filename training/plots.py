@@ -38,7 +38,7 @@ def learning_curves_figure(history: Sequence[dict[str, float]]):
                 ax.plot(epochs, values, style, label=f"{'validation' if prefix else 'training'}", markersize=3)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 2.5
-        ax.set_ylabel({"loss": "Huber loss (normalised age)", "age_mae": "MAE (years)"}[key])
+        ax.set_ylabel({"loss": "loss minimised (Huber, penalties, anchor)", "age_mae": "MAE (years)"}[key])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Learning curves")

@@ -71,7 +71,7 @@ class FitConfig:
     label_sigma: float = 0.0  # years; > 0: also fit the age classes to a normal distribution this wide around the age (dlibresnet10)
     label_penalised: bool = False  # the over-estimate and wrong-side weights weigh that term too (False: the Huber part only)
     label_weight: float = 5.0  # its weight: the Huber loss (delta 5 years) pulls about 5x as hard as DLDL-v2's L1, so 5 keeps their balance
-    anchor_weight: float = 0.0  # > 0: add this x the squared distance of the weights from the pretrained ones to the loss (L2-SP)
+    anchor_weight: float = 0.0  # > 0: add this x the squared distance of the weights from dlib's published ones to the loss (L2-SP)
     mixed_precision: str = "auto"  # auto: on with GPUs; on; off
     keep_checkpoints: int = 2
     best_by: str = "mae"  # the epoch kept as model.keras: "mae" lowest validation MAE; "minors" see best_epoch()
@@ -142,10 +142,12 @@ class FitConfig:
             raise ValueError("--label-penalised weighs the label-distribution term: it needs --label-sigma")
         if not 0.0 <= self.label_weight <= 100.0:
             raise ValueError(f"--label-weight {self.label_weight}: must be 0-100")
-        if self.anchor_weight and not self.pretrained:
-            raise ValueError("--anchor-weight pulls the weights towards pretrained ones: it needs --backbone dlibresnet10 or --weights")
         if not 0.0 <= self.anchor_weight <= 100.0:
             raise ValueError(f"--anchor-weight {self.anchor_weight}: must be 0-100")
+        # Only the face-age net starts with every weight known: an ImageNet backbone's new head
+        # starts from a random draw, which a resume could not draw again to anchor to.
+        if self.anchor_weight and self.backbone != PRETRAINED:
+            raise ValueError(f"--anchor-weight pulls the weights towards dlib's published ones: it needs --backbone {PRETRAINED}")
         if not 0.0 <= self.wrong_side_penalty <= 10.0:
             raise ValueError(f"--wrong-side-penalty {self.wrong_side_penalty}: must be 0-10")
         if not 0.0 <= self.balance <= 1.0:

@@ -1,6 +1,8 @@
-"""Squared distance of each run's kept model from dlib's published weights (what --anchor-weight K multiplies).
+"""Squared distance of each run's kept model (model.keras, the kept epoch) from dlib's published
+weights: what --anchor-weight K multiplies in the loss.
 
-    python docs/model-card/candidate-anchor-2026.11.29/distance.py runs/loso-aaf-{,a1-}s{1234,2,3} > docs/model-card/candidate-anchor-2026.11.29/distance.txt
+    cd runs && python ../docs/model-card/candidate-anchor-2026.11.29/distance.py loso-aaf-{,a1-}s{1234,2,3} \
+        > ../docs/model-card/candidate-anchor-2026.11.29/distance.txt
 """
 import sys
 
