@@ -578,6 +578,11 @@ def test_resume_continues_where_it_stopped(interrupted_run, capsys):
     assert main(["fit", "--out", str(run), "--resume", "--verbose", "0"]) == 0  # nothing left to do
     assert _history_epochs(run) == [1, 2, 3, 4]
 
+    # Each session that trained says where: the same seed trains another model on another kind of CPU.
+    sessions = [json.loads(line) for line in RunDir(run).sessions.read_text().splitlines()]
+    assert [s["from_epoch"] for s in sessions] == [0, 2, 3]  # the session with nothing left to do trained nothing
+    assert all(s["cpu"] and s["cores"] >= 1 and s["tensorflow"] and s["strategy"] for s in sessions)
+
 
 @pytest.mark.slow
 def test_eval_writes_metrics_consistent_with_its_predictions(interrupted_run, capsys):

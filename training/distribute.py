@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 from dataclasses import dataclass
+from typing import Any
 
-import tensorflow as tf
 import keras
+import numpy as np
+import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,36 @@ def choose_strategy(mixed_precision: str = "auto") -> tuple[tf.distribute.Strate
     keras.mixed_precision.set_global_policy("mixed_float16" if chosen.mixed_precision else "float32")
     log.info("training with %s (%d replica(s) in sync)", chosen.describe(), strategy.num_replicas_in_sync)
     return strategy, chosen
+
+
+# The instruction sets oneDNN picks its kernels by: a virtual machine's CPU is often named only
+# "Intel Xeon Processor", and these tell its kinds apart.
+VECTOR_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni"})
+
+
+def describe_machine(chosen: Plan) -> dict[str, Any]:
+    """The machine a run trains on, as a run's ``sessions.jsonl`` records it.
+
+    The same settings and seed repeat a run exactly on one kind of machine but not on another
+    (the CPU's instruction set changes the order and rounding of TensorFlow's kernels), so
+    two runs are compared as like for like only when they trained on the same kind.
+    """
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            first = info.read().split("\n\n")[0]  # the first processor's block
+        fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+        cpu = fields.get("model name", cpu)
+        flags = set(fields.get("flags", "").split())
+    except OSError:  # not Linux
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))  # what this process may use (a container's share)
+    except AttributeError:
+        cores = os.cpu_count() or 0
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "vector_instructions": sorted(flags & VECTOR_FLAGS), "cores": cores, "gpus": gpus, "strategy": chosen.describe(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
 class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from agegate.files import replacing
 
 from . import pipeline
 from .data import read_sources, records_of, split_counts
-from .distribute import choose_strategy
+from .distribute import choose_strategy, describe_machine
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import anchor_to_start, build_model, compile_model
 from .run import PRETRAINED, VAL_MAE, VAL_MINORS_FLAGGED, FitConfig, RunDir, best_epoch, kept_epoch, read_history, serving_spec, write_json
@@ -124,6 +125,10 @@ def fit(
     if plan.chief:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
+        # The same settings and seed give another model on another kind of machine: say which trained it.
+        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": initial_epoch, **describe_machine(plan)}
+        with run.sessions.open("a", encoding="utf-8") as sessions:
+            sessions.write(json.dumps(session) + "\n")
 
     spec = serving_spec(config)
     faces = {

@@ -8,6 +8,8 @@ Everything a run produces lives in one directory::
       data-report.json   what was read: counts per split and band, skipped entries, fallbacks
       checkpoints/       epoch-001.keras ...: model + optimizer after each epoch (the last few)
       history.csv        one row per epoch: loss, age MAE, val figures, learning rate, seconds
+      sessions.jsonl     one line per `fit` that trained it (a resume may be on another machine):
+                         when, from which epoch, the CPU and its vector instructions, GPUs, versions
       model.keras        the best epoch by validation MAE
       metrics.json       `agegate-train eval`: the test figures
       predictions.csv    `agegate-train eval`: file, true age, predicted age
@@ -205,6 +207,7 @@ class RunDir:
         self.data_report = self.path / "data-report.json"
         self.checkpoints = self.path / "checkpoints"
         self.history = self.path / "history.csv"
+        self.sessions = self.path / "sessions.jsonl"
         self.model = self.path / "model.keras"
         self.metrics = self.path / "metrics.json"
         self.predictions = self.path / "predictions.csv"
