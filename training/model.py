@@ -281,8 +281,9 @@ class AnchorToStart(keras.regularizers.Regularizer):
     """L2-SP (Li, Grandvalet and Davoine, 2018): ``strength`` x the squared distance of a weight from
     the value training started from, where plain weight decay pulls towards zero.
 
-    A fine-tuned net forgets what its pretrained weights knew of faces that the fine-tuning
-    sources lack; this keeps it near them unless the data pays for the move. Never saved with
+    The hope: a fine-tuned net may forget what its pretrained weights knew of faces that the
+    fine-tuning sources lack; this keeps it near them unless the data pays for the move (at
+    strength 1 it did not help held out: docs/model-card.md, L2-SP). Never saved with
     the model (the start is not part of it): :func:`anchor_to_start` attaches it for training.
     """
 
