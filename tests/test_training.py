@@ -89,6 +89,41 @@ def test_the_loss_weighs_the_errors_a_till_pays_for():
     assert (restored.wrong_side, restored.margin, restored.delta) == (2.0, 2.0, 5.0)
 
 
+def test_the_rank_penalty_asks_adults_to_be_estimated_12_years_above_minors():
+    """--rank-penalty K: each (under-18, 30+) pair of the batch adds K x how far the adult's estimate
+    falls short of 12 years above the minor's, averaged over the pairs, once to the batch's mean."""
+    from agegate.training.model import ChallengeHuberLoss
+
+    true = np.array([[16.0], [16.0], [40.0], [40.0], [10.0], [22.0]], dtype=np.float32)
+    pred = np.array([[20.0], [24.0], [30.0], [26.0], [14.0], [24.0]], dtype=np.float32)
+    plain = np.asarray(ChallengeHuberLoss(delta=5.0).call(true, pred))
+    # minors estimated 20, 24, 14; adults 30, 26: gaps 10, 6, 6, 2, 16, 12 -> shortfalls 2, 6, 6, 10, 0, 0
+    shortfall = (2 + 6 + 6 + 10 + 0 + 0) / 6
+    ranked = ChallengeHuberLoss(delta=5.0, rank=2.0)
+    np.testing.assert_allclose(np.asarray(ranked.call(true, pred)), plain + 2.0 * shortfall, rtol=1e-6)
+    # normalised targets: the same pairs, the shortfall in the target's units
+    normalised = ChallengeHuberLoss(delta=0.5, rank=2.0, offset=30.0, scale=10.0)
+    np.testing.assert_allclose(np.asarray(normalised.call((true - 30) / 10, (pred - 30) / 10)), plain / 100 + 2.0 * shortfall / 10, rtol=1e-5)
+    # adults far enough above every minor, or no pair at all: nothing added
+    apart = pred.copy(); apart[2:4] = 40.0
+    np.testing.assert_allclose(np.asarray(ranked.call(true, apart)), np.asarray(ChallengeHuberLoss(delta=5.0).call(true, apart)))
+    np.testing.assert_allclose(np.asarray(ranked.call(true[:2], pred[:2])), plain[:2])
+    # its gradient lifts the adults and lowers the minors of the short pairs; the 10-year-old (12
+    # and more below both adults) and the 22-year-old (in no pair) are left alone
+    import tensorflow as tf
+
+    estimates = tf.Variable(pred)
+    with tf.GradientTape() as tape:
+        pairs_only = ranked.order_shortfall(tf.constant(true), estimates)
+    grad = tape.gradient(pairs_only, estimates).numpy().reshape(-1)
+    assert grad[0] > 0 and grad[1] > 0 and grad[2] < 0 and grad[3] < 0 and grad[4] == 0 and grad[5] == 0
+    assert ChallengeHuberLoss.from_config(ranked.get_config()).rank == 2.0
+    from agegate.training.run import FitConfig
+
+    with pytest.raises(ValueError, match="--rank-penalty 20"):
+        FitConfig(data="x", rank_penalty=20).check()
+
+
 def test_the_label_distribution_loss_asks_for_a_peak_at_the_true_age():
     """AgeDistributionLoss = the Huber loss on the expected age + weight x KL(normal(age, sigma) || p):
     nothing more for the target distribution itself, more for one with the same mean spread wider."""

@@ -165,7 +165,7 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
 NOT_RECIPE = ("data", "seed", "keep_checkpoints", "target_offset", "target_scale", "data_description", "data_licence", "data_source")
 # Settings added after runs in the card were measured: left out at their default, so that a run
 # re-measured today keeps the recipe string of the runs measured before the setting existed.
-LATER_SETTINGS = {"anchor_weight": 0.0}
+LATER_SETTINGS = {"anchor_weight": 0.0, "rank_penalty": 0.0}
 
 
 def recipe_of(config, mirror_average: bool = False, flag_under18: float | None = None) -> str:

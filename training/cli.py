@@ -27,7 +27,7 @@ from agegate.ages import CHALLENGE_AGE
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "align", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
-    "balance", "epoch_size", "overestimate_penalty", "overestimate_below", "wrong_side_penalty", "label_sigma", "label_weight",
+    "balance", "epoch_size", "overestimate_penalty", "overestimate_below", "wrong_side_penalty", "rank_penalty", "label_sigma", "label_weight",
     "label_penalised", "anchor_weight", "best_by", "best_min_flagged",
 )  # fmt: skip
 
@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the age under which --overestimate-penalty applies (default: the challenge age, 25; 18: the minors only)")
     fit.add_argument("--wrong-side-penalty", type=float, metavar="K",
                      help=f"an under-18 estimated over 23, or someone 30+ under 27, counts 1+K times in the loss (default {d.wrong_side_penalty})")
+    fit.add_argument("--rank-penalty", type=float, metavar="K",
+                     help="each pair in a batch of an under-18 and someone 30+ whose estimates are under 12 years apart "
+                          f"adds K x the shortfall, averaged over the pairs (default {d.rank_penalty}: off)")
     fit.add_argument("--label-sigma", type=float, metavar="YEARS",
                      help="also fit the net's age classes to a normal distribution this many years wide around the true age "
                           "(label-distribution learning; dlibresnet10 only; default 0: off)")

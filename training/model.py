@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .faces import FaceSet
 
 WRONG_SIDE_MARGIN = 2.0  # years: an estimate this close to the challenge age is already on the wrong side
+RANK_MARGIN = FALSE_ALARM_AGE - MINOR_AGE  # years: a minor and someone 30+ are at least this far apart in age
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class ChallengeHuberLoss(HuberLoss):
     At a till the costly errors are those that land a face on the wrong side of the
     challenge age: a 16-year-old estimated at 27 buys alcohol without being asked; a
     40-year-old estimated at 22 is asked for ID for nothing. A 40-year-old estimated at 33
-    or a 10-year-old at 14 costs nothing. Two weights say so:
+    or a 10-year-old at 14 costs nothing. Three weights say so:
 
     * ``penalty``: an over-estimate of anyone under ``penalty_below`` (default: the challenge
       age) counts ``1 + penalty`` times (pulls every young face's estimate down, the adults'
@@ -122,17 +123,24 @@ class ChallengeHuberLoss(HuberLoss):
       counts ``1 + wrong_side`` times: an under-18 estimated over ``challenge - margin``, or
       someone ``FALSE_ALARM_AGE`` or older estimated under ``challenge + margin``. It pushes
       only the faces whose decision would be wrong, in both directions.
+    * ``rank``: every pair in the batch of an under-18 and someone ``FALSE_ALARM_AGE`` or older
+      whose estimates are less than ``RANK_MARGIN`` years apart (the smallest true gap between
+      the two) adds ``rank`` x the shortfall, averaged over the pairs. The other weights judge
+      each face against the challenge age alone; this one judges the order of minors and adults,
+      which is what a threshold anywhere can use: it asks for young-looking adults to be
+      estimated above old-looking teenagers, where the per-face terms pull both down together.
 
     Targets and predictions are normalised ages; ``offset`` and ``scale`` map them to years.
     """
 
     def __init__(self, delta: float = 1.0, penalty: float = 0.0, challenge_age: float = CHALLENGE_AGE, offset: float = 0.0,
                  scale: float = 1.0, wrong_side: float = 0.0, margin: float = WRONG_SIDE_MARGIN, penalty_below: float | None = None,
-                 name: str = "challenge_huber_loss", reduction: str = "sum_over_batch_size"):
+                 rank: float = 0.0, name: str = "challenge_huber_loss", reduction: str = "sum_over_batch_size"):
         super().__init__(delta=delta, name=name, reduction=reduction)
         self.penalty, self.challenge_age, self.offset, self.scale = float(penalty), float(challenge_age), float(offset), float(scale)
         self.wrong_side, self.margin = float(wrong_side), float(margin)
         self.penalty_below = float(challenge_age if penalty_below is None else penalty_below)
+        self.rank = float(rank)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
@@ -140,7 +148,20 @@ class ChallengeHuberLoss(HuberLoss):
         error = y_pred - y_true
         abs_error = ops.abs(error)
         huber = ops.where(abs_error <= self.delta, 0.5 * ops.square(error), self.delta * abs_error - 0.5 * self.delta**2)
-        return ops.mean(huber * self.face_weights(y_true, y_pred), axis=-1)
+        per_face = ops.mean(huber * self.face_weights(y_true, y_pred), axis=-1)
+        if self.rank:  # one figure for the batch, added to each face's: the batch's mean gains it once
+            per_face = per_face + self.rank * self.order_shortfall(y_true, y_pred)
+        return per_face
+
+    def order_shortfall(self, y_true, y_pred):
+        """The mean over the batch's (under-18, 30+) pairs of how many years (in the target's
+        units) the adult's estimate falls short of ``RANK_MARGIN`` above the minor's; 0 without pairs."""
+        true_age = ops.reshape(y_true, (-1,)) * self.scale + self.offset
+        estimate = ops.reshape(y_pred, (-1,))
+        pairs = ops.cast(true_age < MINOR_AGE, "float32")[:, None] * ops.cast(true_age >= FALSE_ALARM_AGE, "float32")[None, :]
+        gap = estimate[None, :] - estimate[:, None]  # [minor i, adult j]: adult's estimate minus minor's
+        shortfall = ops.relu(RANK_MARGIN / self.scale - gap) * pairs
+        return ops.sum(shortfall) / ops.maximum(ops.sum(pairs), 1.0)
 
     def face_weights(self, y_true, y_pred):
         """How many times each face's error counts: 1, more for the errors a till pays for."""
@@ -155,7 +176,7 @@ class ChallengeHuberLoss(HuberLoss):
     def get_config(self):
         return {**super().get_config(), "penalty": self.penalty, "challenge_age": self.challenge_age,
                 "offset": self.offset, "scale": self.scale, "wrong_side": self.wrong_side, "margin": self.margin,
-                "penalty_below": self.penalty_below}
+                "penalty_below": self.penalty_below, "rank": self.rank}
 
 
 @keras.saving.register_keras_serializable(package="agegate")
@@ -267,7 +288,7 @@ def compile_model(model: keras.Model, config: FitConfig, steps_per_epoch: int) -
         schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, total), alpha=0.01)
     age_loss = dict(delta=config.huber_delta / config.target_scale, penalty=config.overestimate_penalty,
                     penalty_below=config.overestimate_below, wrong_side=config.wrong_side_penalty,
-                    offset=config.target_offset, scale=config.target_scale)
+                    rank=config.rank_penalty, offset=config.target_offset, scale=config.target_scale)
     if config.label_sigma:
         loss = AgeDistributionLoss(class_ages=pretrained_net.age_class_weights(), sigma=config.label_sigma, weight=config.label_weight,
                                    penalised=config.label_penalised, **age_loss)

@@ -70,6 +70,7 @@ class FitConfig:
     overestimate_penalty: float = 0.0  # an over-estimate of someone under overestimate_below counts 1 + this times
     overestimate_below: float | None = None  # years; None: the challenge age (25)
     wrong_side_penalty: float = 0.0  # an under-18 estimated 23+ or someone 30+ estimated under 27 counts 1 + this times
+    rank_penalty: float = 0.0  # each (under-18, 30+) pair of a batch estimated under 12 years apart adds this x the shortfall
     label_sigma: float = 0.0  # years; > 0: also fit the age classes to a normal distribution this wide around the age (dlibresnet10)
     label_penalised: bool = False  # the over-estimate and wrong-side weights weigh that term too (False: the Huber part only)
     label_weight: float = 5.0  # its weight: the Huber loss (delta 5 years) pulls about 5x as hard as DLDL-v2's L1, so 5 keeps their balance
@@ -159,6 +160,8 @@ class FitConfig:
             raise ValueError(f"--anchor-weight pulls the weights towards dlib's published ones: it needs --backbone {PRETRAINED}")
         if not 0.0 <= self.wrong_side_penalty <= 10.0:
             raise ValueError(f"--wrong-side-penalty {self.wrong_side_penalty}: must be 0-10")
+        if not 0.0 <= self.rank_penalty <= 10.0:
+            raise ValueError(f"--rank-penalty {self.rank_penalty}: must be 0-10")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"--balance {self.balance}: must be 0-1")
         if self.best_by not in BEST_BY:
