@@ -100,3 +100,30 @@ def test_the_ship_rule_allows_a_point_of_minors_and_no_worse_estimate():
     assert loso_entry(card, ["a", "b"]) is card["loso"][0]
     with pytest.raises(KeyError, match="a\\+c"):
         loso_entry(card, ["a", "c"])
+
+
+def test_a_held_out_row_says_which_kinds_of_machine_trained_its_runs(tmp_path):
+    """The same recipe and seed train another model on another kind of CPU: the card carries the
+    kinds from each run's sessions.jsonl, and says when a run predates it."""
+    from agegate.training.card import machines_of
+    from agegate.training.run import RunDir
+
+    def session(cpu, flags, from_epoch=0, gpus=()):
+        return json.dumps({"started": "2026-11-29T18:00:00+0000", "from_epoch": from_epoch, "cpu": cpu, "vector_instructions": flags,
+                           "cores": 2, "gpus": list(gpus), "strategy": "the default strategy on the CPU, float32"})
+
+    resumed_elsewhere, same_kind, older = (RunDir(tmp_path / name) for name in ("a", "b", "c"))
+    for run in (resumed_elsewhere, same_kind, older):
+        run.path.mkdir()
+    resumed_elsewhere.sessions.write_text(session("Xeon", ["avx2", "avx512f"]) + "\n" + session("EPYC", ["avx2"], 3, ["H200"]) + "\n")
+    same_kind.sessions.write_text(session("Xeon", ["avx2", "avx512f"]) + "\n")
+    assert machines_of([same_kind]) == ["Xeon [avx2 avx512f] x2"]
+    assert machines_of([resumed_elsewhere, same_kind]) == ["EPYC [avx2] x2, H200", "Xeon [avx2 avx512f] x2"]
+    assert machines_of([same_kind, older]) == ["Xeon [avx2 avx512f] x2", "not recorded"]
+
+    from agegate.training.card import render_tables
+
+    row = {"run": "b+c", "backbone": "dlibresnet10", "trained_on": ["x"], "held_out": ["y"], "n": 10, "answer_shift": 0.0, "mae": 5.0, "bias": 0.0,
+           "challenge": {"under18_flagged": 1.0, "teen_flagged": 1.0, "over30_flagged": 0.1}, "machines": machines_of([same_kind, older])}
+    page = render_tables({"challenge_age": 25.0, "bundles": {}, "loso": [row]})
+    assert "- Xeon [avx2 avx512f] x2: b+c" in page and "- not recorded: b+c" in page

@@ -157,9 +157,24 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     if members:  # an ensemble's recipe is its members' recipes
         recipe = json.dumps([json.loads(recipe), *(json.loads(recipe_of(c)) for c in member_configs)], sort_keys=True)
     return {"run": "+".join([r.name, *(m.name for m in members)]), "backbone": config.backbone, "trained_on": sorted(trained_on),
+            "machines": machines_of([r, *members]),
             "mirror_average": mirror_average, "answer_shift": shift, "seed": config.seed, "recipe": recipe,
             "member_seeds": [c.seed for c in member_configs],
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
+
+
+def machines_of(runs) -> list[str]:
+    """The kinds of machine ``runs`` trained on (their ``sessions.jsonl``; runs trained before it
+    was kept say "not recorded"): the same recipe and seed train another model on another kind."""
+    kinds = set()
+    for run in runs:
+        if not run.sessions.exists():
+            kinds.add("not recorded")
+            continue
+        for line in run.sessions.read_text(encoding="utf-8").splitlines():
+            s = json.loads(line)
+            kinds.add(f"{s['cpu']} [{' '.join(s['vector_instructions'])}] x{s['cores']}" + (f", {', '.join(s['gpus'])}" if s["gpus"] else ""))
+    return sorted(kinds)
 
 
 NOT_RECIPE = ("data", "seed", "keep_checkpoints", "target_offset", "target_scale", "data_description", "data_licence", "data_source")
@@ -295,6 +310,13 @@ def render_tables(result: dict[str, Any]) -> str:
             lines.append(f"| {r['run']} | {r['backbone']} | {', '.join(r['trained_on'])} | {', '.join(r['held_out'])} | {r['n']} | {mirror} | "
                          f"{r.get('answer_shift', 0.0):+.1f} | {_yrs(r['mae'])} | {r['bias']:+.2f} | "
                          f"{_pct(ch['under18_flagged'])} | {_pct(ch['teen_flagged'])} | {_pct(ch['over30_flagged'])} |")
+        kinds: dict[str, list[str]] = {}
+        for r in result["loso"]:
+            for kind in r.get("machines", []):  # rows measured before machines were kept have none
+                kinds.setdefault(kind, []).append(r["run"])
+        if kinds:
+            lines += ["", "Where the runs trained (each run's `sessions.jsonl`; the same recipe and seed train another model on another kind of machine):", ""]
+            lines += [f"- {kind}: {', '.join(runs)}" for kind, runs in sorted(kinds.items())]
         means = seed_means(result["loso"])
         if means:
             lines += ["", "### The same recipe over several seeds", "", "The rows above of one recipe and held-out source that differ only in "
