@@ -127,3 +127,25 @@ def test_a_held_out_row_says_which_kinds_of_machine_trained_its_runs(tmp_path):
            "challenge": {"under18_flagged": 1.0, "teen_flagged": 1.0, "over30_flagged": 0.1}, "machines": machines_of([same_kind, older])}
     page = render_tables({"challenge_age": 25.0, "bundles": {}, "loso": [row]})
     assert "- Xeon [avx2 avx512f] x2: b+c" in page and "- not recorded: b+c" in page
+
+
+def test_a_held_out_row_measures_a_real_run_on_the_source_it_never_saw(tmp_path):
+    """`card --loso RUN`: a run fitted on part 1 alone is measured on All-Age-Faces' test photos;
+    its row carries the threshold's whole trade-off (at the challenge age, the headline figures),
+    the machine it trained on, and draws as a trade-off plot."""
+    from agegate.training.card import loso_row, plot_heldout_tradeoff
+    from agegate.training.fit import fit
+    from agegate.training.run import FitConfig
+
+    part1, aaf = str(require_utkface()), str(require_all_age_faces())
+    fit(FitConfig(data=[part1], backbone="dlibresnet10", image_size=64, limit=16, epochs=1, batch_size=8), tmp_path / "run", verbose=0)
+    row = loso_row(tmp_path / "run", [part1, aaf], 25.0, limit=30)
+    assert row["held_out"] == ["all-age-faces"] and row["trained_on"] == ["utkface-part1"] and row["n"] > 20
+    at_25 = next(c for c in row["threshold_curve"] if c["threshold"] == 25.0)
+    assert {k: at_25[k] for k in ("under18_flagged", "teen_flagged", "over30_flagged")} == \
+        {k: row["challenge"][k] for k in ("under18_flagged", "teen_flagged", "over30_flagged")}
+    over30 = [c["over30_flagged"] for c in row["threshold_curve"]]
+    assert over30 == sorted(over30) and over30[0] < over30[-1]  # a higher threshold flags more adults, never fewer
+    assert len(row["machines"]) == 1 and row["machines"][0] != "not recorded"
+    plot_heldout_tradeoff({"loso": [row]}, {"tiny": ["run"]}, tmp_path / "tradeoff.png", "held out")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000

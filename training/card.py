@@ -152,6 +152,7 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
         shift, spec = shift_answers(model, split_faces(config, None, "val", limit), spec, flag_under18, challenge_age)
     predicted = predict_ages(model, faces.images, spec)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
+    summary["threshold_curve"] = metrics.threshold_curve(faces.ages, predicted)  # moving the threshold: a model's whole trade-off
     recipe = recipe_of(config, mirror_average, flag_under18)
     member_configs = [m.load_config() for m in members]
     if members:  # an ensemble's recipe is its members' recipes
@@ -233,6 +234,27 @@ def plot_tradeoff(result: dict[str, Any], path: Path, challenge_age: float) -> N
         ax.set_ylabel("% flagged (test photos)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="center right")
+    _save(fig, path)
+
+
+def plot_heldout_tradeoff(card: dict[str, Any], models: dict[str, list[str]], path: Path, title: str) -> None:
+    """Each model's held-out trade-off as its threshold moves: 13-17s flagged against 30+ flagged,
+    from the card's ``--loso`` rows of its runs (averaged as a bundle of them answers), a dot at the
+    challenge age. A candidate that only moves along the baseline's curve flags teenagers and
+    adults together; one whose curve lies above and to the left tells them apart better."""
+    from .plots import _save, plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for label, runs in models.items():
+        row = loso_entry(card, runs)
+        curve = row["threshold_curve"]
+        line, = ax.plot([100 * c["over30_flagged"] for c in curve], [100 * c["teen_flagged"] for c in curve], ".-", label=label)
+        ax.plot(100 * row["challenge"]["over30_flagged"], 100 * row["challenge"]["teen_flagged"], "o", ms=9, color=line.get_color())
+    ax.set_xlabel("people 30+ flagged (%)")
+    ax.set_ylabel("13–17-year-olds flagged (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
 
 
