@@ -103,30 +103,30 @@ def test_the_ship_rule_allows_a_point_of_minors_and_no_worse_estimate():
 
 
 def test_a_held_out_row_says_which_kinds_of_machine_trained_its_runs(tmp_path):
-    """The same recipe and seed train another model on another kind of CPU: the card carries the
-    kinds from each run's sessions.jsonl, and says when a run predates it."""
-    from agegate.training.card import machines_of
+    """The same recipe and seed train another model on another kind of CPU: the card carries each
+    run's kinds from its sessions.jsonl, and says where epochs were trained before it was kept."""
+    from agegate.training.card import machines_of, render_tables
     from agegate.training.run import RunDir
 
-    def session(cpu, flags, from_epoch=0, gpus=()):
+    def session(cpu, flags, from_epoch=0, gpus=(), tensorflow="2.21.0"):
         return json.dumps({"started": "2026-11-29T18:00:00+0000", "from_epoch": from_epoch, "cpu": cpu, "vector_instructions": flags,
-                           "cores": 2, "gpus": list(gpus), "strategy": "the default strategy on the CPU, float32"})
+                           "cores": 2, "gpus": list(gpus), "strategy": "the default strategy on the CPU, float32", "tensorflow": tensorflow})
 
-    resumed_elsewhere, same_kind, older = (RunDir(tmp_path / name) for name in ("a", "b", "c"))
-    for run in (resumed_elsewhere, same_kind, older):
+    resumed_elsewhere, same_kind, older, resumed_older = (RunDir(tmp_path / name) for name in ("a", "b", "c", "d"))
+    for run in (resumed_elsewhere, same_kind, older, resumed_older):
         run.path.mkdir()
     resumed_elsewhere.sessions.write_text(session("Xeon", ["avx2", "avx512f"]) + "\n" + session("EPYC", ["avx2"], 3, ["H200"]) + "\n")
     same_kind.sessions.write_text(session("Xeon", ["avx2", "avx512f"]) + "\n")
-    assert machines_of([same_kind]) == ["Xeon [avx2 avx512f] x2"]
-    assert machines_of([resumed_elsewhere, same_kind]) == ["EPYC [avx2] x2, H200", "Xeon [avx2 avx512f] x2"]
-    assert machines_of([same_kind, older]) == ["Xeon [avx2 avx512f] x2", "not recorded"]
-
-    from agegate.training.card import render_tables
+    resumed_older.sessions.write_text(session("Xeon", ["avx2", "avx512f"], 2, tensorflow="2.20.0") + "\n")  # begun before the log
+    xeon = "Xeon [avx2 avx512f] x2, TensorFlow 2.21.0"
+    assert machines_of([same_kind]) == {"b": [xeon]}
+    assert machines_of([resumed_elsewhere, same_kind]) == {"a": ["EPYC [avx2] x2, H200, TensorFlow 2.21.0", xeon], "b": [xeon]}
+    assert machines_of([older, resumed_older]) == {"c": ["not recorded"], "d": ["Xeon [avx2 avx512f] x2, TensorFlow 2.20.0", "not recorded"]}
 
     row = {"run": "b+c", "backbone": "dlibresnet10", "trained_on": ["x"], "held_out": ["y"], "n": 10, "answer_shift": 0.0, "mae": 5.0, "bias": 0.0,
            "challenge": {"under18_flagged": 1.0, "teen_flagged": 1.0, "over30_flagged": 0.1}, "machines": machines_of([same_kind, older])}
-    page = render_tables({"challenge_age": 25.0, "bundles": {}, "loso": [row]})
-    assert "- Xeon [avx2 avx512f] x2: b+c" in page and "- not recorded: b+c" in page
+    page = render_tables({"challenge_age": 25.0, "bundles": {}, "loso": [row, {**row, "run": "b"}]})
+    assert f"- {xeon}: b\n" in page and "- not recorded: c\n" in page  # each run named once, with its own kind
 
 
 def test_a_held_out_row_measures_a_real_run_on_the_source_it_never_saw(tmp_path):
@@ -146,6 +146,6 @@ def test_a_held_out_row_measures_a_real_run_on_the_source_it_never_saw(tmp_path)
         {k: row["challenge"][k] for k in ("under18_flagged", "teen_flagged", "over30_flagged")}
     over30 = [c["over30_flagged"] for c in row["threshold_curve"]]
     assert over30 == sorted(over30) and over30[0] < over30[-1]  # a higher threshold flags more adults, never fewer
-    assert len(row["machines"]) == 1 and row["machines"][0] != "not recorded"
+    assert list(row["machines"]) == ["run"] and len(row["machines"]["run"]) == 1 and "not recorded" not in row["machines"]["run"]
     plot_heldout_tradeoff({"loso": [row]}, {"tiny": ["run"]}, tmp_path / "tradeoff.png", "held out")
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000

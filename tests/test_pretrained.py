@@ -55,6 +55,8 @@ def test_the_net_takes_larger_crops_with_the_same_weights(astronaut_bgr):
     assert all(15 < a < 70 for a in ages.values()), ages  # still a grown woman's face, seen closer
     assert len({round(a, 2) for a in ages.values()}) == 3  # each size is its own reading
     FitConfig(data="x", backbone="dlibresnet10", image_size=80).check()
+    assert FitConfig(data="x", backbone="dlibresnet10").image_size == 64  # unless asked, the size dlib trained it at
+    assert FitConfig(data="x", backbone="mobilenetv3small").image_size == 96
     for size in (72, 100, 32):
         with pytest.raises(ValueError, match=f"--image-size {size}: .*multiple of 16"):
             FitConfig(data="x", backbone="dlibresnet10", image_size=size).check()

@@ -164,18 +164,20 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
 
 
-def machines_of(runs) -> list[str]:
-    """The kinds of machine ``runs`` trained on (their ``sessions.jsonl``; runs trained before it
-    was kept say "not recorded"): the same recipe and seed train another model on another kind."""
-    kinds = set()
+def machines_of(runs) -> dict[str, list[str]]:
+    """Each run's kinds of machine (its ``sessions.jsonl``), by run name: the same recipe and seed
+    train another model on another kind. A kind is the CPU, its vector instructions, cores, GPUs
+    and TensorFlow version; epochs trained before the log was kept are "not recorded"."""
+    machines = {}
     for run in runs:
-        if not run.sessions.exists():
+        lines = run.sessions.read_text(encoding="utf-8").splitlines() if run.sessions.exists() else []
+        sessions = [json.loads(line) for line in lines if line.strip()]
+        kinds = {f"{s['cpu']} [{' '.join(s['vector_instructions'])}] x{s['cores']}" + (f", {', '.join(s['gpus'])}" if s["gpus"] else "")
+                 + f", TensorFlow {s['tensorflow']}" for s in sessions}
+        if not sessions or sessions[0]["from_epoch"] > 0:  # a run begun before sessions.jsonl, resumed since
             kinds.add("not recorded")
-            continue
-        for line in run.sessions.read_text(encoding="utf-8").splitlines():
-            s = json.loads(line)
-            kinds.add(f"{s['cpu']} [{' '.join(s['vector_instructions'])}] x{s['cores']}" + (f", {', '.join(s['gpus'])}" if s["gpus"] else ""))
-    return sorted(kinds)
+        machines[run.name] = sorted(kinds)
+    return machines
 
 
 NOT_RECIPE = ("data", "seed", "keep_checkpoints", "target_offset", "target_scale", "data_description", "data_licence", "data_source")
@@ -247,7 +249,11 @@ def plot_heldout_tradeoff(card: dict[str, Any], models: dict[str, list[str]], pa
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for label, runs in models.items():
         row = loso_entry(card, runs)
-        curve = row["threshold_curve"]
+        if "threshold_curve" not in row:
+            raise KeyError(f"--loso {row['run']} was measured before held-out rows kept their threshold curve: measure it again")
+        curve = [c for c in row["threshold_curve"] if c["over30_flagged"] is not None and c["teen_flagged"] is not None]
+        if not curve:
+            raise ValueError(f"--loso {row['run']}: its held-out faces hold no 13-17s or no one 30+, so it has no trade-off to draw")
         line, = ax.plot([100 * c["over30_flagged"] for c in curve], [100 * c["teen_flagged"] for c in curve], ".-", label=label)
         ax.plot(100 * row["challenge"]["over30_flagged"], 100 * row["challenge"]["teen_flagged"], "o", ms=9, color=line.get_color())
     ax.set_xlabel("people 30+ flagged (%)")
@@ -334,8 +340,10 @@ def render_tables(result: dict[str, Any]) -> str:
                          f"{_pct(ch['under18_flagged'])} | {_pct(ch['teen_flagged'])} | {_pct(ch['over30_flagged'])} |")
         kinds: dict[str, list[str]] = {}
         for r in result["loso"]:
-            for kind in r.get("machines", []):  # rows measured before machines were kept have none
-                kinds.setdefault(kind, []).append(r["run"])
+            for run, its_kinds in r.get("machines", {}).items():  # rows measured before machines were kept have none
+                for kind in its_kinds:
+                    if run not in kinds.setdefault(kind, []):
+                        kinds[kind].append(run)
         if kinds:
             lines += ["", "Where the runs trained (each run's `sessions.jsonl`; the same recipe and seed train another model on another kind of machine):", ""]
             lines += [f"- {kind}: {', '.join(runs)}" for kind, runs in sorted(kinds.items())]

@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs-this-run", type=int, metavar="N", help="stop after N epochs (checkpointed); --resume continues")
     fit.add_argument("--backbone", choices=BACKBONES, help=f"(default {d.backbone}; dlibresnet10: dlib's CC0 face-age net, fine-tuned; trained at 64 px, takes multiples of 16)")
     fit.add_argument("--weights", metavar="PATH", help="local ImageNet weights for the backbone (no top); default: train from scratch")
-    fit.add_argument("--image-size", type=int, help=f"model input in pixels, square (default {d.image_size})")
+    fit.add_argument("--image-size", type=int, help=f"model input in pixels, square (default {d.image_size}; 64 with dlibresnet10)")
     fit.add_argument("--margin", type=float, help=f"crop margin around the detector box, a fraction of its side (default {d.margin})")
     fit.add_argument("--shift-y", type=float, metavar="F", help=f"move the crop down by F of the box side (default {d.shift_y}; dlibresnet10: see docs/training.md)")
     fit.add_argument("--align", choices=ALIGNS, help=f"landmarks: turn and scale each face so the detector's five landmarks fall on a template framed as --margin/--shift-y frame the box (YuNet; faces without landmarks are cut by the box) (default {d.align})")

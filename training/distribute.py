@@ -80,6 +80,11 @@ def describe_machine(chosen: Plan) -> dict[str, Any]:
     The same settings and seed repeat a run exactly on one kind of machine but not on another
     (the CPU's instruction set changes the order and rounding of TensorFlow's kernels), so
     two runs are compared as like for like only when they trained on the same kind.
+
+    What it cannot tell: ``cores`` is the CPUs this process may run on (a cpuset), not a
+    container's CPU quota; an ARM CPU's /proc/cpuinfo names no model or x86 vector
+    instructions (it reads as the architecture alone); in a multi-worker run only the chief,
+    which writes the run directory, is described.
     """
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
@@ -91,7 +96,7 @@ def describe_machine(chosen: Plan) -> dict[str, Any]:
     except OSError:  # not Linux
         pass
     try:
-        cores = len(os.sched_getaffinity(0))  # what this process may use (a container's share)
+        cores = len(os.sched_getaffinity(0))  # the CPUs this process may run on
     except AttributeError:
         cores = os.cpu_count() or 0
     gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in tf.config.list_physical_devices("GPU")]

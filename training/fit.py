@@ -11,7 +11,8 @@ The story of a run:
 5. Build and compile the model, or restore the latest checkpoint with its optimizer; with
    ``anchor_weight``, tie its weights to dlib's published ones it started from (L2-SP).
 6. Fit, with faces drawn so that age bands are balanced, saving a checkpoint after every
-   epoch, the best model (by validation MAE, or ``--best-by minors``), and a row of ``history.csv``; stop early if
+   epoch, the best model (by validation MAE, or ``--best-by minors``), a row of ``history.csv``
+   and, after the session's first epoch, the machine it trains on (``sessions.jsonl``); stop early if
    asked to, and say how to continue. ``--resume --epochs N`` extends a finished run.
 """
 
@@ -125,10 +126,6 @@ def fit(
     if plan.chief:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
-        # The same settings and seed give another model on another kind of machine: say which trained it.
-        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": initial_epoch, **describe_machine(plan)}
-        with run.sessions.open("a", encoding="utf-8") as sessions:
-            sessions.write(json.dumps(session) + "\n")
 
     spec = serving_spec(config)
     faces = {
@@ -162,6 +159,7 @@ def fit(
     _trim_history(run.history, initial_epoch)
     callbacks = [
         EpochCheckpoint(out, keep=config.keep_checkpoints),
+        SessionLog(out, initial_epoch, describe_machine(plan)),
         BestModel(out.model, config, read_history(run.history)),
         History(str(out.history), append=True),
         keras.callbacks.TerminateOnNaN(),
@@ -232,6 +230,23 @@ class EpochCheckpoint(keras.callbacks.Callback):
         _save_atomically(self.model, path)
         for old in self.run.saved_epochs()[: -self.keep]:
             self.run.checkpoint(old).unlink(missing_ok=True)
+
+
+class SessionLog(keras.callbacks.Callback):
+    """Append this session to ``sessions.jsonl`` once it has checkpointed its first epoch: the
+    machine that trained it and the epoch it started from. The same settings and seed give another
+    model on another kind of machine, so a run says where it was trained; a session that died
+    before finishing an epoch trained nothing and is not logged."""
+
+    def __init__(self, run: RunDir, from_epoch: int, machine: dict):
+        super().__init__()
+        self.run, self.entry = run, {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": from_epoch, **machine}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.entry is not None:
+            with self.run.sessions.open("a", encoding="utf-8") as sessions:
+                sessions.write(json.dumps(self.entry) + "\n")
+            self.entry = None
 
 
 class BestModel(keras.callbacks.Callback):

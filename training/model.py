@@ -149,13 +149,15 @@ class ChallengeHuberLoss(HuberLoss):
         abs_error = ops.abs(error)
         huber = ops.where(abs_error <= self.delta, 0.5 * ops.square(error), self.delta * abs_error - 0.5 * self.delta**2)
         per_face = ops.mean(huber * self.face_weights(y_true, y_pred), axis=-1)
-        if self.rank:  # one figure for the batch, added to each face's: the batch's mean gains it once
+        if self.rank:  # one figure for the batch added to each face's: the mean over the batch (the reduction) gains it once
             per_face = per_face + self.rank * self.order_shortfall(y_true, y_pred)
         return per_face
 
     def order_shortfall(self, y_true, y_pred):
-        """The mean over the batch's (under-18, 30+) pairs of how many years (in the target's
-        units) the adult's estimate falls short of ``RANK_MARGIN`` above the minor's; 0 without pairs."""
+        """The mean over the batch's (under-18, 30+) pairs of how far the adult's estimate falls
+        short of ``RANK_MARGIN`` years above the minor's, in the target's units (years / scale);
+        0 without pairs. Under a distribution strategy each replica pairs the faces of its own
+        share of the batch only."""
         true_age = ops.reshape(y_true, (-1,)) * self.scale + self.offset
         estimate = ops.reshape(y_pred, (-1,))
         pairs = ops.cast(true_age < MINOR_AGE, "float32")[:, None] * ops.cast(true_age >= FALSE_ALARM_AGE, "float32")[None, :]

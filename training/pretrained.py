@@ -36,8 +36,8 @@ BACKBONE = "dlibresnet10"
 IMAGE_SIZE = 64  # the size dlib trained it at
 # Larger crops show more of the skin's detail (the sources' faces are about 130 px across) at
 # about (size / 64) ** 2 the cost. The convolutions take any size, but the down-sampling
-# blocks add a shortcut to a branch whose shapes line up as dlib's do at 64 px only when the
-# side is a multiple of 16.
+# blocks add a shortcut to a branch whose shapes must line up as dlib's do at 64 px: they do
+# at every multiple of 16 from 48 (and at a few odd sides beside them), the rule kept here.
 SIZE_STEP = 16
 MEAN_RGB = (122.781998, 117.000999, 104.297997)
 SCALE = 1.0 / 256.0

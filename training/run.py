@@ -54,7 +54,7 @@ class FitConfig:
     data: list[str]  # data folders (sources), each with its own split
     backbone: str = "resnet50"
     weights: str | None = None  # local ImageNet weights (.h5/.weights.h5, no top); None: from scratch
-    image_size: int = 96
+    image_size: int | None = None  # None: 64 for dlibresnet10 (as dlib trained it), 96 for the others
     margin: float = 0.1
     shift_y: float = 0.0  # the crop's centre moved down by this fraction of the box side (see CropSpec)
     align: str = "box"  # "landmarks": faces turned and scaled onto five_point_template(margin, shift_y) (see CropSpec)
@@ -92,6 +92,8 @@ class FitConfig:
         if isinstance(self.data, (str, Path)):  # runs written before several sources were possible
             self.data = [str(self.data)]
         self.data = [str(d) for d in self.data]
+        if self.image_size is None:  # resolved here, so config.json always says the size a run used
+            self.image_size = 64 if self.backbone == PRETRAINED else 96
 
     @property
     def pretrained(self) -> bool:

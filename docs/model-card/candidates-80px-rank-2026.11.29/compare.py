@@ -2,8 +2,9 @@
 with --rank-penalty 5, declared in the commit after 'fit --rank-penalty K') against the recipe,
 held out, each the mean of three runs (seeds 1234, 2, 3) as a bundle of them answers.
 
-Every run here trained on one kind of machine (card.json's "machines"); on it the recipe's runs
-repeat the committed card's held-out figures exactly. Reads this folder's card.json, prints the
+Every run here trained on one machine, in one session (card.json's "machines": the recipe's
+seed-1234 run was trained just before runs logged their machine, "not recorded"); on it the
+recipe's runs repeat the committed card's held-out figures exactly. Reads this folder's card.json, prints the
 rule's tables (agegate.training.card.rule_verdict) and draws each held-out source's trade-off
 (tradeoff-SOURCE.png). The test half was measured only for a candidate that passed held out.
 
@@ -42,7 +43,7 @@ for source, short in SOURCES.items():
 print("# S and T against the recipe, held out (the rule: under-18s and 13–17s flagged no more than a point below, MAE no worse)\n")
 print(render_rule_table("The mean of the three seeds' runs (as a bundle of them answers)", means))
 print(render_rule_table("Each seed alone (for information)", singles))
-machines = sorted({m for row in CARD["loso"] for m in row.get("machines", [])})
+machines = sorted({kind for row in CARD["loso"] for kinds in row.get("machines", {}).values() for kind in kinds})
 print(f"Trained on: {'; '.join(machines)}.")
 if missing:
     print(f"\nNot measured held out: {', '.join(missing)} (a candidate that fails on one source fails; see the model card).")
