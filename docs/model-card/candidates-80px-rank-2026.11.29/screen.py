@@ -1,10 +1,10 @@
-"""The screen beside the held-out test: each run of the recipe, S and T held out on All-Age-Faces,
+"""The screen beside the held-out test: each run of the recipe, S, T, S8 and T10 held out on All-Age-Faces,
 measured on that source's validation split (which no run saw), from the predictions.csv that
 `agegate-train eval RUN --data $D/all-age-faces --split val` writes into each run. Per run: MAE,
 the shares flagged at 25, the 30+ flagged at the threshold that flags 95 % of the 13-17s, and the
 chance that a 13-17-year-old is estimated under a 30+ person (AUC: the trade-off in one figure).
 
-    for r in runs/loso-aaf-{,80-,r5-,80e8-}s{1234,2,3}; do agegate-train eval $r --data $D/all-age-faces --split val; cp $r/predictions.csv SCREEN/$(basename $r)-val.csv; done
+    for r in runs/loso-aaf-{,80-,r5-,80e8-,r10-}s{1234,2,3}; do agegate-train eval $r --data $D/all-age-faces --split val; cp $r/predictions.csv SCREEN/$(basename $r)-val.csv; done
     python docs/model-card/candidates-80px-rank-2026.11.29/screen.py SCREEN/*-val.csv > docs/model-card/candidates-80px-rank-2026.11.29/screen.txt
 """
 
