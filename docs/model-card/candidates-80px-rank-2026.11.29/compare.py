@@ -42,9 +42,37 @@ for source, short in SOURCES.items():
     plot_heldout_tradeoff(CARD, {f"{name} (mean of 3 runs)": runs(short, infix) for name, infix in measured.items()},
                           HERE / f"tradeoff-{short}.png", f"Held out: {source}; threshold moved 14–40 (dot: 25)")
 
+def matched(recipe: dict, candidate: dict) -> dict | None:
+    """The candidate's point on its threshold curve (whole years) nearest above the recipe's at 25:
+    the lowest threshold at which it flags at least as many 13-17s and under-18s."""
+    b = recipe["challenge"]
+    return next((c for c in candidate["threshold_curve"]
+                 if c["teen_flagged"] >= b["teen_flagged"] - 1e-9 and c["under18_flagged"] >= b["under18_flagged"] - 1e-9), None)
+
+
+def matched_table() -> str:
+    lines = ["## At the recipe's minors: adults 30+ asked, each at the threshold that flags as many (same seeds)", "",
+             "| source, seeds | model | threshold | under-18s flagged | 13–17 flagged | 30+ flagged | recipe at 25: 30+ flagged |", "|---|---|---|---|---|---|---|"]
+    for source, short in SOURCES.items():
+        for seeds in [(seed,) for seed in SEEDS] + [SEEDS]:
+            recipe_runs = runs(short, "", seeds)
+            if "+".join(recipe_runs) not in MEASURED:
+                continue
+            recipe = loso_entry(CARD, recipe_runs)
+            for name, infix in list(MODELS.items())[1:]:
+                if "+".join(runs(short, infix, seeds)) not in MEASURED:
+                    continue
+                m = matched(recipe, loso_entry(CARD, runs(short, infix, seeds)))
+                if m is not None:
+                    lines.append(f"| {source}, {'+'.join(map(str, seeds))} | {name} | {m['threshold']:g} | {100 * m['under18_flagged']:.1f} % | "
+                                 f"{100 * m['teen_flagged']:.1f} % | {100 * m['over30_flagged']:.1f} % | {100 * recipe['challenge']['over30_flagged']:.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
 print("# S, T, S8 and T10 against the recipe, held out (the rule: under-18s and 13–17s flagged no more than a point below, MAE no worse)\n")
 print(render_rule_table("The mean of the three seeds' runs (as a bundle of them answers)", means))
 print(render_rule_table("Each seed alone (for information)", singles))
+print(matched_table())
 machines = sorted({kind for row in CARD["loso"] for kinds in row.get("machines", {}).values() for kind in kinds})
 print(f"Trained on: {'; '.join(machines)}.")
 if missing:
