@@ -133,9 +133,9 @@ class FitConfig:
             raise ValueError("--mixed-precision must be auto, on or off")
         if self.weights and not Path(self.weights).is_file():
             raise ValueError(f"--weights {self.weights}: no such file (weights are never downloaded)")
-        if self.backbone == PRETRAINED and self.weights:
-            raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights: drop --weights")
         if self.backbone == PRETRAINED:
+            if self.weights:
+                raise ValueError(f"--backbone {PRETRAINED} starts from its own face-age weights: drop --weights")
             from .pretrained import check_image_size  # the net's own rule (its import loads Keras)
 
             try:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from agegate.ages import CHALLENGE_AGE
-from agegate.training.metrics import FALSE_ALARM_AGE, MINOR_AGE
+from agegate.training import metrics
+from agegate.training.metrics import FALSE_ALARM_AGE, MINOR_AGE, TEEN_AGE
 
 print("run | faces | MAE | at 25: under-18s / 13-17 / 30+ flagged | threshold flagging 95 % of 13-17s: it, 30+ flagged | AUC 13-17 vs 30+")
 for path in sys.argv[1:]:
@@ -23,10 +24,10 @@ for path in sys.argv[1:]:
         rows = list(csv.DictReader(f))
     true = np.array([float(r["real_age"]) for r in rows])
     pred = np.array([float(r["predicted_age"]) for r in rows])
-    minors, teens, adults = true < MINOR_AGE, (true >= 13) & (true < MINOR_AGE), true >= FALSE_ALARM_AGE
-    flagged = pred < CHALLENGE_AGE
+    teens, adults = (true >= TEEN_AGE) & (true < MINOR_AGE), true >= FALSE_ALARM_AGE
+    at25 = metrics.flagged_share(true, pred, CHALLENGE_AGE)
     threshold = np.quantile(pred[teens], 0.95)
     auc = float((pred[teens][:, None] < pred[adults][None, :]).mean())
-    print(f"{Path(path).name.removesuffix('-val.csv')} | {len(rows)} | {np.abs(pred - true).mean():.2f} | "
-          f"{100 * flagged[minors].mean():.1f} / {100 * flagged[teens].mean():.1f} / {100 * flagged[adults].mean():.1f} % | "
+    print(f"{Path(path).name.removesuffix('-val.csv')} | {len(rows)} | {metrics.mae(true, pred):.2f} | "
+          f"{100 * at25['under18_flagged']:.1f} / {100 * at25['teen_flagged']:.1f} / {100 * at25['over30_flagged']:.1f} % | "
           f"{threshold:.1f}, {100 * (pred[adults] <= threshold).mean():.1f} % | {auc:.4f}")
