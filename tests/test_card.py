@@ -61,6 +61,8 @@ def test_leave_one_source_out_runs_of_one_recipe_are_averaged_over_their_seeds()
     # a setting added later is a new recipe when used, and leaves the recipes measured before it as they were
     assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "anchor_weight": 1.0}))
     assert "anchor_weight" not in recipe_of(FitConfig(data=["a"], **recipe))
+    assert "balance_gender" not in recipe_of(FitConfig(data=["a"], **recipe))  # added later: older runs keep their recipe
+    assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "balance_gender": True}))
     rows = [
         row("aaf-s2", FitConfig(data=["a"], seed=2, **recipe), "aaf", 10.0, 0.98, 0.94, 0.40),
         row("aaf-s1", FitConfig(data=["a"], seed=1, **recipe), "aaf", 9.0, 0.96, 0.90, 0.30),

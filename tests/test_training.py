@@ -497,6 +497,49 @@ def test_balanced_sampling_draws_the_rare_bands_more_and_is_the_same_after_a_res
     assert 0.05 < float(np.mean(draw(0)[:400] == 15.0)) and np.mean(band_balance_weights(ages, 0.0)[:10]) == pytest.approx(0.01)
 
 
+def test_gender_balanced_sampling_gives_each_band_as_many_women_as_men():
+    from agegate.training.metrics import band_of
+    from agegate.training.pipeline import band_balance_weights
+
+    # Young adults mostly women, the middle-aged mostly men, as in the train splits; ten faces
+    # whose gender is unknown among the young adults.
+    ages = np.array([20.0] * 40 + [45.0] * 40 + [20.0] * 10, dtype=np.float32)
+    groups = ["female"] * 30 + ["male"] * 10 + ["female"] * 10 + ["male"] * 30 + [None] * 10
+    weights = band_balance_weights(ages, 1.0, groups)
+    g = np.array(groups, dtype=object)
+    young, old = ages == 20.0, ages == 45.0
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[young].sum() == pytest.approx(0.5) and weights[old].sum() == pytest.approx(0.5)  # bands as without genders
+    assert weights[young & (g == None)].sum() == pytest.approx(0.5 * 10 / 50)  # noqa: E711 the unknown keep their share
+    for band in (young, old):
+        assert weights[band & (g == "female")].sum() == pytest.approx(weights[band & (g == "male")].sum())
+    # Without genders, nothing changes: the same weights, bit for bit, as band balance alone.
+    assert np.array_equal(band_balance_weights(ages, 0.5, [None] * len(ages)), band_balance_weights(ages, 0.5))
+    # With balance 0 the bands keep their natural shares; only the genders inside them are evened.
+    natural = band_balance_weights(ages, 0.0, groups)
+    assert natural[young].sum() == pytest.approx(50 / 90) and len(set(band_of(ages))) == 2
+
+
+def test_balance_gender_refuses_data_that_never_says_a_gender(tmp_path):
+    from agegate.training.data import read_sources
+    from agegate.training.fit import RunError, genders_of
+
+    (tmp_path / "images").mkdir()
+    rows = ["file_name,real_age"]
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / "images" / f"p{i}.jpg"), np.full((32, 32, 3), 100 + i, np.uint8))
+        rows.append(f"p{i}.jpg,{20 + i}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    sources = read_sources([tmp_path])
+    with pytest.raises(RunError, match="--balance-gender: no train face's gender is known"):
+        genders_of(sources, sources[0].records)
+    (tmp_path / "meta.csv").write_text("file_name,gender\np0.jpg,F\np1.jpg,M\n")
+    sources = read_sources([tmp_path])
+    genders = genders_of(sources, sources[0].records)
+    assert genders[(tmp_path.name, "p0.jpg")] == "female" and genders[(tmp_path.name, "p1.jpg")] == "male"
+    assert genders[(tmp_path.name, "p2.jpg")] is None
+
+
 def test_answer_shift_reaches_the_share_asked_for_and_never_moves_answers_up():
     true = np.array([10, 14, 16, 17, 30, 40, 50], dtype=float)
     pred = np.array([12, 20, 26.3, 24, 31, 24, 45], dtype=float)
@@ -525,12 +568,13 @@ def test_calibrated_threshold_and_constant_models():
 
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
-    """A ResNet50 fit on two real sources, 24 faces per split of each, stopped after 2 of 3 epochs."""
+    """A ResNet50 fit on two real sources, 24 faces per split of each, stopped after 2 of 3 epochs
+    (genders balanced: UTKFace's file names and All-Age-Faces' meta.csv say them)."""
     from agegate.training.fit import fit
 
     data = [str(require_utkface()), str(require_all_age_faces())]
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    config = FitConfig(data=data, backbone="resnet50", image_size=32, limit=24, epochs=3, batch_size=8)
+    config = FitConfig(data=data, backbone="resnet50", image_size=32, limit=24, epochs=3, batch_size=8, balance_gender=True)
     result = fit(config, run, max_epochs_this_run=2, verbose=0)
     return run, result
 
@@ -550,7 +594,7 @@ def test_interrupted_run_has_its_checkpoints_and_settings(interrupted_run):
     assert config["backbone"] == "resnet50" and config["image_size"] == 32 and config["epochs"] == 3 and config["limit"] == 24
     assert config["data"] == [str(UTKFACE.resolve()), str(ALL_AGE_FACES.resolve())]
     assert "utkface-part1: non-commercial" in config["data_licence"] and "all-age-faces: none stated" in config["data_licence"].lower()
-    assert config["target_scale"] > 1 and 10 < config["target_offset"] < 60 and config["balance"] == 0.5
+    assert config["target_scale"] > 1 and 10 < config["target_offset"] < 60 and config["balance"] == 0.5 and config["balance_gender"] is True
     report = json.loads((run / "data-report.json").read_text())
     assert set(report["sources"]) == {"utkface-part1", "all-age-faces"}
     assert report["sources"]["all-age-faces"]["faces_per_split_and_band"]["train"]["13-17"] > 0

@@ -43,30 +43,11 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .data import parse_utkface_name, read_meta, read_sources
+from .data import groups_of, read_sources
 
 log = logging.getLogger(__name__)
 
-UTKFACE_GENDER = {"0": "male", "1": "female"}
-UTKFACE_RACE = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
-AAF_GENDER = {"M": "male", "F": "female"}
 BATCH = 500  # photos per `estimate` process: keeps each command line short
-
-
-def groups_of(folder: Path, files: list[str]) -> dict[str, list[str | None]]:
-    """{"gender": [...], "ethnicity": [...]} per file, None where the source does not say."""
-    meta = read_meta(folder)
-    gender, ethnicity = [], []
-    for f in files:
-        row = meta.get(f)
-        if row is None and parse_utkface_name(f) is not None:  # UTKFace names: AGE_GENDER_RACE_DATE
-            parts = Path(f).name.split("_")
-            row = {"gender": parts[1] if len(parts) > 1 else "", "race": parts[2] if len(parts) > 2 else ""}
-        row = row or {}
-        g = row.get("gender", "")
-        gender.append(UTKFACE_GENDER.get(g) or AAF_GENDER.get(g))
-        ethnicity.append(UTKFACE_RACE.get(row.get("race", "")))
-    return {"gender": gender, "ethnicity": ethnicity}
 
 
 def estimate_with_the_till(bundle: Path, photos: list[Path]) -> list[float | None]:
@@ -183,7 +164,7 @@ def machines_of(runs) -> dict[str, list[str]]:
 NOT_RECIPE = ("data", "seed", "keep_checkpoints", "target_offset", "target_scale", "data_description", "data_licence", "data_source")
 # Settings added after runs in the card were measured: left out at their default, so that a run
 # re-measured today keeps the recipe string of the runs measured before the setting existed.
-LATER_SETTINGS = {"anchor_weight": 0.0, "rank_penalty": 0.0}
+LATER_SETTINGS = {"anchor_weight": 0.0, "rank_penalty": 0.0, "balance_gender": False}
 
 
 def recipe_of(config, mirror_average: bool = False, flag_under18: float | None = None) -> str:

@@ -42,6 +42,9 @@ DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 PERSON_COLUMNS = ("person_id", "person", "subject_id", "subject", "identity")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 UTKFACE_NAME = re.compile(r"^(\d{1,3})_(\d+)_(\d+)_(\d+)")
+UTKFACE_GENDER = {"0": "male", "1": "female"}
+UTKFACE_RACE = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
+AAF_GENDER = {"M": "male", "F": "female"}
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,22 @@ def read_meta(folder: str | Path) -> dict[str, dict[str, str]]:
         return {}
     with open(path, newline="", encoding="utf-8-sig") as f:
         return {row["file_name"]: row for row in csv.DictReader(f) if row.get("file_name")}
+
+
+def groups_of(folder: Path, files: list[str]) -> dict[str, list[str | None]]:
+    """{"gender": [...], "ethnicity": [...]} per file, None where the source does not say."""
+    meta = read_meta(folder)
+    gender, ethnicity = [], []
+    for f in files:
+        row = meta.get(f)
+        if row is None and parse_utkface_name(f) is not None:  # UTKFace names: AGE_GENDER_RACE_DATE
+            parts = Path(f).name.split("_")
+            row = {"gender": parts[1] if len(parts) > 1 else "", "race": parts[2] if len(parts) > 2 else ""}
+        row = row or {}
+        g = row.get("gender", "")
+        gender.append(UTKFACE_GENDER.get(g) or AAF_GENDER.get(g))
+        ethnicity.append(UTKFACE_RACE.get(row.get("race", "")))
+    return {"gender": gender, "ethnicity": ethnicity}
 
 
 def _read_labels_csv(folder: Path) -> LabelledData:

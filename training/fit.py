@@ -34,7 +34,7 @@ import numpy as np
 from agegate.files import replacing
 
 from . import pipeline
-from .data import read_sources, records_of, split_counts
+from .data import groups_of, read_sources, records_of, split_counts
 from .distribute import choose_strategy, describe_machine
 from .faces import FaceSet, default_cache_dir, prepare_faces
 from .model import anchor_to_start, build_model, compile_model
@@ -113,6 +113,7 @@ def fit(
     train_records = [r for r in records if r.split == "train"]
     if not train_records or not any(r.split == "val" for r in records):
         raise RunError(f"{', '.join(config.data)}: need faces in both the train and val splits, have {split_counts(records)}")
+    genders = genders_of(sources, train_records) if config.balance_gender else None  # before any face is cut
 
     # 4. Age normalisation, from the training labels (set once per run). The pretrained
     # face-age network answers years already: its output is used as it is.
@@ -167,9 +168,11 @@ def fit(
     if max_epochs_this_run:
         callbacks.append(StopAfter(max_epochs_this_run))
     if initial_epoch < config.epochs:
-        weights = pipeline.band_balance_weights(train.ages, config.balance) if config.balance else None
-        log.info("fitting epochs %d-%d: %d faces drawn from %d train faces (age bands balanced with power %g) in %d batches of %d, %d val faces",
-                 initial_epoch + 1, config.epochs, epoch_size, len(train), config.balance, steps, config.batch_size, len(val))
+        groups = [genders[(str(s), f)] for s, f in zip(train.sources, train.files)] if genders is not None else None
+        weights = pipeline.band_balance_weights(train.ages, config.balance, groups) if config.balance or groups is not None else None
+        log.info("fitting epochs %d-%d: %d faces drawn from %d train faces (age bands balanced with power %g%s) in %d batches of %d, %d val faces",
+                 initial_epoch + 1, config.epochs, epoch_size, len(train), config.balance,
+                 ", as many women as men in each" if groups is not None else "", steps, config.batch_size, len(val))
         model.fit(
             pipeline.training_batches(train.images, target(train), config.batch_size, config.seed, initial_epoch, config.epochs, weights, epoch_size),
             validation_data=pipeline.evaluation_batches(val.images, target(val), config.batch_size),
@@ -310,6 +313,22 @@ def _trim_history(path: Path, last_epoch: int) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def genders_of(sources, records) -> dict[tuple[str, str], str | None]:
+    """{(source, file): gender} of the records as their sources say (``meta.csv`` or UTKFace's
+    file names), None where they do not; for ``--balance-gender``, which refuses data that never says."""
+    genders: dict[tuple[str, str], str | None] = {}
+    for source in sources:
+        files = [r.file for r in records if r.source == source.name]
+        genders.update(zip(((source.name, f) for f in files), groups_of(source.folder, files)["gender"]))
+    known = [g for g in genders.values() if g is not None]
+    if not known:
+        raise RunError(f"--balance-gender: no train face's gender is known ({', '.join(s.name for s in sources)}: "
+                       "no gender column in meta.csv, no UTKFace file names)")
+    log.info("--balance-gender: %d of %d train photos have a gender (%s)", len(known), len(genders),
+             ", ".join(f"{g} {known.count(g)}" for g in sorted(set(known))))
+    return genders
 
 
 def _write_data_report(run: RunDir, sources, records, faces: dict[str, FaceSet]) -> None:

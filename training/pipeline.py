@@ -19,7 +19,9 @@ model trained on one source's photos has never seen:
 
 Sampling can *balance age bands*: each epoch draws its faces with a weight of
 ``1 / (faces in its band) ** balance``, so with ``balance`` 0.5 the teens and young adults,
-the bands a Challenge 25 decision turns on, are not drowned by the far more numerous adults.
+the bands a Challenge 25 decision turns on, are not drowned by the far more numerous adults;
+and *balance gender within each band*, so that the net cannot learn a woman's face as a cue
+for a younger age.
 """
 
 from __future__ import annotations
@@ -101,14 +103,31 @@ def _jpeg(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reshape(out, tf.shape(image)), tf.float32)
 
 
-def band_balance_weights(ages: np.ndarray, balance: float) -> np.ndarray:
-    """Sampling weight of each face: ``1 / (faces in its age band) ** balance``, normalised to sum 1."""
+def band_balance_weights(ages: np.ndarray, balance: float, groups: np.ndarray | list | None = None) -> np.ndarray:
+    """Sampling weight of each face, normalised to sum 1.
+
+    Each age band is drawn in proportion to ``(faces in the band) ** (1 - balance)``: every face
+    weighs ``1 / (faces in its band) ** balance``. With ``groups`` (e.g. each face's gender, None
+    where unknown), a band's draw is also split equally among the groups it holds, so that no
+    group is younger than another in what the net sees: in the train splits women are two
+    thirds of the 18-24s and a third of the 50-64s, which would teach it that a woman's face
+    means a younger age. Faces of unknown group keep their natural share of their band.
+    """
     from .metrics import band_of
 
     bands = band_of(ages)
-    names, counts = np.unique(bands, return_counts=True)
-    per_band = dict(zip(names, counts))
-    weights = np.array([per_band[b] ** -float(balance) for b in bands], dtype=np.float64)
+    groups = np.array([None] * len(bands) if groups is None else list(groups), dtype=object)
+    weights = np.empty(len(bands), dtype=np.float64)
+    for band in np.unique(bands):
+        in_band = bands == band
+        n = int(in_band.sum())
+        per_face = float(n) ** -float(balance)
+        unknown = in_band & np.array([g is None for g in groups])
+        weights[unknown] = per_face
+        known = sorted({g for g in groups[in_band] if g is not None})
+        for g in known:  # the known faces' part of the band, shared equally by their groups
+            members = in_band & (groups == g)
+            weights[members] = per_face * (n - unknown.sum()) / (len(known) * members.sum())
     return weights / weights.sum()
 
 

@@ -80,6 +80,7 @@ class FitConfig:
     best_by: str = "mae"  # the epoch kept as model.keras: "mae" lowest validation MAE; "minors" see best_epoch()
     best_min_flagged: float = 0.97  # with best_by "minors": the share of validation under-18s an epoch must flag
     balance: float = 0.5  # sample faces with weight 1 / (faces in the band) ** balance; 0: as they come
+    balance_gender: bool = False  # within each age band, draw women and men equally (where the data says which)
     epoch_size: int | None = None  # faces drawn per epoch (default: the training set's size)
     # Filled in when the run starts:
     target_offset: float | None = None  # age = raw * target_scale + target_offset
