@@ -134,7 +134,7 @@ def test_a_held_out_row_says_which_kinds_of_machine_trained_its_runs(tmp_path):
 def test_a_held_out_row_measures_a_real_run_on_the_source_it_never_saw(tmp_path):
     """`card --loso RUN`: a run fitted on part 1 alone is measured on All-Age-Faces' test photos;
     its row carries the threshold's whole trade-off (at the challenge age, the headline figures),
-    the machine it trained on, and draws as a trade-off plot."""
+    the machine it trained on, figures per gender, and draws as a trade-off plot."""
     from agegate.training.card import loso_row, plot_heldout_tradeoff
     from agegate.training.fit import fit
     from agegate.training.run import FitConfig
@@ -149,5 +149,7 @@ def test_a_held_out_row_measures_a_real_run_on_the_source_it_never_saw(tmp_path)
     over30 = [c["over30_flagged"] for c in row["threshold_curve"]]
     assert over30 == sorted(over30) and over30[0] < over30[-1]  # a higher threshold flags more adults, never fewer
     assert list(row["machines"]) == ["run"] and len(row["machines"]["run"]) == 1 and "not recorded" not in row["machines"]["run"]
+    women, men = row["groups"]["gender"]["female"], row["groups"]["gender"]["male"]  # meta.csv's genders, held out too
+    assert women["n"] + men["n"] == row["n"] and women["n"] > 0 and men["n"] > 0 and "ethnicity" not in row["groups"]
     plot_heldout_tradeoff({"loso": [row]}, {"tiny": ["run"]}, tmp_path / "tradeoff.png", "held out")
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000

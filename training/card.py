@@ -79,6 +79,18 @@ def figures(true: np.ndarray, pred: np.ndarray, challenge_age: float, calibrated
     return summary
 
 
+def group_figures(groups: dict[str, np.ndarray], true: np.ndarray, pred: np.ndarray, challenge_age: float,
+                  calibrated: float | None = None) -> dict[str, dict[str, Any]]:
+    """{kind: {group: figures}} for each kind of group (gender, ethnicity) the faces are labelled
+    with (``groups``: per face, None where unknown); kinds no face is labelled with are left out."""
+    out = {}
+    for kind, labels in groups.items():
+        named = sorted({g for g in labels if g is not None})
+        if named:
+            out[kind] = {g: figures(true[labels == g], pred[labels == g], challenge_age, calibrated) for g in named}
+    return out
+
+
 def measure_bundle(bundle: Path, sources, challenge_age: float, limit: int | None, seed: int = 1234) -> dict[str, Any]:
     from .data import limit_per_split
 
@@ -96,13 +108,8 @@ def measure_bundle(bundle: Path, sources, challenge_age: float, limit: int | Non
         pred = np.array([a for a in ages if a is not None], dtype=float)
         by = figures(true, pred, challenge_age, calibrated)
         by["photos"], by["detector_misses"] = len(records), int((~found).sum())
-        groups = groups_of(source.folder, [r.file for r in records])
-        by["groups"] = {}
-        for kind, labels in groups.items():
-            labels = np.array(labels, dtype=object)[found]
-            named = sorted({g for g in labels if g is not None})
-            if named:
-                by["groups"][kind] = {g: figures(true[labels == g], pred[labels == g], challenge_age, calibrated) for g in named}
+        groups = {kind: np.array(labels, dtype=object)[found] for kind, labels in groups_of(source.folder, [r.file for r in records]).items()}
+        by["groups"] = group_figures(groups, true, pred, challenge_age, calibrated)
         result["sources"][source.name] = by
         curves[source.name] = metrics.threshold_curve(true, pred)
         log.info("%s on %s: %s; %d of %d photos without a face found", bundle.name, source.name, metrics.headline(by), by["detector_misses"], len(records))
@@ -134,6 +141,7 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
     predicted = predict_ages(model, faces.images, spec)
     summary = metrics.summarise_sources(faces.ages, predicted, faces.sources, challenge_age)
     summary["threshold_curve"] = metrics.threshold_curve(faces.ages, predicted)  # moving the threshold: a model's whole trade-off
+    summary["groups"] = group_figures(groups_of_faces(held_out, faces), faces.ages, predicted, challenge_age)
     recipe = recipe_of(config, mirror_average, flag_under18)
     member_configs = [m.load_config() for m in members]
     if members:  # an ensemble's recipe is its members' recipes
@@ -143,6 +151,17 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
             "mirror_average": mirror_average, "answer_shift": shift, "seed": config.seed, "recipe": recipe,
             "member_seeds": [c.seed for c in member_configs],
             "held_out": [Path(d).name for d in held_out], "epochs": config.epochs, "epoch_size": config.epoch_size, **summary}
+
+
+def groups_of_faces(folders: list[str], faces) -> dict[str, np.ndarray]:
+    """{kind: per face its group or None} of a FaceSet cut from ``folders`` (see data.groups_of)."""
+    by_name = {Path(d).name: Path(d) for d in folders}
+    out: dict[str, np.ndarray] = {}
+    for name, mask in faces.by_source().items():
+        at = np.flatnonzero(mask)
+        for kind, labels in groups_of(by_name[name], [faces.files[i] for i in at]).items():
+            out.setdefault(kind, np.full(len(faces), None, dtype=object))[at] = labels
+    return out
 
 
 def machines_of(runs) -> dict[str, list[str]]:
