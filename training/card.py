@@ -287,6 +287,16 @@ def loso_entry(card: dict[str, Any], runs: list[str]) -> dict[str, Any]:
     raise KeyError(f"no --loso {name} in this card")
 
 
+def at_baseline_minors(baseline: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any] | None:
+    """The candidate's point on its threshold curve (whole years) nearest above the baseline's at the
+    challenge age: the lowest threshold at which it flags at least as many 13-17s and under-18s.
+    Its 30+ flagged there against the baseline's says whether it tells minors from adults better,
+    whatever its level; None if no threshold does."""
+    b = baseline["challenge"]
+    return next((c for c in candidate["threshold_curve"]
+                 if c["teen_flagged"] >= b["teen_flagged"] - 1e-9 and c["under18_flagged"] >= b["under18_flagged"] - 1e-9), None)
+
+
 def render_rule_table(title: str, rows: list[tuple[str, dict[str, dict[str, Any]]]]) -> str:
     """A markdown table of the rule: per source, the baseline (the first of each dict) and each
     candidate's figures with its verdict."""

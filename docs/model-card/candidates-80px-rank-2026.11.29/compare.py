@@ -16,7 +16,7 @@ rule's tables (agegate.training.card.rule_verdict) and draws each held-out sourc
 import json
 from pathlib import Path
 
-from agegate.training.card import loso_entry, plot_heldout_tradeoff, render_rule_table
+from agegate.training.card import at_baseline_minors, loso_entry, plot_heldout_tradeoff, render_rule_table
 
 HERE = Path(__file__).parent
 # Held out on All-Age-Faces (card.json) and, for the recipe and T10 only, on part 1 and UTKFace-extra.
@@ -44,14 +44,6 @@ for source, short in SOURCES.items():
     plot_heldout_tradeoff(CARD, {f"{name} (mean of 3 runs)": runs(short, infix) for name, infix in measured.items()},
                           HERE / f"tradeoff-{short}.png", f"Held out: {source}; threshold moved 14–40 (dot: 25)")
 
-def matched(recipe: dict, candidate: dict) -> dict | None:
-    """The candidate's point on its threshold curve (whole years) nearest above the recipe's at 25:
-    the lowest threshold at which it flags at least as many 13-17s and under-18s."""
-    b = recipe["challenge"]
-    return next((c for c in candidate["threshold_curve"]
-                 if c["teen_flagged"] >= b["teen_flagged"] - 1e-9 and c["under18_flagged"] >= b["under18_flagged"] - 1e-9), None)
-
-
 def matched_table() -> str:
     lines = ["## At the recipe's minors: adults 30+ asked, each at the threshold that flags as many (same seeds)", "",
              "| source, seeds | model | threshold | under-18s flagged | 13–17 flagged | 30+ flagged | recipe at 25: 30+ flagged |", "|---|---|---|---|---|---|---|"]
@@ -64,7 +56,7 @@ def matched_table() -> str:
             for name, infix in list(MODELS.items())[1:]:
                 if "+".join(runs(short, infix, seeds)) not in MEASURED:
                     continue
-                m = matched(recipe, loso_entry(CARD, runs(short, infix, seeds)))
+                m = at_baseline_minors(recipe, loso_entry(CARD, runs(short, infix, seeds)))
                 if m is not None:
                     lines.append(f"| {source}, {'+'.join(map(str, seeds))} | {name} | {m['threshold']:g} | {100 * m['under18_flagged']:.1f} % | "
                                  f"{100 * m['teen_flagged']:.1f} % | {100 * m['over30_flagged']:.1f} % | {100 * recipe['challenge']['over30_flagged']:.1f} % |")
