@@ -520,9 +520,9 @@ def test_gender_balanced_sampling_gives_each_band_as_many_women_as_men():
     assert natural[young].sum() == pytest.approx(50 / 90) and len(set(band_of(ages))) == 2
 
 
-def test_balance_gender_refuses_data_that_never_says_a_gender(tmp_path):
+def test_balancing_groups_refuses_data_that_never_says_them_and_joins_kinds(tmp_path):
     from agegate.training.data import read_sources
-    from agegate.training.fit import RunError, genders_of
+    from agegate.training.fit import RunError, balance_groups_of
 
     (tmp_path / "images").mkdir()
     rows = ["file_name,real_age"]
@@ -532,12 +532,14 @@ def test_balance_gender_refuses_data_that_never_says_a_gender(tmp_path):
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     sources = read_sources([tmp_path])
     with pytest.raises(RunError, match="--balance-gender: no train face's gender is known"):
-        genders_of(sources, sources[0].records)
-    (tmp_path / "meta.csv").write_text("file_name,gender\np0.jpg,F\np1.jpg,M\n")
+        balance_groups_of(sources, sources[0].records, ("gender",))
+    (tmp_path / "meta.csv").write_text("file_name,gender,race\np0.jpg,F,2\np1.jpg,M,\n")
     sources = read_sources([tmp_path])
-    genders = genders_of(sources, sources[0].records)
+    genders = balance_groups_of(sources, sources[0].records, ("gender",))
     assert genders[(tmp_path.name, "p0.jpg")] == "female" and genders[(tmp_path.name, "p1.jpg")] == "male"
     assert genders[(tmp_path.name, "p2.jpg")] is None
+    both = balance_groups_of(sources, sources[0].records, ("gender", "ethnicity"))
+    assert both[(tmp_path.name, "p0.jpg")] == "female/Asian" and both[(tmp_path.name, "p1.jpg")] is None  # a kind unsaid: unknown
 
 
 def test_answer_shift_reaches_the_share_asked_for_and_never_moves_answers_up():
@@ -569,12 +571,12 @@ def test_calibrated_threshold_and_constant_models():
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
     """A ResNet50 fit on two real sources, 24 faces per split of each, stopped after 2 of 3 epochs
-    (genders balanced: UTKFace's file names and All-Age-Faces' meta.csv say them)."""
+    (genders and ethnic groups evened: UTKFace's file names say both, All-Age-Faces' meta.csv the gender)."""
     from agegate.training.fit import fit
 
     data = [str(require_utkface()), str(require_all_age_faces())]
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    config = FitConfig(data=data, backbone="resnet50", image_size=32, limit=24, epochs=3, batch_size=8, balance_gender=True)
+    config = FitConfig(data=data, backbone="resnet50", image_size=32, limit=24, epochs=3, batch_size=8, balance_gender=True, balance_ethnicity=True)
     result = fit(config, run, max_epochs_this_run=2, verbose=0)
     return run, result
 
@@ -594,7 +596,7 @@ def test_interrupted_run_has_its_checkpoints_and_settings(interrupted_run):
     assert config["backbone"] == "resnet50" and config["image_size"] == 32 and config["epochs"] == 3 and config["limit"] == 24
     assert config["data"] == [str(UTKFACE.resolve()), str(ALL_AGE_FACES.resolve())]
     assert "utkface-part1: non-commercial" in config["data_licence"] and "all-age-faces: none stated" in config["data_licence"].lower()
-    assert config["target_scale"] > 1 and 10 < config["target_offset"] < 60 and config["balance"] == 0.5 and config["balance_gender"] is True
+    assert config["target_scale"] > 1 and 10 < config["target_offset"] < 60 and config["balance"] == 0.5 and config["balance_gender"] is config["balance_ethnicity"] is True
     report = json.loads((run / "data-report.json").read_text())
     assert set(report["sources"]) == {"utkface-part1", "all-age-faces"}
     assert report["sources"]["all-age-faces"]["faces_per_split_and_band"]["train"]["13-17"] > 0

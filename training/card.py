@@ -183,7 +183,7 @@ def machines_of(runs) -> dict[str, list[str]]:
 NOT_RECIPE = ("data", "seed", "keep_checkpoints", "target_offset", "target_scale", "data_description", "data_licence", "data_source")
 # Settings added after runs in the card were measured: left out at their default, so that a run
 # re-measured today keeps the recipe string of the runs measured before the setting existed.
-LATER_SETTINGS = {"anchor_weight": 0.0, "rank_penalty": 0.0, "balance_gender": False}
+LATER_SETTINGS = {"anchor_weight": 0.0, "rank_penalty": 0.0, "balance_gender": False, "balance_ethnicity": False}
 
 
 def recipe_of(config, mirror_average: bool = False, flag_under18: float | None = None) -> str:

@@ -27,7 +27,7 @@ from agegate.ages import CHALLENGE_AGE
 FIT_OPTIONS = (
     "backbone", "weights", "image_size", "margin", "shift_y", "align", "detector", "detector_model", "epochs", "batch_size",
     "learning_rate", "seed", "limit", "dropout", "huber_delta", "mixed_precision", "keep_checkpoints",
-    "balance", "balance_gender", "epoch_size", "overestimate_penalty", "overestimate_below", "wrong_side_penalty", "rank_penalty", "label_sigma", "label_weight",
+    "balance", "balance_gender", "balance_ethnicity", "epoch_size", "overestimate_penalty", "overestimate_below", "wrong_side_penalty", "rank_penalty", "label_sigma", "label_weight",
     "label_penalised", "anchor_weight", "best_by", "best_min_flagged",
 )  # fmt: skip
 
@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--balance", type=float, metavar="P", help=f"draw faces with weight 1/(faces in their age band)^P: 0 as they come, 1 equal bands (default {d.balance})")
     fit.add_argument("--balance-gender", action="store_const", const=True,
                      help="within each age band, draw as many women as men (where the data says: meta.csv's gender or UTKFace's file names)")
+    fit.add_argument("--balance-ethnicity", action="store_const", const=True,
+                     help="within each age band, draw each ethnic group equally (where the data says: UTKFace's labels, in its file names or a race column of meta.csv); "
+                          "with --balance-gender, each combination")
     fit.add_argument("--epoch-size", type=int, metavar="N", help="faces drawn per epoch (default: the training set's size)")
     fit.add_argument("--keep-checkpoints", type=int, metavar="N", help=f"epoch checkpoints to keep (default {d.keep_checkpoints})")
     fit.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras output: 1 progress bar, 2 one line per epoch (default: 1 on a terminal, else 2)")

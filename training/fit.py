@@ -113,7 +113,8 @@ def fit(
     train_records = [r for r in records if r.split == "train"]
     if not train_records or not any(r.split == "val" for r in records):
         raise RunError(f"{', '.join(config.data)}: need faces in both the train and val splits, have {split_counts(records)}")
-    genders = genders_of(sources, train_records) if config.balance_gender else None  # before any face is cut
+    kinds = tuple(kind for kind, on in (("gender", config.balance_gender), ("ethnicity", config.balance_ethnicity)) if on)
+    balance_groups = balance_groups_of(sources, train_records, kinds) if kinds else None  # refused before any face is cut
 
     # 4. Age normalisation, from the training labels (set once per run). The pretrained
     # face-age network answers years already: its output is used as it is.
@@ -168,11 +169,11 @@ def fit(
     if max_epochs_this_run:
         callbacks.append(StopAfter(max_epochs_this_run))
     if initial_epoch < config.epochs:
-        groups = [genders[(str(s), f)] for s, f in zip(train.sources, train.files)] if genders is not None else None
+        groups = [balance_groups[(str(s), f)] for s, f in zip(train.sources, train.files)] if balance_groups is not None else None
         weights = pipeline.band_balance_weights(train.ages, config.balance, groups) if config.balance or groups is not None else None
         log.info("fitting epochs %d-%d: %d faces drawn from %d train faces (age bands balanced with power %g%s) in %d batches of %d, %d val faces",
                  initial_epoch + 1, config.epochs, epoch_size, len(train), config.balance,
-                 ", as many women as men in each" if groups is not None else "", steps, config.batch_size, len(val))
+                 f", {' and '.join(kinds)} evened in each" if groups is not None else "", steps, config.batch_size, len(val))
         model.fit(
             pipeline.training_batches(train.images, target(train), config.batch_size, config.seed, initial_epoch, config.epochs, weights, epoch_size),
             validation_data=pipeline.evaluation_batches(val.images, target(val), config.batch_size),
@@ -315,20 +316,27 @@ def _trim_history(path: Path, last_epoch: int) -> None:
         writer.writerows(rows)
 
 
-def genders_of(sources, records) -> dict[tuple[str, str], str | None]:
-    """{(source, file): gender} of the records as their sources say (``meta.csv`` or UTKFace's
-    file names), None where they do not; for ``--balance-gender``, which refuses data that never says."""
-    genders: dict[tuple[str, str], str | None] = {}
+def balance_groups_of(sources, records, kinds: tuple[str, ...]) -> dict[tuple[str, str], str | None]:
+    """{(source, file): group} for the draw that evens groups within each age band: each record's
+    ``kinds`` ("gender", "ethnicity") as its source says them (``meta.csv`` or UTKFace's file
+    names), joined ("female/Asian"), None where any is not said. A kind that no record says is
+    refused: the setting would silently do nothing."""
+    labels: dict[str, dict[tuple[str, str], str | None]] = {kind: {} for kind in kinds}
     for source in sources:
         files = [r.file for r in records if r.source == source.name]
-        genders.update(zip(((source.name, f) for f in files), groups_of(source.folder, files)["gender"]))
-    known = [g for g in genders.values() if g is not None]
-    if not known:
-        raise RunError(f"--balance-gender: no train face's gender is known ({', '.join(s.name for s in sources)}: "
-                       "no gender column in meta.csv, no UTKFace file names)")
-    log.info("--balance-gender: %d of %d train photos have a gender (%s)", len(known), len(genders),
+        said = groups_of(source.folder, files)
+        for kind in kinds:
+            labels[kind].update(zip(((source.name, f) for f in files), said[kind]))
+    for kind in kinds:
+        if not any(g is not None for g in labels[kind].values()):
+            raise RunError(f"--balance-{kind}: no train face's {kind} is known ({', '.join(s.name for s in sources)}: "
+                           f"no {kind} column in meta.csv, no UTKFace file names)")
+    keys = labels[kinds[0]].keys()
+    groups = {k: None if any(labels[kind][k] is None for kind in kinds) else "/".join(labels[kind][k] for kind in kinds) for k in keys}
+    known = [g for g in groups.values() if g is not None]
+    log.info("balancing %s within each age band: %d of %d train photos say it (%s)", " and ".join(kinds), len(known), len(groups),
              ", ".join(f"{g} {known.count(g)}" for g in sorted(set(known))))
-    return genders
+    return groups
 
 
 def _write_data_report(run: RunDir, sources, records, faces: dict[str, FaceSet]) -> None:

@@ -81,6 +81,7 @@ class FitConfig:
     best_min_flagged: float = 0.97  # with best_by "minors": the share of validation under-18s an epoch must flag
     balance: float = 0.5  # sample faces with weight 1 / (faces in the band) ** balance; 0: as they come
     balance_gender: bool = False  # within each age band, draw women and men equally (where the data says which)
+    balance_ethnicity: bool = False  # within each age band, draw each labelled ethnic group equally (UTKFace's labels)
     epoch_size: int | None = None  # faces drawn per epoch (default: the training set's size)
     # Filled in when the run starts:
     target_offset: float | None = None  # age = raw * target_scale + target_offset

@@ -1,4 +1,4 @@
-"""Candidate G (declared in 529ffa3): the default's recipe with faces drawn so that each age band
+"""Candidate W (declared in 529ffa3 as G; renamed, an earlier candidate was G): the default's recipe with faces drawn so that each age band
 holds as many women as men (``fit --balance-gender``), against the recipe, held out, each the mean
 of three runs (seeds 1234, 2, 3) as a bundle of them answers.
 
@@ -20,7 +20,7 @@ HERE = Path(__file__).parent
 CARD = {"loso": [row for card in ("card.json", "part1/card.json", "extra/card.json") if (HERE / card).exists()
                  for row in json.loads((HERE / card).read_text())["loso"]]}
 SOURCES = {"utkface-part1": "part1", "all-age-faces": "aaf", "utkface-extra": "extra"}
-MODELS = {"recipe": "r", "G (--balance-gender)": "g"}  # name: the runs' prefix
+MODELS = {"recipe": "r", "W (--balance-gender)": "g"}  # name: the runs' prefix
 SEEDS = (1234, 2, 3)
 MEASURED = {row["run"] for row in CARD["loso"]}
 
@@ -58,10 +58,10 @@ for source, short in SOURCES.items():
                        f"{pct(w['challenge']['over30_flagged'])} of {w['challenge']['over30_n']} / "
                        f"{pct(m['challenge']['over30_flagged'])} of {m['challenge']['over30_n']} |")
 
-print("# G against the recipe, held out (the rule: under-18s and 13–17s flagged no more than a point below, MAE no worse)\n")
+print("# W against the recipe, held out (the rule: under-18s and 13–17s flagged no more than a point below, MAE no worse)\n")
 print(render_rule_table("The mean of the three seeds' runs (as a bundle of them answers)", means))
 print(render_rule_table("Each seed alone (for information)", singles))
-print("## At the recipe's minors: G's adults 30+ asked at the threshold that flags as many 13–17s and under-18s (same seeds)\n")
+print("## At the recipe's minors: W's adults 30+ asked at the threshold that flags as many 13–17s and under-18s (same seeds)\n")
 print("| source, seeds | threshold | under-18s flagged | 13–17 flagged | 30+ flagged | recipe at 25: 30+ flagged |\n|---|---|---|---|---|---|")
 print("\n".join(matched) + "\n")
 print("## By gender (the mean of three runs), women / men\n")
