@@ -63,6 +63,8 @@ def test_leave_one_source_out_runs_of_one_recipe_are_averaged_over_their_seeds()
     assert "anchor_weight" not in recipe_of(FitConfig(data=["a"], **recipe))
     assert "balance_gender" not in recipe_of(FitConfig(data=["a"], **recipe))  # added later: older runs keep their recipe
     assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "balance_gender": True}))
+    assert "balance_ethnicity" not in recipe_of(FitConfig(data=["a"], **recipe))
+    assert recipe_of(FitConfig(data=["a"], **recipe)) != recipe_of(FitConfig(data=["a"], **{**recipe, "balance_ethnicity": True}))
     rows = [
         row("aaf-s2", FitConfig(data=["a"], seed=2, **recipe), "aaf", 10.0, 0.98, 0.94, 0.40),
         row("aaf-s1", FitConfig(data=["a"], seed=1, **recipe), "aaf", 9.0, 0.96, 0.90, 0.30),
@@ -102,6 +104,19 @@ def test_the_ship_rule_allows_a_point_of_minors_and_no_worse_estimate():
     assert loso_entry(card, ["a", "b"]) is card["loso"][0]
     with pytest.raises(KeyError, match="a\\+c"):
         loso_entry(card, ["a", "c"])
+
+
+def test_a_candidate_at_the_baselines_minors_is_the_first_threshold_that_flags_as_many():
+    from agegate.training.card import at_baseline_minors
+
+    def point(threshold, under18, teens, over30):
+        return {"threshold": threshold, "under18_flagged": under18, "teen_flagged": teens, "over30_flagged": over30}
+
+    baseline = {"challenge": {"under18_flagged": 0.96, "teen_flagged": 0.92}}
+    curve = [point(24, 0.95, 0.93, 0.20), point(25, 0.96, 0.91, 0.25), point(26, 0.97, 0.92, 0.30), point(27, 0.99, 0.97, 0.40)]
+    assert at_baseline_minors(baseline, {"threshold_curve": curve})["threshold"] == 26  # both kinds of minors at least as many
+    assert at_baseline_minors(baseline, {"threshold_curve": curve[:3][:2]}) is None  # never as many
+    assert at_baseline_minors({"challenge": {"under18_flagged": None, "teen_flagged": None}}, {"threshold_curve": curve}) is None
 
 
 def test_a_held_out_row_says_which_kinds_of_machine_trained_its_runs(tmp_path):

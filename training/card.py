@@ -85,6 +85,7 @@ def group_figures(groups: dict[str, np.ndarray], true: np.ndarray, pred: np.ndar
     with (``groups``: per face, None where unknown); kinds no face is labelled with are left out."""
     out = {}
     for kind, labels in groups.items():
+        labels = np.asarray(labels, dtype=object)
         named = sorted({g for g in labels if g is not None})
         if named:
             out[kind] = {g: figures(true[labels == g], pred[labels == g], challenge_age, calibrated) for g in named}
@@ -155,7 +156,7 @@ def loso_row(run: Path, all_sources: list[str], challenge_age: float, limit: int
 
 def groups_of_faces(folders: list[str], faces) -> dict[str, np.ndarray]:
     """{kind: per face its group or None} of a FaceSet cut from ``folders`` (see data.groups_of)."""
-    by_name = {Path(d).name: Path(d) for d in folders}
+    by_name = {Path(d).resolve().name: Path(d) for d in folders}  # as Record.source names them
     out: dict[str, np.ndarray] = {}
     for name, mask in faces.by_source().items():
         at = np.flatnonzero(mask)
@@ -293,6 +294,8 @@ def at_baseline_minors(baseline: dict[str, Any], candidate: dict[str, Any]) -> d
     Its 30+ flagged there against the baseline's says whether it tells minors from adults better,
     whatever its level; None if no threshold does."""
     b = baseline["challenge"]
+    if b["teen_flagged"] is None or b["under18_flagged"] is None:  # no minors to match
+        return None
     return next((c for c in candidate["threshold_curve"]
                  if c["teen_flagged"] >= b["teen_flagged"] - 1e-9 and c["under18_flagged"] >= b["under18_flagged"] - 1e-9), None)
 

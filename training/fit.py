@@ -10,7 +10,8 @@ The story of a run:
    face-age model answers years itself).
 5. Build and compile the model, or restore the latest checkpoint with its optimizer; with
    ``anchor_weight``, tie its weights to dlib's published ones it started from (L2-SP).
-6. Fit, with faces drawn so that age bands are balanced, saving a checkpoint after every
+6. Fit, with faces drawn so that age bands are balanced (and, if asked, genders or ethnic
+   groups evened within each band), saving a checkpoint after every
    epoch, the best model (by validation MAE, or ``--best-by minors``), a row of ``history.csv``
    and, after the session's first epoch, the machine it trains on (``sessions.jsonl``); stop early if
    asked to, and say how to continue. ``--resume --epochs N`` extends a finished run.
@@ -171,6 +172,9 @@ def fit(
     if initial_epoch < config.epochs:
         groups = [balance_groups[(str(s), f)] for s, f in zip(train.sources, train.files)] if balance_groups is not None else None
         weights = pipeline.band_balance_weights(train.ages, config.balance, groups) if config.balance or groups is not None else None
+        if groups is not None:  # a small group's faces are each drawn many times: say how many
+            log.info("evening %s: the most drawn face is drawn %.1f times as often as by age band alone",
+                     " and ".join(kinds), float(np.max(weights / pipeline.band_balance_weights(train.ages, config.balance))))
         log.info("fitting epochs %d-%d: %d faces drawn from %d train faces (age bands balanced with power %g%s) in %d batches of %d, %d val faces",
                  initial_epoch + 1, config.epochs, epoch_size, len(train), config.balance,
                  f", {' and '.join(kinds)} evened in each" if groups is not None else "", steps, config.batch_size, len(val))
@@ -327,13 +331,16 @@ def balance_groups_of(sources, records, kinds: tuple[str, ...]) -> dict[tuple[st
         said = groups_of(source.folder, files)
         for kind in kinds:
             labels[kind].update(zip(((source.name, f) for f in files), said[kind]))
+    column = {"gender": "gender", "ethnicity": "race"}
     for kind in kinds:
         if not any(g is not None for g in labels[kind].values()):
             raise RunError(f"--balance-{kind}: no train face's {kind} is known ({', '.join(s.name for s in sources)}: "
-                           f"no {kind} column in meta.csv, no UTKFace file names)")
+                           f"no {column[kind]} column in meta.csv, no UTKFace file names)")
     keys = labels[kinds[0]].keys()
     groups = {k: None if any(labels[kind][k] is None for kind in kinds) else "/".join(labels[kind][k] for kind in kinds) for k in keys}
     known = [g for g in groups.values() if g is not None]
+    if not known:
+        raise RunError(f"--balance-{' --balance-'.join(kinds)}: no train face has all of {', '.join(kinds)} known together")
     log.info("balancing %s within each age band: %d of %d train photos say it (%s)", " and ".join(kinds), len(known), len(groups),
              ", ".join(f"{g} {known.count(g)}" for g in sorted(set(known))))
     return groups

@@ -20,8 +20,8 @@ model trained on one source's photos has never seen:
 Sampling can *balance age bands*: each epoch draws its faces with a weight of
 ``1 / (faces in its band) ** balance``, so with ``balance`` 0.5 the teens and young adults,
 the bands a Challenge 25 decision turns on, are not drowned by the far more numerous adults;
-and *balance gender within each band*, so that the net cannot learn a woman's face as a cue
-for a younger age.
+and it can *even groups within each band* (gender, ethnicity where labelled), so that the net
+cannot learn a group's faces as a cue for a younger or older age.
 """
 
 from __future__ import annotations
@@ -108,21 +108,26 @@ def band_balance_weights(ages: np.ndarray, balance: float, groups: np.ndarray | 
 
     Each age band is drawn in proportion to ``(faces in the band) ** (1 - balance)``: every face
     weighs ``1 / (faces in its band) ** balance``. With ``groups`` (e.g. each face's gender, None
-    where unknown), a band's draw is also split equally among the groups it holds, so that no
-    group is younger than another in what the net sees: in the train splits women are two
-    thirds of the 18-24s and a third of the 50-64s, which would teach it that a woman's face
-    means a younger age. Faces of unknown group keep their natural share of their band.
+    where unknown), a band's draw is also split equally among the groups it holds, so that every
+    group has the same share of each band in what the net sees: in the train splits women are
+    two thirds of the 18-24s and a third of the 50-64s, which would teach it that a woman's face
+    means a younger age. Faces of unknown group keep their natural share of their band. A group
+    of a handful of faces in a band is drawn as often as a large one: each of its faces many
+    times (fit logs the most).
     """
     from .metrics import band_of
 
     bands = band_of(ages)
+    names, counts = np.unique(bands, return_counts=True)
+    per_band = dict(zip(names, counts))  # numpy integers: ``** -balance`` as before groups existed, bit for bit
     groups = np.array([None] * len(bands) if groups is None else list(groups), dtype=object)
+    unknown_group = np.array([g is None for g in groups], dtype=bool)
     weights = np.empty(len(bands), dtype=np.float64)
-    for band in np.unique(bands):
+    for band in names:
         in_band = bands == band
-        n = int(in_band.sum())
-        per_face = float(n) ** -float(balance)
-        unknown = in_band & np.array([g is None for g in groups])
+        n = per_band[band]
+        per_face = n ** -float(balance)
+        unknown = in_band & unknown_group
         weights[unknown] = per_face
         known = sorted({g for g in groups[in_band] if g is not None})
         for g in known:  # the known faces' part of the band, shared equally by their groups
