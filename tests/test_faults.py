@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,7 +75,10 @@ def test_broker_restarted_as_a_new_process_mid_run(tmp_path, persistent_broker, 
         wait_until(lambda: not d.status()["mqtt"]["connected"], what="the daemon to see the broker gone")
         # The loss with what happened (not paho's "Unspecified error"), then why reconnecting fails.
         wait_until(lambda: "unreachable (refused)" in d.log(), timeout=10, what="the failed reconnect to be logged")
-        assert "connection lost: the broker closed the connection" in d.log() and "Unspecified error" not in d.log()
+        # A broker going down closes the socket cleanly or, on a busy machine, resets it: either is said.
+        lost = re.search(r"connection lost: (.+?); reconnecting", d.log())
+        assert lost and (lost[1] == "the broker closed the connection" or "Connection reset by peer" in lost[1]), d.log()
+        assert "Unspecified error" not in d.log()
         during = [young_sale(d, f"B{i}") for i in range(1, 6)]
         assert all(a["decision"] == "age_check_required" for a in during)
         persistent_broker.start()
